@@ -1,0 +1,31 @@
+"""Command line of actionflow: ``python -m actionflow COMMAND ...``.
+
+Each command lives in the module named here, which provides ``add_arguments(parser)``
+and ``run(args) -> int``.
+"""
+from __future__ import annotations
+
+import sys
+
+from flow_engine.__main__ import main as _dispatch
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "precompute": ("actionflow.precompute", "Compute flow for videos and store it in the compressed flow cache."),
+    "cache": ("actionflow.flow_cache", "Inspect the flow cache: 'verify' checksums, 'stats' sizes."),
+    "bench-cache": ("actionflow.bench_cache", "Benchmark the flow cache: bytes per frame, round-trip EPE, read speed."),
+    "classify": ("actionflow.classify", "Classify one video clip with a trained two-stream checkpoint."),
+    "demo-data": ("actionflow.demo_data", "Generate the bundled demo dance dataset (MP4 clips + annotation lists)."),
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    return _dispatch(
+        argv,
+        prog="python -m actionflow",
+        commands=COMMANDS,
+        description="Two-stream action recognition: flow cache, classification, demo data.",
+    )
+
+
+if __name__ == "__main__":
+    sys.exit(main())

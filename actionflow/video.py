@@ -1,0 +1,121 @@
+"""Video decoding with decord, with every failure turned into one clear ``VideoError``.
+
+decord keeps decoder state (and, on long videos, memory) alive for as long as a
+``VideoReader`` lives, and seeking far back and forth on variable-frame-rate files is
+slow and occasionally inexact. So readers here are short-lived (one per call), frame
+indices are read in ascending order and then put back in the order asked for.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+class VideoError(RuntimeError):
+    """A video that cannot be read: missing, empty, corrupt, truncated or not a video."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    path: str
+    num_frames: int
+    fps: float
+    height: int
+    width: int
+
+
+def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_threads: int = 1):
+    """A decord VideoReader resized on decode to ``size`` = (H, W), or VideoError."""
+    path = os.fspath(path)
+    if not os.path.isfile(path):
+        raise VideoError(path, "no such file")
+    if os.path.getsize(path) == 0:
+        raise VideoError(path, "empty file")
+    import decord  # imported here: it is slow to import and not every command needs it
+
+    kwargs = {"num_threads": num_threads}
+    if size is not None:
+        kwargs.update(height=int(size[0]), width=int(size[1]))
+    try:
+        reader = decord.VideoReader(path, ctx=decord.cpu(0), **kwargs)
+    except Exception as exc:  # decord raises its own DECORDError and plain RuntimeErrors
+        raise VideoError(path, f"cannot open as a video ({_short(exc)})") from None
+    if len(reader) == 0:
+        raise VideoError(path, "no video frames")
+    return reader
+
+
+def _short(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0][:200] if text else type(exc).__name__
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Frame count, frame rate and size of a video, without decoding it."""
+    reader = _open(path)
+    h, w = _frame_shape(reader, path)
+    return VideoInfo(os.fspath(path), len(reader), float(reader.get_avg_fps() or 0.0), h, w)
+
+
+def _frame_shape(reader, path) -> tuple[int, int]:
+    try:
+        h, w = reader.next().shape[:2]
+        reader.seek(0)
+    except Exception as exc:
+        raise VideoError(path, f"first frame does not decode ({_short(exc)})") from None
+    return int(h), int(w)
+
+
+def read_frames(
+    path: str | os.PathLike,
+    indices: Sequence[int] | np.ndarray | None = None,
+    size: tuple[int, int] | None = None,
+) -> np.ndarray:
+    """Frames ``indices`` (all when None) as uint8 RGB ``[T,H,W,3]``, resized to ``size`` = (H, W) on decode.
+
+    Indices may repeat and come in any order; they must lie in ``[0, num_frames)``.
+    """
+    reader = _open(path, size)
+    n = len(reader)
+    idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0:
+        raise VideoError(path, "no frame indices asked for")
+    if idx.min() < 0 or idx.max() >= n:
+        raise VideoError(path, f"frame index out of range: asked for {idx.min()}..{idx.max()}, video has {n} frames")
+    unique, inverse = np.unique(idx, return_inverse=True)
+    try:
+        frames = reader.get_batch(unique.tolist()).asnumpy()
+    except Exception as exc:
+        raise VideoError(path, f"decoding failed ({_short(exc)})") from None
+    finally:
+        del reader
+    return frames[inverse]
+
+
+def iter_frames(
+    path: str | os.PathLike, chunk: int = 64, size: tuple[int, int] | None = None
+) -> Iterator[np.ndarray]:
+    """Decode a whole video in order, ``chunk`` frames at a time, as uint8 RGB ``[t,H,W,3]`` arrays.
+
+    Sequential decoding (no seeking), so memory stays bounded by one chunk however long the video.
+    A file that stops decoding part-way raises VideoError naming the frame.
+    """
+    reader = _open(path, size)
+    n = len(reader)
+    try:
+        for start in range(0, n, chunk):
+            stop = min(start + chunk, n)
+            try:
+                yield reader.get_batch(list(range(start, stop))).asnumpy()
+            except Exception as exc:
+                raise VideoError(path, f"decoding failed at frames {start}..{stop - 1} ({_short(exc)})") from None
+    finally:
+        del reader

@@ -1,0 +1,42 @@
+"""The package layout promises: flow_engine never imports actionflow; both CLIs list their commands."""
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_flow_engine_never_imports_actionflow():
+    offenders = []
+    for path in (ROOT / "flow_engine").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text(), filename=str(path))):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module]
+            offenders += [f"{path.name}: {n}" for n in names if n.split(".")[0] == "actionflow"]
+    assert not offenders, offenders
+
+
+def test_clis_list_their_commands():
+    from actionflow.__main__ import COMMANDS as AF
+    from flow_engine.__main__ import COMMANDS as FE
+
+    for package, commands in (("flow_engine", FE), ("actionflow", AF)):
+        out = subprocess.run([sys.executable, "-m", package, "--help"], capture_output=True, text=True, cwd=ROOT)
+        assert out.returncode == 0, out.stderr
+        for name in commands:
+            assert name in out.stdout, (package, name)
+
+
+def test_every_cli_command_module_has_its_entry_points():
+    import importlib
+
+    from actionflow.__main__ import COMMANDS as AF
+    from flow_engine.__main__ import COMMANDS as FE
+
+    for module, _ in list(FE.values()) + list(AF.values()):
+        mod = importlib.import_module(module)
+        assert callable(mod.add_arguments) and callable(mod.run), module
