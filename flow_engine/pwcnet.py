@@ -17,6 +17,7 @@ takes any size and returns pixels at full resolution.
 """
 from __future__ import annotations
 
+import functools
 import logging
 import math
 import re
@@ -337,9 +338,9 @@ def _strip_prefix(state: dict, prefixes: tuple[str, ...] = ("module.", "model.",
     return state
 
 
+@functools.lru_cache(maxsize=1)
 def _expected_shapes() -> dict[str, torch.Size]:
-    with torch.device("meta"):
-        return {k: v.shape for k, v in PWCNet().state_dict().items()}
+    return {k: v.shape for k, v in PWCNet().state_dict().items()}
 
 
 def load_pwcnet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
