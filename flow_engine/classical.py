@@ -1,0 +1,53 @@
+"""Classical optical flow from OpenCV, as baselines: DIS, Farneback and TV-L1.
+
+The parameters are those of ``../shared/data/flow/BASELINES.txt`` (measured on grey frames
+from ``cv2.imread`` + ``COLOR_BGR2GRAY``; our frames are RGB, so ``COLOR_RGB2GRAY`` gives
+the identical grey image).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+CLASSICAL_METHODS = ("dis", "farneback", "tvl1")
+
+# pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags
+FARNEBACK_PARAMS = (0.5, 5, 15, 3, 5, 1.2, 0)
+
+_solvers: dict[str, cv2.DenseOpticalFlow] = {}  # one OpenCV object per method, reused across pairs
+
+
+def _solver(method: str) -> cv2.DenseOpticalFlow:
+    if method not in _solvers:
+        if method == "dis":
+            _solvers[method] = cv2.DISOpticalFlow_create(cv2.DISOPTICAL_FLOW_PRESET_MEDIUM)
+        elif method == "tvl1":
+            if not hasattr(cv2, "optflow"):
+                raise RuntimeError("tvl1 needs cv2.optflow, which this OpenCV build lacks (install opencv-contrib-python-headless)")
+            _solvers[method] = cv2.optflow.DualTVL1OpticalFlow_create()
+    return _solvers[method]
+
+
+def _grey(img: np.ndarray, name: str) -> np.ndarray:
+    img = np.asarray(img)
+    if img.dtype != np.uint8:
+        raise ValueError(f"{name} must be uint8, got {img.dtype}")
+    if img.ndim == 2:
+        return img
+    if img.ndim == 3 and img.shape[2] == 3:
+        return cv2.cvtColor(img, cv2.COLOR_RGB2GRAY)
+    raise ValueError(f"{name} must be RGB [H,W,3] or grey [H,W], got shape {img.shape}")
+
+
+def classical_flow(method: str, img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
+    """Flow from ``img1`` to ``img2`` (uint8 RGB [H,W,3] or grey [H,W]) as float32 [H,W,2] pixels."""
+    if method not in CLASSICAL_METHODS:
+        raise ValueError(f"unknown classical method {method!r}; choose from {', '.join(CLASSICAL_METHODS)}")
+    g1, g2 = _grey(img1, "img1"), _grey(img2, "img2")
+    if g1.shape != g2.shape:
+        raise ValueError(f"frames differ in size: {g1.shape} and {g2.shape}")
+    if method == "farneback":
+        flow = cv2.calcOpticalFlowFarneback(g1, g2, None, *FARNEBACK_PARAMS)
+    else:
+        flow = _solver(method).calc(g1, g2, None)
+    return np.asarray(flow, dtype=np.float32)

@@ -1,0 +1,161 @@
+"""Score a flow method against ground truth: EPE (px), angular error (degrees), Fl-all (%).
+
+A case folder holds ``frame1.*``, ``frame2.*`` and ``flow.flo``; a cases root holds one
+folder per case (``../shared/data/flow``). The mean is the plain mean over cases, as in
+``BASELINES.txt``.
+
+CLI: ``python -m flow_engine eval --cases DIR [--method NAME] [--weights PATH]
+[--device auto|cpu|cuda] [--json OUT.json]``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from flow_engine.classical import CLASSICAL_METHODS, classical_flow
+from flow_engine.io import FlowFileError, read_flow, read_image, tensor_to_flow
+from flow_engine.metrics import flow_metrics
+
+log = logging.getLogger(__name__)
+
+LEARNED_METHODS = ("pwcnet",)  # served by flow_engine.engine.FlowEngine
+METHODS = ("zero",) + CLASSICAL_METHODS + LEARNED_METHODS
+METRICS = ("epe", "ae", "fl", "seconds")
+
+MethodFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (img1, img2 uint8 RGB [H,W,3]) -> flow [H,W,2] px
+
+
+@dataclass(frozen=True)
+class Case:
+    """One frame pair with ground truth: paths to the two frames and the flow file (.flo, KITTI .png, .pfm)."""
+
+    name: str
+    frame1: Path
+    frame2: Path
+    flow: Path
+
+
+def load_cases(root: str | Path) -> list[Case]:
+    """The cases under ``root``, sorted by name: one folder per case with frame1.*, frame2.*, flow.flo."""
+    root = Path(root)
+    if not root.is_dir():
+        raise FlowFileError(root, "not a folder of cases")
+    cases = []
+    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
+        frames = []
+        for stem in ("frame1", "frame2"):
+            found = sorted(folder.glob(f"{stem}.*"))
+            if len(found) != 1:
+                problem = "missing" if not found else f"ambiguous ({', '.join(p.name for p in found)})"
+                raise FlowFileError(folder, f"case {folder.name!r}: {stem}.* is {problem}")
+            frames.append(found[0])
+        flow = folder / "flow.flo"
+        if not flow.is_file():
+            raise FlowFileError(folder, f"case {folder.name!r}: flow.flo is missing")
+        cases.append(Case(folder.name, frames[0], frames[1], flow))
+    if not cases:
+        raise FlowFileError(root, "no case folders (each needs frame1.*, frame2.*, flow.flo)")
+    return cases
+
+
+def evaluate(method_fn: MethodFn, cases: list[Case], progress: bool = True) -> dict:
+    """Runs ``method_fn`` on every case and scores it over the pixels with known flow.
+
+    Returns ``{"cases": {name: {"epe", "ae", "fl", "seconds"}}, "mean": {...}}``: EPE in px,
+    AE in degrees, Fl-all in percent, seconds of ``method_fn`` per pair.
+    """
+    results: dict[str, dict[str, float]] = {}
+    for case in tqdm(cases, desc="eval", unit="pair", disable=not progress):
+        img1, img2 = read_image(case.frame1), read_image(case.frame2)
+        gt, valid = read_flow(case.flow)
+        if img1.shape != img2.shape or img1.shape[:2] != gt.shape[:2]:
+            raise FlowFileError(case.flow, f"case {case.name!r}: frames {img1.shape[:2]}, {img2.shape[:2]} and flow {gt.shape[:2]} differ in size")
+        start = time.perf_counter()
+        pred = np.asarray(method_fn(img1, img2))
+        seconds = time.perf_counter() - start
+        if pred.shape != gt.shape:
+            raise ValueError(f"case {case.name!r}: the method returned flow of shape {pred.shape}, expected {gt.shape}")
+        results[case.name] = {**flow_metrics(pred, gt, valid), "seconds": seconds}
+    if not results:
+        raise ValueError("no cases to evaluate")
+    mean = {k: float(np.mean([r[k] for r in results.values()])) for k in METRICS}
+    return {"cases": results, "mean": mean}
+
+
+def make_method(name: str, weights: str | None = None, device: str = "auto") -> MethodFn:
+    """The flow method called ``name`` as ``fn(img1, img2) -> flow [H,W,2]`` (uint8 RGB in, pixels out)."""
+    if name == "zero":
+        return lambda img1, img2: np.zeros(img1.shape[:2] + (2,), np.float32)
+    if name in CLASSICAL_METHODS:
+        return lambda img1, img2: classical_flow(name, img1, img2)
+    if name in LEARNED_METHODS:
+        from flow_engine.engine import FlowEngine  # heavy (model, CuPy): only when asked for
+
+        engine = FlowEngine(model=name, weights=weights, device=device)
+
+        def learned(img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
+            t1 = torch.from_numpy(img1).permute(2, 0, 1)[None]
+            t2 = torch.from_numpy(img2).permute(2, 0, 1)[None]
+            with torch.inference_mode():
+                return tensor_to_flow(engine(t1, t2)[0])
+
+        return learned
+    raise ValueError(f"unknown flow method {name!r}; choose from {', '.join(METHODS)}")
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    data = parser.add_argument_group("ground truth")
+    data.add_argument("--cases", type=Path, metavar="DIR", help="folder of case folders (frame1.*, frame2.*, flow.flo)")
+    # Benchmark datasets (--dataset sintel|kitti|chairs --root PATH) join this group; see cases_from_args.
+    method = parser.add_argument_group("method")
+    method.add_argument("--method", default="dis", metavar="NAME", help=f"one of {', '.join(METHODS)} (default dis)")
+    method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: the shipped ones)")
+    method.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for a learned method")
+    parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def cases_from_args(args: argparse.Namespace) -> list[Case]:
+    """The cases the command line asks for (the one place that knows the sources of ground truth)."""
+    if args.cases is None:
+        raise FlowFileError("--cases", "no ground truth given: pass --cases DIR")
+    return load_cases(args.cases)
+
+
+def format_table(result: dict) -> str:
+    """The scores as a Markdown table: one row per case and the mean."""
+    lines = ["| case | EPE (px) | AE (deg) | Fl-all (%) | s/pair |", "|---|---:|---:|---:|---:|"]
+    rows = list(result["cases"].items()) + [("**mean**", result["mean"])]
+    for name, r in rows:
+        lines.append(f"| {name} | {r['epe']:.3f} | {r['ae']:.2f} | {r['fl']:.2f} | {r['seconds']:.3f} |")
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        cases = cases_from_args(args)
+        method_fn = make_method(args.method, args.weights, args.device)
+        result = evaluate(method_fn, cases, progress=not args.no_progress)
+    except (FlowFileError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    print(f"method: {args.method}, {len(cases)} pairs")
+    print(format_table(result))
+    if args.json is not None:
+        args.json.parent.mkdir(parents=True, exist_ok=True)
+        args.json.write_text(json.dumps({"method": args.method, **result}, indent=2) + "\n")
+        print(f"wrote {args.json}")
+    return 0
