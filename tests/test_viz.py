@@ -113,6 +113,7 @@ def test_write_video_pads_odd_sizes_and_reads_back(tmp_path):
     path = tmp_path / "v.mp4"
     assert write_video(iter(frames), path, fps=10) == 5
     with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "h264"
         decoded = [f.to_ndarray(format="rgb24") for f in container.decode(video=0)]
     assert len(decoded) == 5
     assert decoded[0].shape == (22, 34, 3)
@@ -151,3 +152,12 @@ def test_viz_cli_on_real_ground_truth(shared_flow_cases, tmp_path):
     rgb = read_image(tmp_path / "flow.png")
     assert rgb.shape == (436, 1024, 3)
     assert rgb.std() > 5  # a real picture, not a flat field
+
+
+def test_write_video_falls_back_to_mpeg4_without_libx264(tmp_path, monkeypatch):
+    monkeypatch.setattr(av, "codecs_available", set(av.codecs_available) - {"libx264"})
+    path = tmp_path / "v.mp4"
+    assert write_video((np.full((16, 16, 3), 128, np.uint8) for _ in range(3)), path, fps=25) == 3
+    with av.open(str(path)) as container:
+        assert container.streams.video[0].codec_context.name == "mpeg4"
+        assert sum(1 for _ in container.decode(video=0)) == 3
