@@ -26,7 +26,7 @@ BACKENDS = ("auto", "cupy", "torch")
 def correlation_torch(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
     """Cost volume [B,(2d+1)^2,H,W] of ``f1, f2`` [B,C,H,W] with plain tensor ops (CPU or GPU).
 
-    One fused multiply-and-mean per displacement on a zero-padded ``f2`` (81 tensor ops for
+    One multiply-and-sum per displacement on a zero-padded ``f2`` (81 tensor ops for
     d=4, never a per-pixel loop). Half/bfloat16 inputs are accumulated in float32 and the
     result is returned in the input dtype. Differentiable through autograd.
     """
@@ -41,9 +41,8 @@ def correlation_torch(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int 
     planes = []
     for dy in range(2 * d + 1):
         for dx in range(2 * d + 1):
-            # einsum reduces over C without materialising the [B,C,H,W] product on CPU
-            shifted = f2p[:, :, dy : dy + H, dx : dx + W]
-            planes.append(torch.einsum("bchw,bchw->bhw", f1, shifted))
+            # multiply-then-sum beats einsum/bmm formulations on CPU (no permuted copies)
+            planes.append((f1 * f2p[:, :, dy : dy + H, dx : dx + W]).sum(1))
     return (torch.stack(planes, dim=1) * inv_c).to(out_dtype)
 
 

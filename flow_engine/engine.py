@@ -1,0 +1,239 @@
+"""FlowEngine: one object that turns RGB frame pairs into optical flow, batched, on the right device.
+
+    engine = FlowEngine()                       # PWC-Net, shipped weights, cuda if available, bf16 there
+    flow = engine(frames1, frames2)             # [B,3,H,W] uint8 or float [0,1] -> [B,2,H,W] float32 px
+    flows = engine.clip_flow(clip)              # [T,3,H,W] -> [T-1,2,H,W] forward flows
+    engine.config()                             # {"name", "weights_hash", "dtype"}: a cache key
+
+Classical OpenCV methods ("dis", "farneback", "tvl1") sit behind the same interface (CPU).
+For end-to-end fine-tuning use ``engine.model`` (the :class:`PWCNet`) or
+:meth:`FlowEngine.flow_with_grad`, which keeps the autograd graph.
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+from pathlib import Path
+
+import torch
+
+from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, WeightsError, padded_size
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pwcnet_actionflow.pt"
+MODELS = ("pwcnet", "dis", "farneback", "tvl1")
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
+# Rough peak activation memory of PWC-Net inference is ~1-2 KB per (padded) input pixel in
+# fp32; the defaults keep a sub-batch well inside a GPU's memory and a few GB on CPU.
+CPU_MAX_PIXELS = 2_000_000
+GPU_BYTES_PER_PIXEL = 4096
+
+_warned_random = False
+
+
+class FlowEngineError(ValueError):
+    """A FlowEngine that cannot be built as asked (unknown model, device or dtype)."""
+
+
+def file_hash(path: str | Path) -> str:
+    """First 16 hex digits of the sha256 of the file's bytes."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _resolve_device(device: str | torch.device) -> torch.device:
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(device)
+    except (RuntimeError, TypeError) as e:
+        raise FlowEngineError(f"unknown device {device!r}: {e}") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise FlowEngineError(f"device {device!r} requested but CUDA is not available here")
+    return dev
+
+
+def _resolve_dtype(dtype: str, device: torch.device) -> str:
+    if dtype == "auto":
+        if device.type == "cuda":
+            return "bf16" if torch.cuda.is_bf16_supported() else "fp32"
+        return "fp32"
+    if dtype not in DTYPES:
+        raise FlowEngineError(f"unknown dtype {dtype!r}; choose auto, fp32, bf16 or fp16")
+    if dtype == "fp16" and device.type != "cuda":
+        raise FlowEngineError("dtype 'fp16' needs a CUDA device (CPU autocast supports bf16 and fp32)")
+    return dtype
+
+
+class FlowEngine:
+    """Optical flow for batches of RGB frame pairs (see module docstring).
+
+    Args:
+        model: "pwcnet" or a classical OpenCV method ("dis", "farneback", "tvl1").
+        weights: PWC-Net checkpoint (any layout ``load_pwcnet_state_dict`` reads). ``None`` means
+            :data:`DEFAULT_WEIGHTS`; when that file is absent the network is randomly initialised
+            (deterministically, seed 0) and a warning says the flow will be noise.
+        device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1" ...
+        dtype: "auto" (bf16 autocast on a CUDA device that supports it, else fp32), "fp32",
+            "bf16" (CPU too) or "fp16" (CUDA only: an error on CPU).
+        max_pixels_per_batch: padded pixels per frame pair times pairs allowed in one forward
+            pass; larger batches are split. Default: 2 M on CPU, GPU memory / 4 KB on CUDA.
+    Attributes: ``name``, ``weights_hash`` (sha256[:16] of the weights file, "random", or
+        "opencv-<version>"), ``device`` (torch.device), ``dtype`` (str), ``model`` (the
+        :class:`PWCNet`, ``None`` for classical methods).
+    """
+
+    def __init__(
+        self,
+        model: str = "pwcnet",
+        weights: str | Path | None = None,
+        device: str = "auto",
+        dtype: str = "auto",
+        max_pixels_per_batch: int | None = None,
+    ):
+        if model not in MODELS:
+            raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
+        self.name = model
+        self.model: PWCNet | None = None
+        if model != "pwcnet":
+            import cv2
+
+            if weights is not None:
+                raise FlowEngineError(f"model {model!r} is a classical method and takes no weights (got {weights})")
+            self.device = torch.device("cpu")
+            self.dtype = "fp32"
+            self.weights_hash = f"opencv-{cv2.__version__}"
+            self.max_pixels_per_batch = max_pixels_per_batch or CPU_MAX_PIXELS
+            return
+
+        self.device = _resolve_device(device)
+        self.dtype = _resolve_dtype(dtype, self.device)
+        self.model, self.weights_hash = self._load(weights)
+        self.model.to(self.device).eval()
+        if max_pixels_per_batch is None:
+            if self.device.type == "cuda":
+                total = torch.cuda.get_device_properties(self.device).total_memory
+                max_pixels_per_batch = total // GPU_BYTES_PER_PIXEL
+            else:
+                max_pixels_per_batch = CPU_MAX_PIXELS
+        if max_pixels_per_batch < 1:
+            raise FlowEngineError(f"max_pixels_per_batch must be positive, got {max_pixels_per_batch}")
+        self.max_pixels_per_batch = int(max_pixels_per_batch)
+
+    @staticmethod
+    def _load(weights: str | Path | None) -> tuple[PWCNet, str]:
+        global _warned_random
+        if weights is None and not DEFAULT_WEIGHTS.is_file():
+            if not _warned_random:
+                log.warning(
+                    "no PWC-Net weights at %s: using a random initialisation, the flow will be noise "
+                    "(pass weights=... or train them with `python -m flow_engine train`)", DEFAULT_WEIGHTS
+                )
+                _warned_random = True
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(0)
+                return PWCNet(), "random"
+        path = Path(weights) if weights is not None else DEFAULT_WEIGHTS
+        if not path.is_file():
+            raise WeightsError(f"{path}: no such weights file")
+        return PWCNet.from_weights(path), file_hash(path)
+
+    def config(self) -> dict:
+        """What determines the flow this engine computes: name, weights_hash, dtype (a cache key)."""
+        return {"name": self.name, "weights_hash": self.weights_hash, "dtype": self.dtype}
+
+    def __repr__(self) -> str:
+        return f"FlowEngine(name={self.name!r}, weights_hash={self.weights_hash!r}, device={self.device}, dtype={self.dtype!r})"
+
+    # --- inference -------------------------------------------------------------------------
+    def pairs_per_batch(self, height: int, width: int) -> int:
+        """How many frame pairs of ``height`` x ``width`` go through one forward pass."""
+        Hp, Wp = padded_size(height, width, MULTIPLE)
+        return max(1, self.max_pixels_per_batch // (Hp * Wp))
+
+    def __call__(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
+        """Flow [B,2,H,W] float32 in pixels from ``frames1`` to ``frames2`` (RGB [B,3,H,W]).
+
+        Frames are uint8 (0..255) or float in [0,1]; a single pair [3,H,W] gives [1,2,H,W].
+        Any H, W (padded to multiples of 64 inside). The result is on the frames' device.
+        """
+        frames1, frames2 = _check_frames(frames1, frames2)
+        B, _, H, W = frames1.shape
+        out = torch.empty((B, 2, H, W), dtype=torch.float32, device=frames1.device)
+        if self.model is None:
+            return self._classical(frames1, frames2, out)
+        step = self.pairs_per_batch(H, W)
+        autocast = self.dtype != "fp32"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
+            for i in range(0, B, step):
+                a = _to_unit_float(frames1[i : i + step].to(self.device, non_blocking=True))
+                b = _to_unit_float(frames2[i : i + step].to(self.device, non_blocking=True))
+                out[i : i + step] = self.model.predict(a, b).float()
+        return out
+
+    def clip_flow(self, clip: torch.Tensor) -> torch.Tensor:
+        """Forward flows [T-1,2,H,W] (pixels) between consecutive frames of ``clip`` [T,3,H,W].
+
+        The clip crosses to the engine's device once; the result comes back to the clip's device.
+        """
+        if clip.dim() != 4 or clip.shape[0] < 2:
+            raise FlowInputError(f"clip must be [T,3,H,W] with T >= 2, got shape {tuple(clip.shape)}")
+        home = clip.device
+        if self.model is not None:
+            clip = clip.to(self.device, non_blocking=True)
+        return self(clip[:-1], clip[1:]).to(home)
+
+    def flow_with_grad(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
+        """Flow [B,2,H,W] in pixels with the autograd graph kept, for fine-tuning PWC-Net end to end.
+
+        Frames: float RGB in [0,1] (or uint8) on the engine's device. No inference mode and no
+        autocast here: the caller owns train/eval mode, precision (e.g. Lightning's) and the
+        optimizer of ``engine.model.parameters()``.
+        """
+        if self.model is None:
+            raise FlowEngineError(f"model {self.name!r} is a classical method: no gradients to take")
+        frames1, frames2 = _check_frames(frames1, frames2)
+        return self.model.predict(_to_unit_float(frames1), _to_unit_float(frames2))
+
+    def _classical(self, frames1: torch.Tensor, frames2: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        import numpy as np
+
+        from flow_engine.classical import classical_flow
+
+        def to_numpy(x: torch.Tensor) -> np.ndarray:
+            if x.dtype != torch.uint8:
+                x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+            return x.permute(0, 2, 3, 1).cpu().numpy()
+
+        a, b = to_numpy(frames1), to_numpy(frames2)
+        flows = np.stack([classical_flow(self.name, a[i], b[i]) for i in range(len(a))])
+        out.copy_(torch.from_numpy(flows).permute(0, 3, 1, 2))
+        return out
+
+
+def _check_frames(frames1: torch.Tensor, frames2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    if not (torch.is_tensor(frames1) and torch.is_tensor(frames2)):
+        raise FlowInputError(f"frames must be torch tensors, got {type(frames1).__name__} and {type(frames2).__name__}")
+    if frames1.dim() == 3 and frames2.dim() == 3:
+        frames1, frames2 = frames1[None], frames2[None]
+    for name, f in (("frames1", frames1), ("frames2", frames2)):
+        if f.dim() != 4 or f.shape[1] != 3:
+            raise FlowInputError(f"{name} must be RGB [B,3,H,W] (or one [3,H,W] frame), got shape {tuple(f.shape)}")
+        if f.dtype != torch.uint8 and not f.is_floating_point():
+            raise FlowInputError(f"{name} must be uint8 (0..255) or float in [0,1], got {f.dtype}")
+    if frames1.shape != frames2.shape:
+        raise FlowInputError(f"frame pair sizes differ: {tuple(frames1.shape)} vs {tuple(frames2.shape)}")
+    if frames1.shape[0] == 0:
+        raise FlowInputError("empty batch of frames")
+    return frames1, frames2
+
+
+def _to_unit_float(x: torch.Tensor) -> torch.Tensor:
+    """uint8 0..255 -> float32 0..1; float frames pass through as float32."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    return x.float()

@@ -1,0 +1,148 @@
+"""FlowEngine on CPU: shapes, input types, batch splitting, clip flow, weights, classical methods, errors."""
+from __future__ import annotations
+
+import logging
+
+import pytest
+import torch
+
+from flow_engine import engine as engine_mod
+from flow_engine.engine import DEFAULT_WEIGHTS, FlowEngine, FlowEngineError, file_hash
+from flow_engine.pwcnet import FlowInputError, PWCNet, WeightsError
+
+
+@pytest.fixture(scope="module")
+def engine() -> FlowEngine:
+    return FlowEngine(device="cpu")
+
+
+def drifting(T: int, H: int, W: int) -> torch.Tensor:
+    """T uint8 RGB frames [T,3,H,W]: a smooth pattern drifting right by 2 px per frame."""
+    y, x = torch.meshgrid(torch.arange(float(H)), torch.arange(float(W + 2 * T)), indexing="ij")
+    base = torch.stack([torch.sin(x / 5) + torch.cos(y / 7), torch.cos(x / 9 - y / 4), torch.sin((x + y) / 6)])
+    base = ((base - base.min()) / (base.max() - base.min()) * 255).round().to(torch.uint8)
+    return torch.stack([base[:, :, 2 * (T - t) : 2 * (T - t) + W] for t in range(T)])
+
+
+@pytest.fixture(scope="module")
+def frames() -> torch.Tensor:
+    """Four 50x60 frames (padded to 64x64 inside: PWC-Net on CPU is slow)."""
+    return drifting(4, 50, 60)
+
+
+@pytest.fixture(scope="module")
+def reference(engine, frames) -> torch.Tensor:
+    """The engine's flow for all consecutive pairs in one batch."""
+    return engine(frames[:-1], frames[1:])
+
+
+def test_defaults_and_config(engine):
+    assert engine.name == "pwcnet" and engine.device == torch.device("cpu") and engine.dtype == "fp32"
+    assert isinstance(engine.model, PWCNet) and not engine.model.training
+    if not DEFAULT_WEIGHTS.is_file():
+        assert engine.weights_hash == "random"
+    assert engine.config() == {"name": "pwcnet", "weights_hash": engine.weights_hash, "dtype": "fp32"}
+
+
+def test_random_init_is_deterministic_and_warns_once(caplog, monkeypatch, tmp_path):
+    monkeypatch.setattr(engine_mod, "DEFAULT_WEIGHTS", tmp_path / "absent.pt")
+    monkeypatch.setattr(engine_mod, "_warned_random", False)
+    with caplog.at_level(logging.WARNING, logger="flow_engine.engine"):
+        a = FlowEngine(device="cpu")
+        b = FlowEngine(device="cpu")
+    assert sum("flow will be noise" in r.message for r in caplog.records) == 1
+    assert a.weights_hash == b.weights_hash == "random"
+    for (k, v), w in zip(a.model.state_dict().items(), b.model.state_dict().values()):
+        assert torch.equal(v, w), k
+
+
+def test_shapes_and_uint8_vs_float(engine, frames, reference):
+    f1, f2 = frames[:-1], frames[1:]
+    flow = reference
+    assert flow.shape == (3, 2, 50, 60) and flow.dtype == torch.float32 and flow.device.type == "cpu"
+    assert torch.isfinite(flow).all()
+    torch.testing.assert_close(engine(f1.float() / 255, f2.float() / 255), flow)
+    single = engine(frames[0], frames[1])
+    assert single.shape == (1, 2, 50, 60)
+    torch.testing.assert_close(single, flow[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_batch_splitting_matches_one_batch(engine, frames, reference):
+    small = FlowEngine(device="cpu", max_pixels_per_batch=64 * 64 * 2)  # 2 pairs per pass: 2 + 1
+    assert small.pairs_per_batch(50, 60) == 2 and engine.pairs_per_batch(50, 60) > 3
+    torch.testing.assert_close(small(frames[:-1], frames[1:]), reference, rtol=1e-4, atol=1e-4)
+
+
+def test_clip_flow(engine, frames, reference):
+    flows = engine.clip_flow(frames)
+    assert flows.shape == (3, 2, 50, 60)
+    torch.testing.assert_close(flows, reference)
+    with pytest.raises(FlowInputError, match="T >= 2"):
+        engine.clip_flow(frames[:1])
+
+
+def test_flow_with_grad_keeps_the_graph(engine, frames, reference):
+    f = frames[:2].float() / 255
+    flow = engine.flow_with_grad(f[:1], f[1:])
+    assert flow.requires_grad and flow.shape == (1, 2, 50, 60)
+    flow.abs().mean().backward()
+    grad = engine.model.dc_conv7.weight.grad
+    assert grad is not None and grad.abs().sum() > 0
+    engine.model.zero_grad(set_to_none=True)
+    torch.testing.assert_close(flow.detach(), reference[:1], rtol=1e-4, atol=1e-4)
+
+
+def test_weights_file_and_hash(tmp_path, frames):
+    torch.manual_seed(3)
+    net = PWCNet()
+    path = tmp_path / "w.pt"
+    torch.save(net.state_dict(), path)
+    eng = FlowEngine(weights=path, device="cpu")
+    assert eng.weights_hash == file_hash(path) and len(eng.weights_hash) == 16
+    with torch.no_grad():
+        ref = net.eval().predict(frames[:1].float() / 255, frames[1:2].float() / 255)
+    torch.testing.assert_close(eng(frames[:1], frames[1:2]), ref)
+    with pytest.raises(WeightsError, match="no such weights file"):
+        FlowEngine(weights=tmp_path / "absent.pt", device="cpu")
+
+
+def test_bf16_on_cpu_is_close_to_fp32(engine, frames, reference):
+    bf = FlowEngine(device="cpu", dtype="bf16")
+    assert bf.config()["dtype"] == "bf16"
+    ref = reference[:1]
+    out = bf(frames[:1], frames[1:2])
+    assert out.dtype == torch.float32
+    assert (out - ref).abs().mean() < 0.1 * ref.abs().mean() + 0.05
+
+
+def test_classical_engine():
+    frames = drifting(4, 72, 88)
+    eng = FlowEngine(model="dis")
+    assert eng.model is None and eng.weights_hash.startswith("opencv-")
+    flow = eng(frames[:-1], frames[1:])
+    assert flow.shape == (3, 2, 72, 88)
+    # the pattern drifts right by 2 px per frame: DIS recovers it in the interior
+    inner = flow[:, :, 16:-16, 16:-16]
+    assert abs(inner[:, 0].median().item() - 2.0) < 0.3 and inner[:, 1].abs().median() < 0.3
+    assert eng.clip_flow(frames).shape == (3, 2, 72, 88)
+    torch.testing.assert_close(eng(frames[:1].float() / 255, frames[1:2].float() / 255), flow[:1])
+
+
+def test_errors(engine, frames):
+    with pytest.raises(FlowEngineError, match="unknown flow model 'raft'"):
+        FlowEngine(model="raft")
+    with pytest.raises(FlowEngineError, match="fp16.*CUDA"):
+        FlowEngine(device="cpu", dtype="fp16")
+    with pytest.raises(FlowEngineError, match="unknown dtype"):
+        FlowEngine(device="cpu", dtype="int8")
+    with pytest.raises(FlowEngineError, match="takes no weights"):
+        FlowEngine(model="dis", weights="x.pt")
+    if not torch.cuda.is_available():
+        with pytest.raises(FlowEngineError, match="CUDA is not available"):
+            FlowEngine(device="cuda")
+    with pytest.raises(FlowInputError, match="sizes differ"):
+        engine(frames[:1], frames[:1, :, :40])
+    with pytest.raises(FlowInputError, match="RGB"):
+        engine(frames[:1, :2], frames[:1, :2])
+    with pytest.raises(FlowInputError, match="uint8.*float"):
+        engine(frames[:1].int(), frames[:1].int())
