@@ -1,0 +1,440 @@
+"""Compute optical flow for many videos and store it in the compressed flow cache.
+
+``python -m actionflow precompute --videos DIR|LIST --cache DIR [--engine pwcnet] [--size 256x340] ...``
+
+Pipeline per video: decord decodes chunks of frames, resized on decode to ``--size``, in a
+background thread; the engine computes flow for ``--batch`` consecutive pairs at a time
+on its device; the flow is quantised to uint8 *on that device* (1 byte per value crosses
+to the host); a pool of ``--workers`` threads encodes frames (OpenCV releases the GIL)
+while the next batch is computed; the main thread appends encoded frames to the
+video's temp file, which is renamed into place when the video is complete.
+
+Resumable and shardable: videos with a complete, matching entry are skipped
+(``--verify`` also checks their checksums); ``--shard I/N`` (or ``RANK``/``WORLD_SIZE``
+from torchrun, with ``LOCAL_RANK`` picking the GPU) takes videos ``i % N == I`` of the
+sorted list. Processes sharing a cache folder take a per-video ``flock``, so none
+computes a video another is computing; a killed process loses only its video in flight.
+
+Exit code: 0 when every video is cached, 1 when any failed (each listed with its reason
+in the summary), 2 for bad arguments (no videos found, unknown engine...).
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import queue
+import sys
+import threading
+import time
+from collections import deque
+from collections.abc import Iterator
+from concurrent.futures import Executor, Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from actionflow.flow_cache import (
+    DEFAULT_BOUND,
+    DEFAULT_SIZE,
+    CacheWriter,
+    FlowCache,
+    encode_frames,
+    flo_bytes,
+    quantize,
+)
+from actionflow.video import VideoError, iter_frames
+
+log = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts"})
+
+
+# ------------------------------------------------------------------------ video lists
+
+
+def list_videos(spec: str | os.PathLike) -> list[Path]:
+    """Videos named by ``spec``: a folder (searched recursively for video extensions) or a
+    text list with one path per line, optionally followed by a label; relative paths are
+    relative to the list's folder, blank lines and ``#`` comments are skipped. Sorted, unique."""
+    spec = Path(spec)
+    if spec.is_dir():
+        found = [p for p in spec.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
+    elif spec.is_file():
+        found = []
+        for line in spec.read_text(encoding="utf-8", errors="replace").splitlines():
+            line = line.strip()
+            if not line or line.startswith("#"):
+                continue
+            path = Path(line)
+            if not (path if path.is_absolute() else spec.parent / path).exists() and len(line.split()) > 1:
+                path = Path(line.rsplit(maxsplit=1)[0])  # "path label"
+            found.append(path if path.is_absolute() else spec.parent / path)
+    else:
+        raise FileNotFoundError(f"{spec}: no such folder or list file")
+    return sorted(set(found), key=str)
+
+
+def shard(videos: list[Path], index: int, count: int) -> list[Path]:
+    """Videos ``i % count == index`` of the sorted list (every video in exactly one shard)."""
+    if not 0 <= index < count:
+        raise ValueError(f"shard {index}/{count}: index must be in 0..{count - 1}")
+    return [v for i, v in enumerate(sorted(videos, key=str)) if i % count == index]
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """``"256x340"`` -> (256, 340) = (H, W) in pixels."""
+    try:
+        h, w = (int(x) for x in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size {text!r} must be HxW, e.g. 256x340") from None
+    if h < 8 or w < 8:
+        raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 8x8)")
+    return h, w
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"1/4"`` -> (1, 4)."""
+    try:
+        i, n = (int(x) for x in text.split("/"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"shard {text!r} must be I/N, e.g. 0/4") from None
+    if n < 1 or not 0 <= i < n:
+        raise argparse.ArgumentTypeError(f"shard {text!r}: need 0 <= I < N")
+    return i, n
+
+
+# --------------------------------------------------------------------------- one video
+
+
+def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
+    """Run iterator ``it`` in a background thread, ``depth`` items ahead (decoding overlaps compute).
+
+    Errors of ``it`` are raised in the consumer; closing this generator stops the thread.
+    """
+    q: queue.Queue = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+    end = object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                q.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def produce():
+        try:
+            for item in it:
+                if not put((item, None)):
+                    return
+            put((end, None))
+        except BaseException as exc:
+            put((end, exc))
+        finally:
+            if hasattr(it, "close"):
+                it.close()  # frees the decoder now, also when the consumer stopped early
+
+    thread = threading.Thread(target=produce, daemon=True, name="decode")
+    thread.start()
+    try:
+        while True:
+            item, exc = q.get()
+            if item is end:
+                if exc is not None:
+                    raise exc
+                return
+            yield item
+    finally:
+        stop.set()
+
+
+def _frames_to_tensor(frames: np.ndarray, device):
+    """uint8 ``[t,H,W,3]`` RGB -> uint8 ``[t,3,H,W]`` on ``device``."""
+    import torch
+
+    t = torch.from_numpy(frames)
+    if t.device != torch.device(device):
+        t = t.pin_memory() if torch.device(device).type == "cuda" else t
+        t = t.to(device, non_blocking=True)
+    return t.permute(0, 3, 1, 2)
+
+
+def write_video_entry(
+    video: str | os.PathLike,
+    cache: FlowCache,
+    engine,
+    batch: int = 32,
+    pool: Executor | None = None,
+    max_pending: int = 8,
+) -> CacheWriter:
+    """Compute and write ``video``'s entry (no locking; the caller holds the video's lock).
+
+    Returns the committed writer (``.path``, ``.num_flows``, ``.bytes_written``). Raises
+    VideoError for unreadable videos and videos with fewer than two frames; nothing is
+    left behind on any error.
+    """
+    import torch
+
+    h, w = cache.size
+    device = torch.device(getattr(engine, "device", "cpu"))
+    own_pool = pool is None
+    pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
+    pending: deque[tuple[Future, np.ndarray]] = deque()
+
+    def drain(until: int) -> None:
+        while len(pending) > until or (pending and pending[0][0].done()):
+            fut, clipped = pending.popleft()
+            for payload, c in zip(fut.result(), clipped):
+                writer.add(payload, int(c))
+
+    try:
+        cache.header_for(video)
+    except FileNotFoundError:
+        raise VideoError(video, "no such file") from None
+    except OSError as exc:
+        raise VideoError(video, f"cannot stat ({exc.strerror})") from None
+    frame_chunks = _prefetch(iter_frames(video, chunk=batch, size=cache.size))
+    try:
+        with cache.writer(video) as writer:
+            previous = None
+            for frames in frame_chunks:
+                if frames.shape[1:3] != (h, w):
+                    raise VideoError(video, f"decoded frames are {frames.shape[1]}x{frames.shape[2]}, not {h}x{w}")
+                seq = _frames_to_tensor(frames, device)
+                if previous is not None:
+                    seq = torch.cat([previous, seq])
+                previous = seq[-1:]
+                for s in range(0, seq.shape[0] - 1, batch):
+                    f1, f2 = seq[s: s + batch], seq[s + 1: s + batch + 1]
+                    f1 = f1[: f2.shape[0]]
+                    with torch.inference_mode():
+                        flow = engine(f1, f2)
+                    if tuple(flow.shape) != (f1.shape[0], 2, h, w):
+                        raise RuntimeError(f"engine {getattr(engine, 'name', engine)!r} returned flow of shape "
+                                           f"{tuple(flow.shape)} for {f1.shape[0]} pairs of {h}x{w} frames")
+                    q, clipped = quantize(flow, cache.bound)
+                    pending.append((pool.submit(encode_frames, q.cpu().numpy(), cache.codec), clipped.cpu().numpy()))
+                    drain(max_pending)
+            drain(0)
+            if writer.num_flows == 0:
+                raise VideoError(video, "fewer than 2 frames: no flow to compute")
+    finally:
+        frame_chunks.close()
+        for fut, _ in pending:
+            fut.cancel()
+        if own_pool:
+            pool.shutdown(wait=True)
+    return writer
+
+
+def precompute_video(
+    video: str | os.PathLike,
+    cache: FlowCache,
+    engine,
+    size: tuple[int, int] | None = None,
+    batch: int = 32,
+    pool: Executor | None = None,
+    verify: bool = False,
+) -> Path:
+    """Make sure ``video`` has a valid entry in ``cache`` and return its path.
+
+    Computes it with ``engine`` (``FlowEngine``-like: ``frames1, frames2 [B,3,H,W] uint8 ->
+    [B,2,H,W]`` pixels) unless a matching entry exists; waits while another process holds the
+    video's lock and reuses what it wrote. ``size`` (H, W) defaults to (and must equal)
+    ``cache.size``. ``pool`` encodes frames (a private 2-thread pool when None).
+    Raises VideoError for unreadable videos.
+    """
+    if size is not None and tuple(size) != cache.size:
+        raise ValueError(f"size {tuple(size)} differs from the cache's {cache.size}")
+    path = cache.lookup(video, verify=verify)
+    if path is not None:
+        return path
+    with cache.lock_for(video):
+        path = cache.lookup(video, verify=verify)
+        if path is not None:
+            return path
+        cache.remove_temp_files(video)
+        return write_video_entry(video, cache, engine, batch=batch, pool=pool).path
+
+
+# ---------------------------------------------------------------------------- many videos
+
+
+@dataclass
+class Summary:
+    done: list[Path] = field(default_factory=list)
+    skipped: list[Path] = field(default_factory=list)
+    failed: list[tuple[Path, str]] = field(default_factory=list)
+    flows: int = 0  # flow frames computed in this run
+    bytes: int = 0  # bytes written in this run
+    cached_flows: int = 0  # flow frames in the entries of this shard (computed now or before)
+    cached_bytes: int = 0
+    flo_bytes: int = 0  # what cached_flows take as .flo
+    seconds: float = 0.0
+
+
+def precompute(
+    videos: list[Path],
+    cache: FlowCache,
+    engine,
+    batch: int = 32,
+    workers: int = 4,
+    verify: bool = False,
+    progress: bool = True,
+) -> Summary:
+    """Cache every video of ``videos`` (see module doc); failures are recorded, never raised."""
+    from tqdm import tqdm
+
+    summary = Summary()
+    t0 = time.perf_counter()
+    bar = tqdm(total=len(videos), unit="video", disable=not progress, dynamic_ncols=True)
+
+    def account(path: Path) -> None:
+        from actionflow.flow_cache import CachedFlow
+
+        with CachedFlow(path) as c:
+            summary.cached_flows += c.num_flows
+            summary.cached_bytes += c.file_size
+            summary.flo_bytes += flo_bytes(c.num_flows, c.height, c.width)
+
+    def attempt(video: Path, blocking: bool) -> bool:
+        """Handle one video; False when another process holds its lock (and not blocking)."""
+        if cache.lookup(video, verify=verify) is not None:
+            summary.skipped.append(video)
+            account(cache.path_for(video))
+            return True
+        lock = cache.lock_for(video)
+        if not lock.acquire(blocking=blocking):
+            return False
+        try:
+            if cache.lookup(video, verify=verify) is not None:  # finished by another process meanwhile
+                summary.skipped.append(video)
+                account(cache.path_for(video))
+                return True
+            cache.remove_temp_files(video)
+            writer = write_video_entry(video, cache, engine, batch=batch, pool=pool)
+        except VideoError as exc:
+            log.warning("skipping %s", exc)
+            summary.failed.append((video, exc.reason))
+            return True
+        except Exception as exc:  # an engine or codec failure on one video must not end the run
+            log.exception("failed on %s", video)
+            summary.failed.append((video, f"{type(exc).__name__}: {exc}"))
+            return True
+        finally:
+            lock.release()
+        summary.done.append(video)
+        summary.flows += writer.num_flows
+        summary.bytes += writer.bytes_written
+        account(writer.path)
+        return True
+
+    with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encode") as pool:
+        busy = []
+        for video in videos:
+            if not attempt(video, blocking=False):
+                busy.append(video)  # another process is on it: come back when we are done
+                continue
+            _update(bar, summary, t0)
+        for video in busy:  # wait for the other process, then take over only if it did not finish
+            attempt(video, blocking=True)
+            _update(bar, summary, t0)
+    bar.close()
+    summary.seconds = time.perf_counter() - t0
+    return summary
+
+
+def _update(bar, summary: Summary, t0: float) -> None:
+    elapsed = max(time.perf_counter() - t0, 1e-9)
+    bar.update(1)
+    bar.set_postfix(flows_per_s=f"{summary.flows / elapsed:.0f}", written=f"{summary.bytes / 1e6:.1f}MB",
+                    failed=len(summary.failed), refresh=False)
+
+
+def print_summary(summary: Summary, out=None) -> None:
+    """The end-of-run table: videos done / skipped / failed (with reasons), bytes against .flo."""
+    s, out = summary, out or sys.stdout
+    rate = s.flows / s.seconds if s.seconds else 0.0
+    print(f"videos: {len(s.done)} computed, {len(s.skipped)} skipped (already cached), {len(s.failed)} failed", file=out)
+    print(f"flow frames computed: {s.flows} in {s.seconds:.1f} s ({rate:.1f} frames/s), {s.bytes / 1e6:.2f} MB written", file=out)
+    if s.cached_bytes:
+        print(f"cache for these videos: {s.cached_flows} flow frames, {s.cached_bytes / 1e6:.2f} MB "
+              f"({s.cached_bytes / max(s.cached_flows, 1):.0f} B/frame); as .flo {s.flo_bytes / 1e6:.1f} MB "
+              f"= {s.flo_bytes / s.cached_bytes:.1f}x larger", file=out)
+    for video, reason in s.failed:
+        print(f"FAILED {video}: {reason}", file=out)
+
+
+# ---------------------------------------------------------------------------------- CLI
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--videos", required=True, type=Path, help="folder of videos (recursive) or a list file (path [label] per line)")
+    parser.add_argument("--cache", required=True, type=Path, help="cache folder (one per engine/size/bound)")
+    parser.add_argument("--engine", default="pwcnet", choices=["pwcnet", "dis", "farneback", "tvl1"], help="flow engine (default pwcnet)")
+    parser.add_argument("--weights", default=None, help="PWC-Net weights file (default: the shipped ones)")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="HxW the flow is computed at (default 256x340)")
+    parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
+    parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
+    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="encoding threads (default min(8, cores))")
+    parser.add_argument("--batch", type=int, default=32, help="frame pairs per engine call (default 32)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto uses LOCAL_RANK under torchrun)")
+    parser.add_argument("--dtype", default="auto", help="engine dtype: auto (bf16 on CUDA, else fp32), fp32, bf16, fp16")
+    parser.add_argument("--shard", type=parse_shard, default=None, help="I/N: this process takes videos i %% N == I (default RANK/WORLD_SIZE or 0/1)")
+    parser.add_argument("--verify", action="store_true", help="check every checksum of existing entries before skipping them")
+    parser.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def _shard_from_env() -> tuple[int, int]:
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _device(arg: str) -> str:
+    if arg != "auto":
+        return arg
+    import torch
+
+    if torch.cuda.is_available():
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    return "cpu"
+
+
+def make_engine(args: argparse.Namespace):
+    """The real ``FlowEngine`` the arguments ask for."""
+    from flow_engine.engine import FlowEngine
+
+    return FlowEngine(model=args.engine, weights=args.weights, device=_device(args.device), dtype=args.dtype)
+
+
+def run(args: argparse.Namespace, engine=None) -> int:
+    """Run the precompute command; ``engine`` replaces the one the arguments name (tests)."""
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        videos = list_videos(args.videos)
+    except (FileNotFoundError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if not videos:
+        print(f"error: no videos found in {args.videos}", file=sys.stderr)
+        return 2
+    index, count = args.shard if args.shard is not None else _shard_from_env()
+    try:
+        mine = shard(videos, index, count)
+        codec = args.codec
+        if engine is None:
+            engine = make_engine(args)
+        cache = FlowCache(args.cache, engine.config(), size=args.size, bound=args.bound, codec=codec)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    log.info("shard %d/%d: %d of %d videos; engine %s on %s; flow at %dx%d, bound %g, codec %s -> %s",
+             index, count, len(mine), len(videos), getattr(engine, "name", "?"), getattr(engine, "device", "?"),
+             *cache.size, cache.bound, cache.codec, cache.root)
+    summary = precompute(mine, cache, engine, batch=args.batch, workers=args.workers, verify=args.verify,
+                         progress=not args.no_progress)
+    print_summary(summary)
+    return 1 if summary.failed else 0

@@ -1,0 +1,302 @@
+"""precompute: tiny generated MP4s + bad files, a stand-in engine with a known answer, resume,
+shards, SIGKILL mid-run, two processes on one cache."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from actionflow import precompute as pc
+from actionflow.__main__ import main as cli
+from actionflow.flow_cache import CachedFlow, FlowCache, dequantize, quantize
+from actionflow.video import VideoError, read_frames
+
+SIZE = (48, 64)  # (H, W) the tests compute flow at (the videos are 64x80: resized on decode)
+BOUND = 20.0
+
+
+class StandInEngine:
+    """A fast engine with a known answer: u = red change / 2 (often beyond the bound:
+    exercises clipping), v = red of frame 1 * 30/255 - 15. Counts its calls."""
+
+    name = "standin"
+    weights_hash = "0123abcd"
+    device = torch.device("cpu")
+    dtype = torch.float32
+
+    def __init__(self, delay: float = 0.0):
+        self.delay = delay
+        self.pairs = 0
+
+    def config(self) -> dict:
+        return {"name": self.name, "weights_hash": self.weights_hash, "dtype": "float32", "device": "cpu"}
+
+    def __call__(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
+        time.sleep(self.delay)
+        self.pairs += frames1.shape[0]
+        a, b = frames1[:, 0].float(), frames2[:, 0].float()
+        return torch.stack([(b - a) / 2, a * 30 / 255 - 15], dim=1)
+
+
+def write_video(path: Path, frames: int = 12, height: int = 64, width: int = 80, phase: int = 0) -> Path:
+    """An H.264 MP4 of a pattern moving 2 px right per frame."""
+    import av
+
+    y, x = np.mgrid[0:height, 0:width]
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=25)
+        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        for t in range(frames):
+            grey = 128 + 100 * np.sin((x - 2 * t + phase) / 5.0) * np.cos(y / 7.0)
+            rgb = np.stack([grey, np.roll(grey, 3, 1), 255 - grey], -1).clip(0, 255).astype(np.uint8)
+            for packet in stream.encode(av.VideoFrame.from_ndarray(rgb, format="rgb24")):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+@pytest.fixture(scope="module")
+def good_videos(tmp_path_factory) -> list[Path]:
+    folder = tmp_path_factory.mktemp("good")
+    (folder / "sub").mkdir()
+    return [write_video(folder / "a.mp4", 12), write_video(folder / "sub" / "b.mp4", 9, phase=5),
+            write_video(folder / "c.mp4", 12, phase=9), write_video(folder / "d.mp4", 10, phase=2),
+            write_video(folder / "e.mp4", 11, phase=13), write_video(folder / "f.mp4", 12, phase=4)]
+
+
+@pytest.fixture
+def mixed_folder(tmp_path, good_videos) -> tuple[Path, list[Path], dict[str, str]]:
+    """Two good videos plus every kind of bad input: name -> expected words of the reason."""
+    folder = tmp_path / "videos"
+    folder.mkdir()
+    good = []
+    for v in good_videos[:2]:
+        (folder / v.name).write_bytes(v.read_bytes())
+        good.append(folder / v.name)
+    data = good_videos[0].read_bytes()
+    (folder / "truncated.mp4").write_bytes(data[: len(data) // 3])
+    (folder / "empty.mp4").write_bytes(b"")
+    (folder / "text.mp4").write_text("this is not a video\n" * 20)
+    (folder / "corrupt.avi").write_bytes(np.random.default_rng(0).integers(0, 256, 5000, dtype=np.uint8).tobytes())
+    write_video(folder / "single.mp4", frames=1)
+    (folder / "notes.txt").write_text("not a video extension: ignored")
+    bad = {"truncated.mp4": "", "empty.mp4": "empty", "text.mp4": "", "corrupt.avi": "", "single.mp4": "fewer than 2 frames"}
+    return folder, good, bad
+
+
+def args_for(videos, cache, *extra: str):
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    pc.add_arguments(parser)
+    return parser.parse_args(["--videos", str(videos), "--cache", str(cache), "--size", f"{SIZE[0]}x{SIZE[1]}",
+                              "--batch", "4", "--workers", "2", "--no-progress", *extra])
+
+
+def cache_for(root, codec="png") -> FlowCache:
+    return FlowCache(root, StandInEngine().config(), size=SIZE, bound=BOUND, codec=codec)
+
+
+def expected_flow(video: Path) -> np.ndarray:
+    frames = torch.from_numpy(read_frames(video, size=SIZE)).permute(0, 3, 1, 2)
+    return StandInEngine()(frames[:-1], frames[1:]).numpy()
+
+
+def test_precompute_caches_good_videos_and_lists_bad_ones(mixed_folder, tmp_path, capsys):
+    folder, good, bad = mixed_folder
+    cache_dir = tmp_path / "cache"
+    rc = pc.run(args_for(folder, cache_dir, "--codec", "png"), engine=StandInEngine())
+    out = capsys.readouterr().out
+    assert rc == 1  # some failed
+    assert "videos: 2 computed, 0 skipped (already cached), 5 failed" in out
+    for name, words in bad.items():
+        line = next(line for line in out.splitlines() if line.startswith(f"FAILED {folder / name}:"))
+        assert words in line, line
+    cache = cache_for(cache_dir)
+    for video in good:
+        want = expected_flow(video)
+        with cache.open(video) as c:
+            # lossless codec: exactly the engine's flow, quantised; clipped counts exact
+            q, clipped = quantize(want, BOUND)
+            assert c.num_flows == len(want) and np.array_equal(c.read(0, c.num_flows), dequantize(q, BOUND))
+            assert np.array_equal(c.clipped, clipped) and clipped.sum() > 0
+            assert c.header["video"]["path"] == str(video.resolve())
+    assert sorted(p.name for p in cache_dir.iterdir()) == sorted(cache.path_for(v).name for v in good)
+    assert cli(["cache", "verify", str(cache_dir)]) == 0
+
+
+def test_resume_skips_and_stale_or_corrupt_entries_are_recomputed(good_videos, tmp_path, capsys):
+    videos = good_videos[:3]
+    listing = tmp_path / "list.txt"
+    listing.write_text("# video label\n" + "".join(f"{os.path.relpath(v, tmp_path)} {i}\n" for i, v in enumerate(videos)))
+    cache_dir = tmp_path / "cache"
+    engine = StandInEngine()
+    assert pc.run(args_for(listing, cache_dir), engine=engine) == 0
+    computed = engine.pairs
+    assert computed == sum(len(read_frames(v)) - 1 for v in videos)
+    cache = cache_for(cache_dir)
+    stamps = {v: cache.path_for(v).stat().st_mtime_ns for v in videos}
+    capsys.readouterr()
+
+    assert pc.run(args_for(listing, cache_dir), engine=engine) == 0
+    assert engine.pairs == computed  # nothing recomputed
+    assert "0 computed, 3 skipped" in capsys.readouterr().out
+    assert all(cache.path_for(v).stat().st_mtime_ns == stamps[v] for v in videos)
+
+    # a flipped byte: plain resume does not read payloads, --verify catches and recomputes it
+    bad = cache.path_for(videos[1])
+    data = bytearray(bad.read_bytes())
+    data[20] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert pc.run(args_for(listing, cache_dir, "--verify"), engine=engine) == 0
+    assert "1 computed, 2 skipped" in capsys.readouterr().out
+    assert cli(["cache", "verify", str(cache_dir)]) == 0
+
+    # a corrupt entry removed by `cache verify --delete-bad` is recomputed by a plain rerun
+    data = bytearray(bad.read_bytes())
+    data[30] ^= 0xFF
+    bad.write_bytes(bytes(data))
+    assert cli(["cache", "verify", str(cache_dir), "--delete-bad"]) == 1
+    assert not bad.exists()
+    capsys.readouterr()
+    assert pc.run(args_for(listing, cache_dir), engine=engine) == 0
+    assert "1 computed, 2 skipped" in capsys.readouterr().out
+
+    # another bound makes every entry stale: recomputed, not reused
+    assert pc.run(args_for(listing, cache_dir, "--bound", "10"), engine=engine) == 0
+    assert "3 computed, 0 skipped" in capsys.readouterr().out
+    assert CachedFlow(cache.path_for(videos[0])).bound == 10.0
+
+
+def test_list_files_and_shards(good_videos, tmp_path, monkeypatch, capsys):
+    listing = tmp_path / "lists" / "train.txt"
+    listing.parent.mkdir()
+    lines = [f"{os.path.relpath(good_videos[0], listing.parent)} dance", str(good_videos[1]), "", "# comment",
+             f"{os.path.relpath(good_videos[2], listing.parent)}"]
+    listing.write_text("\n".join(lines) + "\n")
+    assert pc.list_videos(listing) == sorted([listing.parent / os.path.relpath(good_videos[0], listing.parent),
+                                              good_videos[1], listing.parent / os.path.relpath(good_videos[2], listing.parent)], key=str)
+    folder = good_videos[0].parent
+    assert [v.name for v in pc.list_videos(folder)] == ["a.mp4", "c.mp4", "d.mp4", "e.mp4", "f.mp4", "b.mp4"]
+
+    videos = pc.list_videos(folder)
+    for n in (1, 2, 4):
+        parts = [pc.shard(videos, i, n) for i in range(n)]
+        assert sorted(sum(parts, []), key=str) == videos  # every video in exactly one shard
+        assert all(parts[i] == videos[i::n] for i in range(n))
+    with pytest.raises(ValueError):
+        pc.shard(videos, 2, 2)
+
+    # --shard 1/2 caches only its half; RANK/WORLD_SIZE (torchrun) then does the other half
+    cache_dir = tmp_path / "cache"
+    cache = cache_for(cache_dir)
+    assert pc.run(args_for(folder, cache_dir, "--shard", "1/2"), engine=StandInEngine()) == 0
+    assert [cache.lookup(v) is not None for v in videos] == [i % 2 == 1 for i in range(len(videos))]
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert pc.run(args_for(folder, cache_dir), engine=StandInEngine()) == 0
+    assert all(cache.lookup(v) is not None for v in videos)
+    assert "3 computed, 0 skipped" in capsys.readouterr().out
+
+
+def test_precompute_video_reuses_and_errors(good_videos, tmp_path):
+    cache = cache_for(tmp_path / "cache", codec="jpeg:95")
+    engine = StandInEngine()
+    path = pc.precompute_video(good_videos[1], cache, engine, size=SIZE, batch=3)
+    assert path == cache.path_for(good_videos[1]) and engine.pairs == 8
+    assert pc.precompute_video(good_videos[1], cache, engine) == path and engine.pairs == 8  # reused
+    with pytest.raises(VideoError, match="no such file"):
+        pc.precompute_video(tmp_path / "missing.mp4", cache, engine)
+    with pytest.raises(ValueError, match="size"):
+        pc.precompute_video(good_videos[1], cache, engine, size=(32, 32))
+    assert sorted(p.name for p in cache.root.iterdir()) == [path.name]  # no lock or temp files left
+
+
+# ---- other processes: SIGKILL mid-run, two processes on one cache. Forked (not spawned) so
+# that no test pays for a fresh interpreter importing torch.
+
+
+def _child(videos: Path, cache: Path, delay: float, log: Path) -> None:
+    torch.set_num_threads(1)
+    with open(log, "w") as f:
+        sys.stdout = sys.stderr = f
+        rc = pc.run(args_for(videos, cache), engine=StandInEngine(delay=delay))
+        f.flush()
+    os._exit(rc)
+
+
+def fork_precompute(videos: Path, cache: Path, delay: float, log: Path):
+    import multiprocessing
+
+    proc = multiprocessing.get_context("fork").Process(target=_child, args=(videos, cache, delay, log))
+    proc.start()
+    return proc
+
+
+def test_sigkill_mid_run_loses_only_the_video_in_flight(good_videos, tmp_path, capsys):
+    folder = good_videos[0].parent
+    cache_dir = tmp_path / "cache"
+    proc = fork_precompute(folder, cache_dir, delay=0.25, log=tmp_path / "log")  # ~3 batches a video: ~0.75 s each
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and not list(cache_dir.glob("*.afc")):
+            assert proc.is_alive(), (tmp_path / "log").read_text()
+            time.sleep(0.05)
+        time.sleep(0.3)  # well into the next video
+        assert list(cache_dir.glob(".*.tmp")), "expected a video in flight"
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.join(10)
+    assert proc.exitcode == -signal.SIGKILL
+    done = list(cache_dir.glob("*.afc"))
+    assert 1 <= len(done) < len(good_videos)
+    assert cli(["cache", "verify", str(cache_dir)]) == 0
+    assert "0 bad" in capsys.readouterr().out
+    assert pc.run(args_for(folder, cache_dir), engine=StandInEngine()) == 0
+    assert f"{len(good_videos) - len(done)} computed, {len(done)} skipped" in capsys.readouterr().out
+    assert len(list(cache_dir.glob("*.afc"))) == len(good_videos)
+    assert not [p for p in cache_dir.iterdir() if p.suffix in (".tmp", ".lock")]  # the killed run's temp file is gone
+    assert cli(["cache", "verify", str(cache_dir)]) == 0
+
+
+def test_two_processes_on_one_cache_compute_each_video_once(good_videos, tmp_path):
+    folder = good_videos[0].parent
+    cache_dir = tmp_path / "cache"
+    logs = [tmp_path / f"log{i}" for i in range(2)]
+    procs = [fork_precompute(folder, cache_dir, 0.05, log) for log in logs]
+    for p in procs:
+        p.join(120)
+    outs = [log.read_text() for log in logs]
+    assert [p.exitcode for p in procs] == [0, 0], outs
+    counts = [re.search(r"videos: (\d+) computed, (\d+) skipped", o) for o in outs]
+    assert sum(int(m.group(1)) for m in counts) == len(good_videos), outs  # each video computed by exactly one
+    assert all(int(m.group(1)) + int(m.group(2)) == len(good_videos) for m in counts)
+    assert len(list(cache_dir.glob("*.afc"))) == len(good_videos)
+    assert cli(["cache", "verify", str(cache_dir)]) == 0
+
+
+def test_cli_with_the_real_dis_engine(mixed_folder, tmp_path, capsys):
+    pytest.importorskip("flow_engine.engine", reason="flow_engine.engine (FlowEngine) has not landed yet")
+    folder, good, bad = mixed_folder
+    cache_dir = tmp_path / "cache"
+    rc = cli(["precompute", "--videos", str(folder), "--cache", str(cache_dir), "--engine", "dis",
+              "--size", "48x64", "--batch", "4", "--workers", "2", "--no-progress"])
+    out = capsys.readouterr().out
+    assert rc == 1, out  # the bad files fail, the run goes on
+    assert f"2 computed, 0 skipped (already cached), {len(bad)} failed" in out
+    assert cli(["cache", "stats", str(cache_dir), "--json"]) == 0
+    stats = json.loads(capsys.readouterr().out)
+    assert stats["videos"] == 2 and stats["frames"] == 11 + 8 and stats["engines"] == {"dis": 2}
+    assert stats["bytes"] * 10 < stats["flo_bytes"]
+    # an engine that cannot be built is a clear error (exit 2), not a traceback
+    assert cli(["precompute", "--videos", str(folder), "--cache", str(cache_dir), "--engine", "dis", "--weights", "x.pt"]) == 2
+    assert "takes no weights" in capsys.readouterr().err
