@@ -2,12 +2,16 @@
 
 ``python -m actionflow precompute --videos DIR|LIST --cache DIR [--engine pwcnet] [--size 256x340] ...``
 
-Pipeline per video: decord decodes chunks of frames, resized on decode to ``--size``, in a
-background thread; the engine computes flow for ``--batch`` consecutive pairs at a time
-on its device; the flow is quantised to uint8 *on that device* (1 byte per value crosses
-to the host); a pool of ``--workers`` threads encodes frames (OpenCV releases the GIL)
-while the next batch is computed; the main thread appends encoded frames to the
-video's temp file, which is renamed into place when the video is complete.
+Pipeline: decord decodes chunks of frames, resized on decode to ``--size``, in background
+threads (``--decoders`` videos at once: the one in the engine and the next); the engine
+computes flow for ``--batch`` consecutive pairs at a time on its device; the flow is
+quantised to uint8 *on that device* (a quarter of the float bytes cross to the host); a
+pool of ``--workers`` threads encodes frames (OpenCV releases the GIL, so threads run in
+parallel without pickling frames to processes) while the next batch is computed; the main
+thread appends encoded frames to the video's temp file, renamed into place when complete.
+On a big GPU, decoding is the likely limit: run several processes on one GPU
+(``--shard i/N --device cuda:0``, or torchrun with more processes than GPUs); the locks
+make that safe.
 
 Resumable and shardable: videos with a complete, matching entry are skipped
 (``--verify`` also checks their checksums); ``--shard I/N`` (or ``RANK``/``WORLD_SIZE``
@@ -38,8 +42,10 @@ import numpy as np
 from actionflow.flow_cache import (
     DEFAULT_BOUND,
     DEFAULT_SIZE,
+    CachedFlow,
     CacheWriter,
     FlowCache,
+    VideoLock,
     encode_frames,
     flo_bytes,
     quantize,
@@ -108,48 +114,51 @@ def parse_shard(text: str) -> tuple[int, int]:
 # --------------------------------------------------------------------------- one video
 
 
-def _prefetch(it: Iterator, depth: int = 2) -> Iterator:
-    """Run iterator ``it`` in a background thread, ``depth`` items ahead (decoding overlaps compute).
+class Prefetch:
+    """Iterate ``it`` in a background thread started now, up to ``depth`` items ahead, so that
+    decoding overlaps the engine. Errors of ``it`` reach the consumer; ``close()`` stops the
+    thread and closes ``it`` (freeing the decoder)."""
 
-    Errors of ``it`` are raised in the consumer; closing this generator stops the thread.
-    """
-    q: queue.Queue = queue.Queue(maxsize=depth)
-    stop = threading.Event()
-    end = object()
+    _END = object()
 
-    def put(item) -> bool:
-        while not stop.is_set():
+    def __init__(self, it: Iterator, depth: int = 2):
+        self._it = it
+        self._queue: queue.Queue = queue.Queue(maxsize=depth)
+        self._stop = threading.Event()
+        threading.Thread(target=self._produce, daemon=True, name="decode").start()
+
+    def _put(self, item) -> bool:
+        while not self._stop.is_set():
             try:
-                q.put(item, timeout=0.1)
+                self._queue.put(item, timeout=0.1)
                 return True
             except queue.Full:
                 continue
         return False
 
-    def produce():
+    def _produce(self) -> None:
         try:
-            for item in it:
-                if not put((item, None)):
+            for item in self._it:
+                if not self._put((item, None)):
                     return
-            put((end, None))
+            self._put((self._END, None))
         except BaseException as exc:
-            put((end, exc))
+            self._put((self._END, exc))
         finally:
-            if hasattr(it, "close"):
-                it.close()  # frees the decoder now, also when the consumer stopped early
+            if hasattr(self._it, "close"):
+                self._it.close()
 
-    thread = threading.Thread(target=produce, daemon=True, name="decode")
-    thread.start()
-    try:
+    def __iter__(self) -> Iterator:
         while True:
-            item, exc = q.get()
-            if item is end:
+            item, exc = self._queue.get()
+            if item is self._END:
                 if exc is not None:
                     raise exc
                 return
             yield item
-    finally:
-        stop.set()
+
+    def close(self) -> None:
+        self._stop.set()
 
 
 def _frames_to_tensor(frames: np.ndarray, device):
@@ -170,17 +179,25 @@ def write_video_entry(
     batch: int = 32,
     pool: Executor | None = None,
     max_pending: int = 8,
+    frames: Prefetch | None = None,
+    header: dict | None = None,
 ) -> CacheWriter:
-    """Compute and write ``video``'s entry (no locking; the caller holds the video's lock).
+    """Compute and write ``video``'s entry (no locking: the caller holds the video's lock).
 
+    ``frames``: the video's decoded chunks when the caller started decoding already (else
+    decoded here); ``header``: ``cache.header_for(video)`` taken before decoding began.
     Returns the committed writer (``.path``, ``.num_flows``, ``.bytes_written``). Raises
-    VideoError for unreadable videos and videos with fewer than two frames; nothing is
-    left behind on any error.
+    VideoError for unreadable videos and videos with fewer than two frames; nothing is left
+    behind on any error.
     """
     import torch
 
     h, w = cache.size
     device = torch.device(getattr(engine, "device", "cpu"))
+    if header is None:
+        header = _header(cache, video)
+    if frames is None:
+        frames = Prefetch(iter_frames(video, chunk=batch, size=cache.size))
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
     pending: deque[tuple[Future, np.ndarray]] = deque()
@@ -192,19 +209,12 @@ def write_video_entry(
                 writer.add(payload, int(c))
 
     try:
-        cache.header_for(video)
-    except FileNotFoundError:
-        raise VideoError(video, "no such file") from None
-    except OSError as exc:
-        raise VideoError(video, f"cannot stat ({exc.strerror})") from None
-    frame_chunks = _prefetch(iter_frames(video, chunk=batch, size=cache.size))
-    try:
-        with cache.writer(video) as writer:
+        with CacheWriter(cache.path_for(video), header) as writer:
             previous = None
-            for frames in frame_chunks:
-                if frames.shape[1:3] != (h, w):
-                    raise VideoError(video, f"decoded frames are {frames.shape[1]}x{frames.shape[2]}, not {h}x{w}")
-                seq = _frames_to_tensor(frames, device)
+            for chunk in frames:
+                if chunk.shape[1:3] != (h, w):
+                    raise VideoError(video, f"decoded frames are {chunk.shape[1]}x{chunk.shape[2]}, not {h}x{w}")
+                seq = _frames_to_tensor(chunk, device)
                 if previous is not None:
                     seq = torch.cat([previous, seq])
                 previous = seq[-1:]
@@ -216,6 +226,7 @@ def write_video_entry(
                     if tuple(flow.shape) != (f1.shape[0], 2, h, w):
                         raise RuntimeError(f"engine {getattr(engine, 'name', engine)!r} returned flow of shape "
                                            f"{tuple(flow.shape)} for {f1.shape[0]} pairs of {h}x{w} frames")
+                    # uint8 on the engine's device: a quarter of the bytes cross to the host
                     q, clipped = quantize(flow, cache.bound)
                     pending.append((pool.submit(encode_frames, q.cpu().numpy(), cache.codec), clipped.cpu().numpy()))
                     drain(max_pending)
@@ -223,12 +234,22 @@ def write_video_entry(
             if writer.num_flows == 0:
                 raise VideoError(video, "fewer than 2 frames: no flow to compute")
     finally:
-        frame_chunks.close()
+        frames.close()
         for fut, _ in pending:
             fut.cancel()
         if own_pool:
             pool.shutdown(wait=True)
     return writer
+
+
+def _header(cache: FlowCache, video: str | os.PathLike) -> dict:
+    """The new entry's header, with the video's size and mtime as they are now; VideoError when it is missing."""
+    try:
+        return cache.header_for(video)
+    except FileNotFoundError:
+        raise VideoError(video, "no such file") from None
+    except OSError as exc:
+        raise VideoError(video, f"cannot stat ({exc.strerror})") from None
 
 
 def precompute_video(
@@ -277,16 +298,33 @@ class Summary:
     seconds: float = 0.0
 
 
+@dataclass
+class _Claim:
+    """A video this process has locked and started decoding."""
+
+    video: Path
+    lock: VideoLock
+    header: dict
+    frames: Prefetch
+
+
 def precompute(
     videos: list[Path],
     cache: FlowCache,
     engine,
     batch: int = 32,
     workers: int = 4,
+    decoders: int = 2,
     verify: bool = False,
     progress: bool = True,
 ) -> Summary:
-    """Cache every video of ``videos`` (see module doc); failures are recorded, never raised."""
+    """Cache every video of ``videos`` (see module doc); failures are recorded, never raised.
+
+    ``decoders`` videos are decoded at once (the one in the engine and the next ones), so a
+    new video's first frames are ready when the previous one ends. Videos locked by another
+    process are left for last and then waited for; they are computed here only if that
+    process did not finish them.
+    """
     from tqdm import tqdm
 
     summary = Summary()
@@ -294,61 +332,88 @@ def precompute(
     bar = tqdm(total=len(videos), unit="video", disable=not progress, dynamic_ncols=True)
 
     def account(path: Path) -> None:
-        from actionflow.flow_cache import CachedFlow
-
         with CachedFlow(path) as c:
             summary.cached_flows += c.num_flows
             summary.cached_bytes += c.file_size
             summary.flo_bytes += flo_bytes(c.num_flows, c.height, c.width)
 
-    def attempt(video: Path, blocking: bool) -> bool:
-        """Handle one video; False when another process holds its lock (and not blocking)."""
+    def skip(video: Path) -> None:
+        summary.skipped.append(video)
+        account(cache.path_for(video))
+        _update(bar, summary, t0)
+
+    def fail(video: Path, reason: str) -> None:
+        summary.failed.append((video, reason))
+        _update(bar, summary, t0)
+
+    def claim(video: Path, blocking: bool) -> bool:
+        """Skip a cached video, or lock it and start decoding it; False when another process holds it."""
         if cache.lookup(video, verify=verify) is not None:
-            summary.skipped.append(video)
-            account(cache.path_for(video))
+            skip(video)
             return True
         lock = cache.lock_for(video)
         if not lock.acquire(blocking=blocking):
             return False
+        if cache.lookup(video, verify=verify) is not None:  # finished by another process meanwhile
+            lock.release()
+            skip(video)
+            return True
         try:
-            if cache.lookup(video, verify=verify) is not None:  # finished by another process meanwhile
-                summary.skipped.append(video)
-                account(cache.path_for(video))
-                return True
-            cache.remove_temp_files(video)
-            writer = write_video_entry(video, cache, engine, batch=batch, pool=pool)
+            header = _header(cache, video)
+        except VideoError as exc:
+            lock.release()
+            log.warning("skipping %s", exc)
+            fail(video, exc.reason)
+            return True
+        cache.remove_temp_files(video)
+        ahead.append(_Claim(video, lock, header, Prefetch(iter_frames(video, chunk=batch, size=cache.size))))
+        return True
+
+    def compute(c: _Claim) -> None:
+        try:
+            writer = write_video_entry(c.video, cache, engine, batch=batch, pool=pool, frames=c.frames, header=c.header)
         except VideoError as exc:
             log.warning("skipping %s", exc)
-            summary.failed.append((video, exc.reason))
-            return True
+            fail(c.video, exc.reason)
+            return
         except Exception as exc:  # an engine or codec failure on one video must not end the run
-            log.exception("failed on %s", video)
-            summary.failed.append((video, f"{type(exc).__name__}: {exc}"))
-            return True
+            log.exception("failed on %s", c.video)
+            fail(c.video, f"{type(exc).__name__}: {exc}")
+            return
         finally:
-            lock.release()
-        summary.done.append(video)
+            c.frames.close()
+            c.lock.release()
+        summary.done.append(c.video)
         summary.flows += writer.num_flows
         summary.bytes += writer.bytes_written
         account(writer.path)
-        return True
+        _update(bar, summary, t0)
 
+    todo, busy, ahead = deque(videos), [], deque()
     with ThreadPoolExecutor(max_workers=max(1, workers), thread_name_prefix="encode") as pool:
-        busy = []
-        for video in videos:
-            if not attempt(video, blocking=False):
-                busy.append(video)  # another process is on it: come back when we are done
-                continue
-            _update(bar, summary, t0)
-        for video in busy:  # wait for the other process, then take over only if it did not finish
-            attempt(video, blocking=True)
-            _update(bar, summary, t0)
+        try:
+            while todo or ahead:
+                while todo and len(ahead) < max(1, decoders):
+                    video = todo.popleft()
+                    if not claim(video, blocking=False):
+                        busy.append(video)  # another process is on it: come back at the end
+                if ahead:
+                    compute(ahead.popleft())
+            for video in busy:  # wait for the other process; take over only if it did not finish
+                claim(video, blocking=True)
+                if ahead:
+                    compute(ahead.popleft())
+        finally:  # interrupted: stop decoders, free locks (the temp files go with the next writer)
+            for c in ahead:
+                c.frames.close()
+                c.lock.release()
     bar.close()
     summary.seconds = time.perf_counter() - t0
     return summary
 
 
 def _update(bar, summary: Summary, t0: float) -> None:
+    """One more video handled: advance the bar, show flow frames/s and bytes written."""
     elapsed = max(time.perf_counter() - t0, 1e-9)
     bar.update(1)
     bar.set_postfix(flows_per_s=f"{summary.flows / elapsed:.0f}", written=f"{summary.bytes / 1e6:.1f}MB",
@@ -382,6 +447,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="encoding threads (default min(8, cores))")
     parser.add_argument("--batch", type=int, default=32, help="frame pairs per engine call (default 32)")
+    parser.add_argument("--decoders", type=int, default=2, help="videos decoded at once, each in a thread (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto uses LOCAL_RANK under torchrun)")
     parser.add_argument("--dtype", default="auto", help="engine dtype: auto (bf16 on CUDA, else fp32), fp32, bf16, fp16")
     parser.add_argument("--shard", type=parse_shard, default=None, help="I/N: this process takes videos i %% N == I (default RANK/WORLD_SIZE or 0/1)")
@@ -398,8 +464,8 @@ def _device(arg: str) -> str:
         return arg
     import torch
 
-    if torch.cuda.is_available():
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    if torch.cuda.is_available():  # modulo: several processes per GPU also work under torchrun
+        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
     return "cpu"
 
 
@@ -434,7 +500,7 @@ def run(args: argparse.Namespace, engine=None) -> int:
     log.info("shard %d/%d: %d of %d videos; engine %s on %s; flow at %dx%d, bound %g, codec %s -> %s",
              index, count, len(mine), len(videos), getattr(engine, "name", "?"), getattr(engine, "device", "?"),
              *cache.size, cache.bound, cache.codec, cache.root)
-    summary = precompute(mine, cache, engine, batch=args.batch, workers=args.workers, verify=args.verify,
-                         progress=not args.no_progress)
+    summary = precompute(mine, cache, engine, batch=args.batch, workers=args.workers, decoders=args.decoders,
+                         verify=args.verify, progress=not args.no_progress)
     print_summary(summary)
     return 1 if summary.failed else 0

@@ -300,3 +300,19 @@ def test_cli_with_the_real_dis_engine(mixed_folder, tmp_path, capsys):
     # an engine that cannot be built is a clear error (exit 2), not a traceback
     assert cli(["precompute", "--videos", str(folder), "--cache", str(cache_dir), "--engine", "dis", "--weights", "x.pt"]) == 2
     assert "takes no weights" in capsys.readouterr().err
+
+
+def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
+    pytest.importorskip("flow_engine.engine", reason="flow_engine.engine (FlowEngine) has not landed yet")
+    out = tmp_path / "bench.json"
+    rc = cli(["bench-cache", "--videos", str(good_videos[0].parent), "--size", "48x64", "--engine", "dis",
+              "--seconds", "0.2", "--codecs", "png", "--json", str(out)])
+    r = json.loads(out.read_text())
+    assert rc == (0 if all(r["targets_met"].values()) else 1)
+    assert r["files_in_cache"] == len(good_videos) and r["one_file_per_video"]
+    assert r["flow_frames"] == sum(len(read_frames(v)) - 1 for v in good_videos)
+    assert r["flo_bytes_per_frame"] == 12 + 8 * 48 * 64 and r["ratio_vs_flo"] > 5
+    assert r["epe_cache"] < 0.15 and r["epe_two_jpeg"] < 0.15
+    assert r["codecs"][0]["codec"] == "png" and r["codecs"][0]["epe"] <= 20 / 255 * np.sqrt(2)
+    assert r["single_process_frames_per_s"] > 0 and r["2_workers_frames_per_s"] > 0
+    assert "this cache (.afc)" in capsys.readouterr().out
