@@ -1,0 +1,234 @@
+"""``python -m flow_engine estimate``: optical flow for a frame pair, a folder of frames or a video.
+
+    python -m flow_engine estimate frame1.png frame2.png -o flow.flo      # .flo, or .png = KITTI 16-bit
+    python -m flow_engine estimate --video clip.mp4 -o out/ --flo --png --mp4 out/flow.mp4
+    python -m flow_engine estimate --frames frames/ -o out/ --png --batch 16 --size 512x256
+
+Sequences give the flow from each frame to the next: ``out/NAME.flo`` / ``out/NAME.png``
+(colour-coded) where NAME is the first frame's file stem (``--frames``) or its 0-based index
+(``--video``, ``000000``...). Videos are decoded with decord in chunks of ``--batch`` frames,
+never extracted to disk. Sizes are WIDTHxHEIGHT (``340x256``), as in video tools.
+"""
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+from typing import Iterator
+
+import numpy as np
+import torch
+
+from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
+from flow_engine.io import FlowFileError, read_image, write_flow, write_image
+from flow_engine.pwcnet import FlowInputError, WeightsError
+from flow_engine.viz import flow_to_color, write_video
+
+log = logging.getLogger(__name__)
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"}
+
+
+class EstimateError(ValueError):
+    """Input the estimate command cannot use (names the file and the problem)."""
+
+
+def parse_size(text: str) -> tuple[int, int]:
+    """'WIDTHxHEIGHT' (e.g. '340x256') -> (height, width)."""
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 340x256, got {text!r}") from None
+    if w < 1 or h < 1:
+        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
+    return h, w
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("pair", nargs="*", type=Path, metavar="FRAME", help="two frames: FRAME1 FRAME2 (with -o FILE.flo|.png)")
+    src = parser.add_mutually_exclusive_group()
+    src.add_argument("--video", type=Path, metavar="FILE", help="flow between consecutive frames of this video")
+    src.add_argument("--frames", type=Path, metavar="DIR", help="flow between consecutive images of this folder (name order)")
+    parser.add_argument("-o", "--out", type=Path, required=True, help="output .flo/.png file (pair) or folder (sequence)")
+    parser.add_argument("--flo", action="store_true", help="sequence: write OUT/NAME.flo")
+    parser.add_argument("--png", action="store_true", help="sequence: write colour-coded OUT/NAME.png")
+    parser.add_argument("--mp4", type=Path, metavar="OUT.mp4", help="sequence: write a colour-coded video")
+    parser.add_argument("--max-flow", type=float, metavar="PX",
+                        help="flow magnitude of full colour saturation; default: per frame for PNGs, "
+                             "the largest magnitude of the first batch for the MP4 (fixed for all frames)")
+    parser.add_argument("--fps", type=float, help="MP4 frame rate (default: the video's, 30 for --frames)")
+    parser.add_argument("--batch", type=int, default=8, metavar="N", help="frame pairs per engine call (default 8)")
+    parser.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to WIDTHxHEIGHT before the flow")
+    parser.add_argument("--max-frames", type=int, metavar="N", help="use only the first N frames of a sequence")
+    parser.add_argument("--model", default="pwcnet", choices=MODELS, help="flow method (default pwcnet)")
+    parser.add_argument("--weights", type=Path, help="PWC-Net checkpoint (default: the shipped weights)")
+    parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
+    parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="inference precision")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        _check_args(args)
+    except EstimateError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    try:
+        engine = FlowEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype)
+        if args.video is None and args.frames is None:
+            return _run_pair(engine, args)
+        return _run_sequence(engine, args)
+    except (EstimateError, FlowFileError, FlowInputError, FlowEngineError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+
+
+def _check_args(args: argparse.Namespace) -> None:
+    sequence = args.video is not None or args.frames is not None
+    if sequence and args.pair:
+        raise EstimateError("give either FRAME1 FRAME2 or --video/--frames, not both")
+    if not sequence:
+        if len(args.pair) != 2:
+            raise EstimateError(f"expected two frames FRAME1 FRAME2 (or --video/--frames), got {len(args.pair)}")
+        if args.out.suffix.lower() not in (".flo", ".png"):
+            raise EstimateError(f"{args.out}: output of a frame pair must end in .flo or .png (KITTI)")
+        if args.flo or args.png or args.mp4:
+            raise EstimateError("--flo, --png and --mp4 apply to --video/--frames only")
+    elif not (args.flo or args.png or args.mp4):
+        raise EstimateError("nothing to write: give any of --flo, --png, --mp4")
+    if args.batch < 1:
+        raise EstimateError(f"--batch must be at least 1, got {args.batch}")
+    if args.max_frames is not None and args.max_frames < 2:
+        raise EstimateError(f"--max-frames must be at least 2 (one pair), got {args.max_frames}")
+    if args.max_flow is not None and not args.max_flow > 0:
+        raise EstimateError(f"--max-flow must be positive, got {args.max_flow}")
+
+
+def _resize(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
+    import cv2
+
+    if size is None or img.shape[:2] == size:
+        return img
+    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if size[0] < img.shape[0] else cv2.INTER_LINEAR)
+
+
+def _to_tensor(frames: np.ndarray) -> torch.Tensor:
+    """uint8 [T,H,W,3] -> uint8 [T,3,H,W] (a view: no copy)."""
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+def _run_pair(engine: FlowEngine, args: argparse.Namespace) -> int:
+    a, b = (_resize(read_image(p), args.size) for p in args.pair)
+    if a.shape != b.shape:
+        raise EstimateError(f"{args.pair[0]} is {a.shape[1]}x{a.shape[0]} but {args.pair[1]} is {b.shape[1]}x{b.shape[0]}")
+    flow = engine(_to_tensor(a[None]), _to_tensor(b[None]))[0]
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    write_flow(args.out, flow.permute(1, 2, 0).numpy())
+    print(f"{args.out}: flow {a.shape[1]}x{a.shape[0]}, max |flow| {flow.norm(dim=0).max().item():.2f} px")
+    return 0
+
+
+# --- sequences -------------------------------------------------------------------------------------
+def _video_source(path: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None):
+    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of a video decoded with decord."""
+    if not path.is_file():
+        raise EstimateError(f"{path}: no such video file")
+    try:
+        from decord import VideoReader, cpu
+
+        h, w = size if size is not None else (-1, -1)
+        vr = VideoReader(str(path), ctx=cpu(0), width=w, height=h)
+        n = len(vr)
+        fps = float(vr.get_avg_fps() or 30.0)
+    except Exception as e:  # decord raises its own DECORDError (and others) for unreadable files
+        raise EstimateError(f"{path}: cannot open video ({type(e).__name__}: {e})") from None
+    if max_frames is not None:
+        n = min(n, max_frames)
+    if n < 2:
+        raise EstimateError(f"{path}: {n} decodable frame(s); need at least 2")
+
+    def chunks() -> Iterator[np.ndarray]:
+        for s in range(0, n, chunk):
+            try:
+                yield vr.get_batch(list(range(s, min(n, s + chunk)))).asnumpy()
+            except Exception as e:
+                raise EstimateError(f"{path}: cannot decode frames {s}..{min(n, s + chunk) - 1} ({type(e).__name__}: {e})") from None
+
+    return [f"{i:06d}" for i in range(n)], fps, chunks()
+
+
+def _frames_source(folder: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None):
+    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of the images of ``folder`` in name order."""
+    if not folder.is_dir():
+        raise EstimateError(f"{folder}: no such folder")
+    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+    if max_frames is not None:
+        files = files[:max_frames]
+    if len(files) < 2:
+        raise EstimateError(f"{folder}: {len(files)} image(s) found; need at least 2")
+
+    def chunks() -> Iterator[np.ndarray]:
+        first_shape = None
+        for s in range(0, len(files), chunk):
+            imgs = []
+            for f in files[s : s + chunk]:
+                img = _resize(read_image(f), size)
+                if first_shape is None:
+                    first_shape = img.shape
+                elif img.shape != first_shape:
+                    raise EstimateError(f"{f}: size {img.shape[1]}x{img.shape[0]} differs from the first frame's "
+                                        f"{first_shape[1]}x{first_shape[0]} (use --size)")
+                imgs.append(img)
+            yield np.stack(imgs)
+
+    return [f.stem for f in files], 30.0, chunks()
+
+
+def _run_sequence(engine: FlowEngine, args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    if args.video is not None:
+        names, fps, chunks = _video_source(args.video, args.batch, args.size, args.max_frames)
+    else:
+        names, fps, chunks = _frames_source(args.frames, args.batch, args.size, args.max_frames)
+    if args.flo or args.png:
+        args.out.mkdir(parents=True, exist_ok=True)
+    if args.mp4 is not None:
+        args.mp4.parent.mkdir(parents=True, exist_ok=True)
+    state = {"max_flow": args.max_flow, "pairs": 0}
+
+    def colour_frames() -> Iterator[np.ndarray]:
+        """Computes the flows chunk by chunk, writes .flo/.png, yields MP4 colour frames."""
+        prev = None  # last frame of the previous chunk: the first frame of the next pair
+        with tqdm(total=len(names) - 1, unit="pair", desc="flow", disable=None) as bar:
+            for frames in chunks:
+                clip = _to_tensor(frames)
+                if prev is not None:
+                    clip = torch.cat([prev, clip])
+                prev = clip[-1:]
+                if len(clip) < 2:
+                    continue
+                flows = engine.clip_flow(clip).permute(0, 2, 3, 1).cpu().numpy()  # [t,H,W,2]
+                if args.mp4 is not None and state["max_flow"] is None:
+                    state["max_flow"] = max(float(np.linalg.norm(flows, axis=-1).max()), 1e-6)
+                for flow in flows:
+                    name = names[state["pairs"]]
+                    if args.flo:
+                        write_flow(args.out / f"{name}.flo", flow)
+                    if args.png:
+                        write_image(args.out / f"{name}.png", flow_to_color(flow, max_flow=args.max_flow))
+                    state["pairs"] += 1
+                    if args.mp4 is not None:
+                        yield flow_to_color(flow, max_flow=state["max_flow"])
+                bar.update(len(flows))
+
+    if args.mp4 is not None:
+        write_video(colour_frames(), args.mp4, fps=args.fps or fps)
+    else:
+        for _ in colour_frames():
+            pass
+    where = [str(args.out)] if (args.flo or args.png) else []
+    where += [str(args.mp4)] if args.mp4 is not None else []
+    extra = f" (MP4 saturation at {state['max_flow']:.2f} px)" if args.mp4 is not None else ""
+    print(f"{state['pairs']} flow fields from {len(names)} frames -> {', '.join(where)}{extra}")
+    return 0
