@@ -74,6 +74,15 @@ def _frame_shape(reader, path) -> tuple[int, int]:
     return int(h), int(w)
 
 
+def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[T,h,w,3]`` -> ``[T,H,W,3]`` with OpenCV (area when shrinking, bilinear when growing)."""
+    import cv2
+
+    H, W = int(size[0]), int(size[1])
+    interp = cv2.INTER_AREA if H * W < frames.shape[1] * frames.shape[2] else cv2.INTER_LINEAR
+    return np.stack([cv2.resize(f, (W, H), interpolation=interp) for f in frames])
+
+
 def read_frames(
     path: str | os.PathLike,
     indices: Sequence[int] | np.ndarray | None = None,
@@ -83,6 +92,17 @@ def read_frames(
 
     Indices may repeat and come in any order; they must lie in ``[0, num_frames)``.
     """
+    try:
+        return _read_frames(path, indices, size)
+    except VideoError:
+        if size is None:
+            raise
+    # decord's resize-on-decode fails for some output widths (8, 12, 16, 24, 48, 72 ... px:
+    # "from_size == to_size" in DECORDArrayCopyFromTo): decode at full size, resize with OpenCV.
+    return _resize(_read_frames(path, indices, None), size)
+
+
+def _read_frames(path, indices, size) -> np.ndarray:
     reader = _open(path, size)
     n = len(reader)
     idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
@@ -108,6 +128,18 @@ def iter_frames(
     Sequential decoding (no seeking), so memory stays bounded by one chunk however long the video.
     A file that stops decoding part-way raises VideoError naming the frame.
     """
+    try:
+        yield from _iter_frames(path, chunk, size)
+        return
+    except VideoError as exc:
+        if size is None or not exc.reason.startswith("decoding failed at frames 0.."):
+            raise
+    # same decord resize bug as in read_frames: resize with OpenCV instead
+    for frames in _iter_frames(path, chunk, None):
+        yield _resize(frames, size)
+
+
+def _iter_frames(path, chunk, size) -> Iterator[np.ndarray]:
     reader = _open(path, size)
     n = len(reader)
     try:
