@@ -1,0 +1,265 @@
+"""Video annotations: which video has which label, and the train/val/test splits.
+
+Formats read:
+
+* a folder per class: ``root/<class>/<video>`` (class names sorted alphabetically give the indices);
+* annotation lists, one video per line: ``relative/path label`` where ``label`` is a class name or
+  an integer index; or ``relative/path`` alone, the label then being the video's parent folder name
+  (UCF101 ``testlist01.txt``). Blank lines and lines starting with ``#`` are ignored;
+* a class-index file: ``index name`` lines (UCF101 ``classInd.txt``, 1-based) or one name per line
+  (0-based, e.g. ``classes.txt``).
+
+Integer labels in lists are 0-based, except when the class-index file numbers its classes from 1
+(UCF101): then the lists are read 1-based too. ``label_base`` overrides that guess.
+
+Paths in lists are relative to ``root`` when given, else to the list file's folder.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
+CLASS_INDEX_NAMES = ("classInd.txt", "classes.txt", "class_index.txt", "labels.txt")
+
+
+class AnnotationError(ValueError):
+    """A bad annotation file, line, label or split request; the message names the file and line."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One labelled video: absolute ``path`` and 0-based class index ``label``."""
+
+    path: str
+    label: int
+
+
+@dataclass(frozen=True)
+class Splits:
+    train: list[Sample]
+    val: list[Sample]
+    test: list[Sample]
+    classes: list[str]
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: str
+    label: str | None  # the raw label token, None when the line has none
+    source: str  # "file:line", for error messages
+
+
+def read_class_index(path: str | os.PathLike) -> tuple[list[str], int]:
+    """Class names in index order and the file's index base (0 or 1).
+
+    ``index name`` lines give explicit indices (which must be consecutive from 0 or 1);
+    lines holding only a name are numbered from 0 in file order.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: class-index file not found")
+    numbered: dict[int, str] = {}
+    names: list[str] = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(maxsplit=1)
+        if len(parts) == 2 and parts[0].lstrip("-").isdigit():
+            index, name = int(parts[0]), parts[1].strip()
+            if index in numbered:
+                raise AnnotationError(f"{path}:{lineno}: class index {index} appears twice")
+            numbered[index] = name
+        elif len(parts) == 1:
+            names.append(parts[0])
+        else:
+            raise AnnotationError(f"{path}:{lineno}: expected 'index name' or 'name', got {line!r}")
+    if numbered and names:
+        raise AnnotationError(f"{path}: mixes 'index name' lines with bare names")
+    if names:
+        if len(set(names)) != len(names):
+            raise AnnotationError(f"{path}: a class name appears twice")
+        return names, 0
+    if not numbered:
+        raise AnnotationError(f"{path}: no classes")
+    base = min(numbered)
+    if base not in (0, 1) or sorted(numbered) != list(range(base, base + len(numbered))):
+        raise AnnotationError(f"{path}: class indices must run consecutively from 0 or 1, got {sorted(numbered)}")
+    return [numbered[i] for i in range(base, base + len(numbered))], base
+
+
+def _read_list(path: str | os.PathLike) -> list[_Entry]:
+    path = Path(path)
+    if not path.is_file():
+        raise AnnotationError(f"{path}: annotation list not found")
+    entries = []
+    for lineno, line in enumerate(path.read_text().splitlines(), 1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        parts = line.rsplit(maxsplit=1)
+        # "path label" when the last token is not itself the video file (paths may contain spaces)
+        if len(parts) == 2 and not parts[1].lower().endswith(VIDEO_EXTENSIONS):
+            entries.append(_Entry(parts[0], parts[1], f"{path}:{lineno}"))
+        else:
+            entries.append(_Entry(line, None, f"{path}:{lineno}"))
+    if not entries:
+        raise AnnotationError(f"{path}: no videos listed")
+    return entries
+
+
+def _resolve(entries: list[_Entry], base_dir: Path, classes: list[str], label_base: int) -> list[Sample]:
+    index = {name: i for i, name in enumerate(classes)}
+    samples = []
+    for e in entries:
+        if e.label is None:
+            name = Path(e.path).parent.name
+            if name not in index:
+                raise AnnotationError(
+                    f"{e.source}: no label, and the parent folder {name!r} of {e.path!r} is not a known class"
+                )
+            label = index[name]
+        elif e.label.lstrip("-").isdigit():
+            label = int(e.label) - label_base
+            if not 0 <= label < len(classes):
+                raise AnnotationError(
+                    f"{e.source}: label {e.label} out of range for {len(classes)} classes "
+                    f"({label_base}-based: {label_base}..{len(classes) - 1 + label_base})"
+                )
+        elif e.label in index:
+            label = index[e.label]
+        else:
+            raise AnnotationError(f"{e.source}: unknown class {e.label!r}")
+        samples.append(Sample(str((base_dir / e.path).resolve()), label))
+    return samples
+
+
+def _classes_from_labels(entries: list[_Entry], label_base: int) -> list[str]:
+    """Class names when no class-index file exists: sorted names, or the integer labels as names."""
+    tokens = [e.label for e in entries]
+    if any(t is None for t in tokens):
+        bad = next(e for e in entries if e.label is None)
+        raise AnnotationError(f"{bad.source}: a line without a label needs a class-index file (classInd.txt)")
+    ints = [t for t in tokens if t.lstrip("-").isdigit()]
+    if ints and len(ints) != len(tokens):
+        bad = next(e for e in entries if not e.label.lstrip("-").isdigit())
+        raise AnnotationError(f"{bad.source}: label {bad.label!r} is a name but others are integers; add a class-index file")
+    if ints:
+        values = [int(t) - label_base for t in ints]
+        if min(values) < 0:
+            bad = next(e for e in entries if int(e.label) - label_base < 0)
+            raise AnnotationError(f"{bad.source}: label {bad.label} below the index base {label_base}")
+        return [str(i + label_base) for i in range(max(values) + 1)]
+    return sorted(set(tokens))
+
+
+def scan_folder(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
+    """Videos under ``root/<class>/`` (any depth below the class folder), and the sorted class names."""
+    root = Path(root)
+    if not root.is_dir():
+        raise AnnotationError(f"{root}: data root is not a folder")
+    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    samples = []
+    for label, name in enumerate(classes):
+        for f in sorted((root / name).rglob("*")):
+            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+                samples.append(Sample(str(f.resolve()), label))
+    if not samples:
+        raise AnnotationError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class sub-folders")
+    return samples, classes
+
+
+def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple[list[Sample], list[Sample]]:
+    """Split off ``fraction`` of ``samples`` keeping class proportions (scikit-learn), as (rest, held_out).
+
+    Falls back to an unstratified split (with a warning) when a class has too few videos to stratify.
+    """
+    from sklearn.model_selection import train_test_split
+
+    if not 0.0 < fraction < 1.0:
+        raise AnnotationError(f"split fraction must lie in (0, 1), got {fraction}")
+    if len(samples) < 2:
+        raise AnnotationError(f"cannot split {len(samples)} video(s) into two parts")
+    labels = [s.label for s in samples]
+    n_held = max(1, round(fraction * len(samples)))
+    n_classes = len(set(labels))
+    stratify = labels
+    if min(Counter(labels).values()) < 2 or n_held < n_classes or len(samples) - n_held < n_classes:
+        logger.warning("too few videos per class to stratify a %.0f%% split; splitting at random", 100 * fraction)
+        stratify = None
+    rest, held = train_test_split(samples, test_size=n_held, random_state=seed, stratify=stratify)
+    return list(rest), list(held)
+
+
+def find_class_index(*folders: str | os.PathLike | None) -> Path | None:
+    """The first ``classInd.txt`` / ``classes.txt`` / ... found in ``folders``, or None."""
+    for folder in folders:
+        if folder is None:
+            continue
+        for name in CLASS_INDEX_NAMES:
+            candidate = Path(folder) / name
+            if candidate.is_file():
+                return candidate
+    return None
+
+
+def load_splits(
+    root: str | os.PathLike | None = None,
+    train_list: str | os.PathLike | None = None,
+    val_list: str | os.PathLike | None = None,
+    test_list: str | os.PathLike | None = None,
+    class_index: str | os.PathLike | None = None,
+    label_base: int | None = None,
+    val_fraction: float = 0.2,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> Splits:
+    """Train/val/test samples and class names from a class-per-folder ``root`` or annotation lists.
+
+    Missing splits are split off stratified with ``seed``: the test split (``test_fraction`` of all)
+    from the training list or folder first, then val (``val_fraction`` of all) from what remains.
+    A class-index file is looked for next to the training list and in ``root`` when not given.
+    """
+    if train_list is None:
+        if val_list is not None or test_list is not None:
+            raise AnnotationError("data.val_list / data.test_list given without data.train_list")
+        if root is None:
+            raise AnnotationError("give data.root (a folder per class) or data.train_list")
+        samples, classes = scan_folder(root)
+        given_val, given_test = None, None
+    else:
+        lists = {"train": train_list, "val": val_list, "test": test_list}
+        entries = {k: _read_list(v) for k, v in lists.items() if v is not None}
+        if class_index is None:
+            class_index = find_class_index(Path(train_list).parent, root)
+            if class_index is not None:
+                logger.info("class names from %s", class_index)
+        if class_index is not None:
+            classes, file_base = read_class_index(class_index)
+            base = file_base if label_base is None else label_base
+        else:
+            base = 0 if label_base is None else label_base
+            classes = _classes_from_labels([e for es in entries.values() for e in es], base)
+        resolved = {
+            k: _resolve(entries[k], Path(root) if root is not None else Path(lists[k]).parent, classes, base)
+            for k in entries
+        }
+        samples = resolved["train"]
+        given_val, given_test = resolved.get("val"), resolved.get("test")
+
+    total = len(samples)
+    test = given_test
+    if test is None:
+        samples, test = stratified_split(samples, test_fraction, seed)
+    val = given_val
+    if val is None:
+        # val_fraction is of the whole set, so rescale to what is left after the test split
+        frac = val_fraction * total / len(samples) if given_test is None else val_fraction
+        samples, val = stratified_split(samples, min(frac, 0.9), seed)
+    return Splits(samples, val, test, classes)

@@ -1,0 +1,164 @@
+"""Classify one video with a trained two-stream checkpoint.
+
+``python -m actionflow classify VIDEO --ckpt CKPT [--topk 5] [--json] [--flow-video OUT.mp4] [--device auto] [--clips N]``
+
+The checkpoint (a Lightning checkpoint written by ``train.py``) is read with
+``torch.load(weights_only=True)``: it holds only tensors and plain hyperparameters (class names,
+mode, backbone, flow engine, sizes, sampling). The video is sampled as at test time (``--clips``
+evenly spaced clips of K segments over the whole video, averaged), flow is computed online with
+the flow engine recorded in the checkpoint (no cache needed), and the top-k classes with their
+probabilities are printed, fused and per stream. A video shorter than one snippet is looped.
+
+Exit codes: 0 on success, 1 for an unreadable video, 2 for a bad checkpoint or arguments.
+"""
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+import logging
+import sys
+from pathlib import Path
+
+import torch
+
+from actionflow.annotations import Sample
+from actionflow.video import VideoError, iter_frames, probe
+
+log = logging.getLogger(__name__)
+
+
+class CheckpointError(ValueError):
+    """A checkpoint that is missing, unreadable, or not one written by train.py."""
+
+
+def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
+    """(ActionRecognizer in eval mode on ``device``, data hyperparameters dict) from a train.py checkpoint."""
+    from actionflow.module import ActionRecognizer
+
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise CheckpointError(f"{path}: cannot load as a checkpoint ({str(exc).splitlines()[0][:200]})") from None
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
+        raise CheckpointError(f"{path}: not a Lightning checkpoint of train.py (no state_dict / hyper_parameters)")
+    accepted = inspect.signature(ActionRecognizer.__init__).parameters
+    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
+    hparams["pretrained"] = False  # the weights come from the checkpoint
+    try:
+        model = ActionRecognizer(**hparams)
+        model.load_state_dict(ckpt["state_dict"])
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: does not fit the recorded model ({str(exc).splitlines()[0][:200]})") from None
+    return model.to(device).eval(), dict(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def _device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None) -> dict[str, torch.Tensor]:
+    """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling)."""
+    from actionflow.data import Clip, VideoClips, collate
+
+    info = probe(video)
+    h = data_hparams
+    size = tuple(h.get("size") or (128, 128))
+    dataset = VideoClips(
+        [Clip(Sample(str(video), 0), info.num_frames)],
+        phase="test",
+        mode=model.hparams.mode,
+        flow_source="online",
+        num_segments=int(h.get("num_segments", 3)),
+        flow_length=int(model.hparams.flow_length),
+        test_clips=int(clips or h.get("test_clips", 5)),
+        size=size,
+        crop_size=tuple(h.get("crop_size") or size),
+        strict=True,
+    )
+    batch = collate([dataset[0]])
+    batch = {k: v.to(model.device) for k, v in batch.items()}
+    return {k: v[0].cpu() for k, v in model.predict_proba(batch).items()}
+
+
+def topk(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
+    values, indices = probs.topk(min(k, len(probs)))
+    return [{"label": names[i], "prob": round(float(p), 6)} for p, i in zip(values.tolist(), indices.tolist())]
+
+
+def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str | Path, chunk: int = 32) -> int:
+    """The whole video's flow (model's engine, at ``size``) colour-coded into an MP4; returns frames written."""
+    from flow_engine.viz import flow_to_color_torch, write_video
+
+    engine = model.flow_engine
+    flows, previous = [], None
+    for frames in iter_frames(video, chunk, size):
+        clip = torch.from_numpy(frames).permute(0, 3, 1, 2).to(model.device)
+        if previous is not None:
+            clip = torch.cat([previous, clip])
+        if len(clip) >= 2:
+            flows.append(engine.clip_flow(clip).half().cpu())
+        previous = clip[-1:]
+    if not flows:
+        log.warning("%s has a single frame: no flow video written", video)
+        return 0
+    flow = torch.cat(flows).float()
+    max_flow = float(flow.norm(dim=1).max().clamp_min(1e-3))  # one normaliser for the whole clip: steady colours
+    colours = flow_to_color_torch(flow, max_flow=max_flow).permute(0, 2, 3, 1).numpy()
+    fps = probe(video).fps or 25.0
+    write_video(list(colours), out, fps=fps)
+    return len(colours)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("video", type=Path, help="video file (any format and resolution decord reads)")
+    parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py")
+    parser.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
+    parser.add_argument("--json", action="store_true", help="print one JSON object")
+    parser.add_argument("--flow-video", type=Path, default=None, help="write the video's flow, colour-coded, as MP4")
+    parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
+    parser.add_argument("--clips", type=int, default=None, help="clips averaged (default: the training config's test_clips)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    if args.topk < 1 or (args.clips is not None and args.clips < 1):
+        print("classify: error: --topk and --clips must be >= 1", file=sys.stderr)
+        return 2
+    try:
+        device = _device(args.device)
+        model, data_hparams = load_checkpoint(args.ckpt, device)
+    except (CheckpointError, RuntimeError) as exc:
+        print(f"classify: error: {exc}", file=sys.stderr)
+        return 2
+    names = model.hparams.class_names
+    try:
+        probs = classify(model, data_hparams, args.video, args.clips)
+        if args.flow_video is not None:
+            size = tuple(data_hparams.get("size") or (128, 128))
+            write_flow_video(model, args.video, size, args.flow_video)
+    except VideoError as exc:
+        print(f"classify: error: {exc}", file=sys.stderr)
+        return 1
+    main = model.streams[-1]
+    result = {
+        "video": str(args.video),
+        "topk": topk(probs[main], names, args.topk),
+        "streams": {s: topk(probs[s], names, args.topk) for s in model.streams if s != "two_stream"},
+    }
+    if args.json:
+        print(json.dumps(result))
+        return 0
+    print(f"{args.video}: {main}" + (f" (saved flow video to {args.flow_video})" if args.flow_video else ""))
+    width = max(len(n) for n in names)
+    for stream in model.streams[::-1]:
+        rows = result["topk"] if stream == main else result["streams"][stream]
+        print(f"  {stream}:")
+        for i, row in enumerate(rows, 1):
+            print(f"    {i}. {row['label']:<{width}}  {row['prob']:.3f}")
+    return 0

@@ -1,0 +1,419 @@
+"""Video data for the two-stream network: a Dataset of TSN snippets and the LightningDataModule.
+
+Each item is one video as a dict of tensors (S = num_segments, times test_clips at test time):
+
+* ``rgb``    uint8 ``[S, 3, h, w]``: the first frame of every snippet (modes with an RGB stream,
+  unless ``frames`` carries them);
+* ``flow``   float32 ``[S, 2L, h, w]`` in pixels, channels x1, y1, ..., xL, yL (``flow_source: cache``);
+* ``frames`` uint8 ``[S, L+1, 3, h, w]``: the snippet's frames, from which the model computes flow
+  on its device (``flow_source: online``); frame 0 is also the RGB stream's input;
+* ``label``, ``index``: int64.
+
+Frames are decoded with decord at ``size`` (H, W); training crops a random multi-scale box (TSN's
+scale jitter) resized to ``crop_size`` and flips horizontally, identically for every frame and flow
+of the item (a flip negates the x flow channels, and a crop rescales flow by the resize factor);
+validation and test take the centre crop.
+
+Bad videos (unreadable, corrupt, or with fewer frames than a flow needs) are probed once at
+setup and skipped with a warning naming each file; a video that still fails while decoding is
+dropped from its batch by :func:`collate` and counted. ``strict=True`` turns both into errors.
+"""
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+from torch.utils.data import DataLoader, Dataset, default_collate
+
+from actionflow.annotations import Sample, load_splits
+from actionflow.sampling import snippet_frames, snippet_starts
+from actionflow.video import VideoError, probe, read_frames
+
+logger = logging.getLogger(__name__)
+
+MODES = ("rgb", "flow", "two_stream")
+FLOW_SOURCES = ("cache", "online")
+CACHE_MISSING = ("compute", "error")
+DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
+
+
+class DataConfigError(ValueError):
+    """A bad data setting or path, raised before any video is decoded."""
+
+
+class BadVideo(RuntimeError):
+    """A video (or its cached flow) that cannot be used; the message names the file."""
+
+
+@dataclass(frozen=True)
+class Clip:
+    """A usable video: its sample and decoded frame count."""
+
+    sample: Sample
+    num_frames: int
+
+
+def _pair(value: Sequence[int] | int | None, name: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    if isinstance(value, int):
+        value = (value, value)
+    if len(value) != 2 or min(value) < 8:
+        raise DataConfigError(f"data.{name} must be [H, W] with both >= 8, got {value}")
+    return int(value[0]), int(value[1])
+
+
+class VideoClips(Dataset):
+    """TSN snippets of ``clips`` for one ``phase`` (train/val/test); see the module docstring."""
+
+    def __init__(
+        self,
+        clips: list[Clip],
+        phase: str,
+        mode: str = "two_stream",
+        flow_source: str = "cache",
+        num_segments: int = 3,
+        flow_length: int = 5,
+        test_clips: int = 1,
+        size: tuple[int, int] = (128, 128),
+        crop_size: tuple[int, int] | None = None,
+        scales: Sequence[float] = DEFAULT_SCALES,
+        flip: bool = True,
+        cache=None,
+        strict: bool = False,
+    ):
+        self.clips = clips
+        self.phase = phase
+        self.mode = mode
+        self.flow_source = flow_source
+        self.num_segments = num_segments
+        self.flow_length = flow_length
+        self.test_clips = test_clips if phase == "test" else 1
+        self.size = size
+        self.crop_size = crop_size or size
+        self.scales = tuple(scales)
+        self.flip = flip
+        self.cache = cache
+        self.strict = strict
+        self.needs_rgb = mode in ("rgb", "two_stream")
+        self.needs_flow = mode in ("flow", "two_stream")
+        # RGB-only snippets are one frame; with flow, L+1 frames so that the L flows fit.
+        self.span = flow_length + 1 if self.needs_flow else 1
+
+    def __len__(self) -> int:
+        return len(self.clips)
+
+    def __getitem__(self, index: int) -> dict[str, torch.Tensor] | None:
+        clip = self.clips[index]
+        # numpy randomness seeded from torch's, which Lightning/DataLoader seed per worker
+        rng = np.random.default_rng(int(torch.randint(0, 2**62, ())))
+        try:
+            item = self._load(clip, rng)
+        except (VideoError, BadVideo) as exc:
+            if self.strict:
+                raise
+            logger.warning("skipping %s: %s", clip.sample.path, getattr(exc, "reason", exc))
+            return None
+        item["label"] = torch.tensor(clip.sample.label, dtype=torch.int64)
+        item["index"] = torch.tensor(index, dtype=torch.int64)
+        return item
+
+    def _load(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        path, n = clip.sample.path, clip.num_frames
+        cached = None
+        if self.needs_flow and self.flow_source == "cache":
+            cached = _open_cached(self.cache, path)
+            n = min(n, cached.num_flows + 1)
+        starts = snippet_starts(n, self.num_segments, self.span, self.phase, self.test_clips, rng).reshape(-1)
+        item: dict[str, torch.Tensor] = {}
+        if self.needs_flow and self.flow_source == "online":
+            idx = snippet_frames(starts, self.span, n)  # [S, L+1]
+            frames = read_frames(path, idx.reshape(-1), self.size)
+            item["frames"] = torch.from_numpy(frames).view(*idx.shape, *frames.shape[1:]).permute(0, 1, 4, 2, 3)
+        elif self.needs_rgb:
+            frames = read_frames(path, starts, self.size)
+            item["rgb"] = torch.from_numpy(frames).permute(0, 3, 1, 2)
+        if cached is not None:
+            flow_idx = snippet_frames(starts, self.flow_length, max(cached.num_flows, 1)) % cached.num_flows
+            item["flow"] = _read_cached_flows(cached, flow_idx, path, self.size)
+        return self._augment(item, rng)
+
+    def _augment(self, item: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
+        """Same crop (and flip) for every tensor of the item; flow rescaled / negated to match."""
+        H, W = self.size
+        h, w = self.crop_size
+        if self.phase == "train":
+            i, j = rng.integers(len(self.scales), size=2)
+            if abs(i - j) > 1:  # TSN's max distortion of 1 between the two sides' scales
+                j = i
+            bh, bw = min(H, round(H * self.scales[i])), min(W, round(W * self.scales[j]))
+            top, left = int(rng.integers(H - bh + 1)), int(rng.integers(W - bw + 1))
+            flip = self.flip and bool(rng.integers(2))
+        else:
+            bh, bw = min(h, H), min(w, W)
+            top, left, flip = (H - bh) // 2, (W - bw) // 2, False
+        out = {}
+        for key, x in item.items():
+            x = _crop_resize(x[..., top : top + bh, left : left + bw], (h, w))
+            if key == "flow":
+                x = x.clone()
+                x[..., 0::2, :, :] *= w / bw  # displacements grow with the resize factor
+                x[..., 1::2, :, :] *= h / bh
+            if flip:
+                x = x.flip(-1)
+                if key == "flow":
+                    x[..., 0::2, :, :] *= -1
+            out[key] = x.contiguous()
+        return out
+
+
+def _crop_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize the last two dims of ``x`` (uint8 or float, any leading dims) to ``size``, bilinear."""
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    lead = x.shape[:-2]
+    y = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]).float(), size=size, mode="bilinear", align_corners=False)
+    y = y.reshape(*lead, *size)
+    return y.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
+
+
+def _open_cached(cache, path: str):
+    from actionflow.flow_cache import CacheError
+
+    try:
+        return cache.open(path)
+    except (CacheError, OSError) as exc:
+        raise BadVideo(f"cached flow unusable ({exc})") from None
+
+
+def _read_cached_flows(cached, flow_idx: np.ndarray, path: str, size: tuple[int, int]) -> torch.Tensor:
+    """Flows ``flow_idx [S, L]`` from a cache entry as float32 ``[S, 2L, H, W]`` px, x/y interleaved."""
+    from actionflow.flow_cache import CacheError
+
+    S, L = flow_idx.shape
+    try:
+        if np.all(np.diff(flow_idx, axis=1) == 1):
+            stacks = [torch.as_tensor(cached.read_stacked(int(s), L)) for s in flow_idx[:, 0]]
+            flow = torch.stack(stacks)  # [S, 2L, h, w]
+        else:  # looped snippet (video shorter than L+1 frames): gather flow by flow
+            lo, count = int(flow_idx.min()), int(flow_idx.max() - flow_idx.min() + 1)
+            block = torch.as_tensor(cached.read(lo, count))  # [count, 2, h, w]
+            flow = block[torch.as_tensor(flow_idx - lo)].flatten(1, 2)
+    except (CacheError, OSError, ValueError) as exc:
+        raise BadVideo(f"cached flow unreadable ({exc})") from None
+    if tuple(flow.shape[-2:]) != tuple(size):
+        sy, sx = size[0] / flow.shape[-2], size[1] / flow.shape[-1]
+        flow = _crop_resize(flow.float(), size)
+        flow[:, 0::2] *= sx
+        flow[:, 1::2] *= sy
+    return flow.float()
+
+
+def collate(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
+    """Batch the items that loaded; ``num_dropped`` counts those that failed (None)."""
+    good = [it for it in items if it is not None]
+    batch = default_collate(good) if good else {}
+    batch["num_dropped"] = torch.tensor(len(items) - len(good))
+    return batch
+
+
+class ActionDataModule(pl.LightningDataModule):
+    """Train/val/test video splits with TSN sampling, RGB frames and flow (cached or online).
+
+    Args:
+        root: folder with a sub-folder per class, or the folder list paths are relative to.
+        train_list, val_list, test_list: annotation lists (``relative/path label``); missing val/test
+            splits are split off stratified (``val_fraction``, ``test_fraction`` of all, ``split_seed``).
+        class_index: ``classInd.txt``-style file (found next to ``train_list`` or in ``root`` if None).
+        label_base: index base of integer labels in the lists (None: the class-index file's, else 0).
+        mode: rgb | flow | two_stream (linked from ``model.mode`` by train.py).
+        flow_source: cache (compressed flow cache in ``cache_dir``) | online (the model computes flow).
+        cache_missing: compute (missing cache entries are computed with the flow engine) | error.
+        flow_model, flow_weights, flow_device: the flow engine (``flow_engine.FlowEngine``) whose flow
+            is cached or computed online.
+        num_segments: TSN segments K. flow_length: flows L per snippet (2L channels).
+        test_clips: clips of K snippets averaged at test time.
+        size: decode size [H, W]; crop_size: network input [h, w] (default: size).
+        scales, flip: training augmentation (multi-scale crop side fractions; horizontal flip).
+        strict: bad videos raise instead of being skipped.
+    """
+
+    def __init__(
+        self,
+        root: str | None = None,
+        train_list: str | None = None,
+        val_list: str | None = None,
+        test_list: str | None = None,
+        class_index: str | None = None,
+        label_base: int | None = None,
+        val_fraction: float = 0.2,
+        test_fraction: float = 0.2,
+        split_seed: int = 0,
+        mode: str = "two_stream",
+        flow_source: str = "cache",
+        cache_dir: str = "cache",
+        cache_missing: str = "compute",
+        flow_model: str = "dis",
+        flow_weights: str | None = None,
+        flow_device: str = "auto",
+        num_segments: int = 3,
+        flow_length: int = 5,
+        test_clips: int = 5,
+        size: tuple[int, int] = (128, 128),
+        crop_size: tuple[int, int] | None = (112, 112),
+        scales: tuple[float, ...] = DEFAULT_SCALES,
+        flip: bool = True,
+        batch_size: int = 8,
+        num_workers: int = 2,
+        strict: bool = False,
+    ):
+        super().__init__()
+        self.save_hyperparameters()
+        for name, value, allowed in (
+            ("mode", mode, MODES), ("flow_source", flow_source, FLOW_SOURCES), ("cache_missing", cache_missing, CACHE_MISSING)
+        ):
+            if value not in allowed:
+                raise DataConfigError(f"data.{name} must be one of {allowed}, got {value!r}")
+        if not 1 <= flow_length <= 10:
+            raise DataConfigError(f"data.flow_length must lie in 1..10, got {flow_length}")
+        if num_segments < 1 or test_clips < 1 or batch_size < 1 or num_workers < 0:
+            raise DataConfigError("data.num_segments, test_clips, batch_size must be >= 1 and num_workers >= 0")
+        if not scales or not all(0.1 <= s <= 1.0 for s in scales):
+            raise DataConfigError(f"data.scales must be fractions in [0.1, 1], got {scales}")
+        for key, path in (("root", root), ("train_list", train_list), ("val_list", val_list),
+                          ("test_list", test_list), ("class_index", class_index)):
+            if path is not None and not os.path.exists(path):
+                raise DataConfigError(f"data.{key}: {path} does not exist")
+        self.size = _pair(size, "size")
+        self.crop_size = _pair(crop_size, "crop_size") or self.size
+        if self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]:
+            raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
+        self.splits = load_splits(root, train_list, val_list, test_list, class_index, label_base,
+                                  val_fraction, test_fraction, split_seed)
+        self.clips: dict[str, list[Clip]] = {}
+        self.skipped: list[str] = []  # "path: reason" of videos left out at setup
+        self._engine = None
+        self.cache = None
+
+    @property
+    def num_classes(self) -> int:
+        return len(self.splits.classes)
+
+    @property
+    def class_names(self) -> list[str]:
+        return list(self.splits.classes)
+
+    @property
+    def needs_flow(self) -> bool:
+        return self.hparams.mode in ("flow", "two_stream")
+
+    def flow_cache(self):
+        """The flow cache for this engine and size (``flow_source: cache``)."""
+        from actionflow.flow_cache import FlowCache
+
+        return FlowCache(self.hparams.cache_dir, self.flow_engine().config(), size=self.size)
+
+    def flow_engine(self):
+        """The ``FlowEngine`` whose flow is cached (built once, on first use)."""
+        if self._engine is None:
+            from flow_engine.engine import FlowEngine
+
+            h = self.hparams
+            self._engine = FlowEngine(model=h.flow_model, weights=h.flow_weights, device=h.flow_device)
+        return self._engine
+
+    def prepare_data(self) -> None:
+        """Fill the flow cache for every video that lacks an entry (rank 0 of each node)."""
+        if not (self.needs_flow and self.hparams.flow_source == "cache"):
+            return
+        from actionflow.precompute import precompute
+
+        cache = self.flow_cache()
+        samples = [s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split]
+        missing = sorted({s.path for s in samples if cache.lookup(s.path) is None})
+        if not missing:
+            return
+        if self.hparams.cache_missing == "error":
+            raise DataConfigError(
+                f"{len(missing)} video(s) have no flow in cache {self.hparams.cache_dir} (first: {missing[0]}); "
+                "run `python -m actionflow precompute` or set data.cache_missing: compute"
+            )
+        engine = self.flow_engine()
+        cache.root.mkdir(parents=True, exist_ok=True)
+        logger.info("computing flow of %d video(s) missing from %s with %s", len(missing), cache.root, engine.name)
+        summary = precompute([Path(p) for p in missing], cache, engine, workers=2)
+        for path, reason in summary.failed:  # setup() then skips these as uncached
+            if self.hparams.strict:
+                raise BadVideo(f"{path}: no flow ({reason})")
+
+    def setup(self, stage: str | None = None) -> None:
+        """Probe every video of the splits once; bad ones are skipped (warned, counted) or raise if strict."""
+        if self.clips:
+            return
+        cache = self.flow_cache() if self.needs_flow and self.hparams.flow_source == "cache" else None
+        min_frames = 2 if self.needs_flow else 1
+        all_samples = {s.path: s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split}
+
+        def check(path: str) -> str | int:
+            try:
+                n = probe(path).num_frames
+            except VideoError as exc:
+                return exc.reason
+            if n < min_frames:
+                return f"only {n} frame(s); flow needs {min_frames}"
+            if cache is not None and cache.lookup(path) is None:
+                return f"no cached flow in {self.hparams.cache_dir}"
+            return n
+
+        with ThreadPoolExecutor(max(1, min(4, self.hparams.num_workers))) as pool:
+            result = dict(zip(all_samples, pool.map(check, all_samples)))
+        bad = {p: r for p, r in result.items() if isinstance(r, str)}
+        if bad and self.hparams.strict:
+            raise BadVideo("bad videos (data.strict is true):\n" + "\n".join(f"  {p}: {r}" for p, r in bad.items()))
+        for path, reason in bad.items():
+            logger.warning("skipping bad video %s: %s", path, reason)
+        self.skipped = [f"{p}: {r}" for p, r in bad.items()]
+        for name, split in (("train", self.splits.train), ("val", self.splits.val), ("test", self.splits.test)):
+            self.clips[name] = [Clip(s, result[s.path]) for s in split if s.path not in bad]
+        self.cache = cache
+        if bad:
+            logger.warning("skipped %d bad video(s) of %d", len(bad), len(all_samples))
+        if not self.clips["train"]:
+            raise BadVideo("no usable training videos left")
+
+    def dataset(self, phase: str) -> VideoClips:
+        h = self.hparams
+        return VideoClips(
+            self.clips[phase], phase, h.mode, h.flow_source, h.num_segments, h.flow_length, h.test_clips,
+            self.size, self.crop_size, h.scales, h.flip, self.cache, h.strict,
+        )
+
+    def _loader(self, phase: str) -> DataLoader:
+        workers = self.hparams.num_workers
+        return DataLoader(
+            self.dataset(phase),
+            batch_size=self.hparams.batch_size,
+            shuffle=phase == "train",
+            drop_last=False,
+            num_workers=workers,
+            persistent_workers=workers > 0 and phase != "test",
+            pin_memory=torch.cuda.is_available(),
+            collate_fn=collate,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test")

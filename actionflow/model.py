@@ -1,0 +1,213 @@
+"""Two-stream network (Simonyan & Zisserman 2014, with TSN's segmental consensus, Wang et al. 2016).
+
+* RGB stream: a torchvision backbone on one RGB frame per snippet.
+* Temporal stream: the same architecture on 2L stacked flow channels (x1, y1, ..., xL, yL) per
+  snippet; its first convolution takes 2L channels. With pretrained weights it is initialised by
+  cross-modality initialisation: the RGB first-conv kernel averaged over its 3 input channels and
+  replicated 2L times.
+* Segmental consensus: the average of each stream's logits over the snippets of a video
+  (K segments, times the clips at test time, which makes multi-clip testing the average too).
+* Late fusion of softmax scores: ``p = (w_rgb softmax(rgb) + w_flow softmax(flow)) / (w_rgb + w_flow)``
+  with fixed weights (default 1 : 1.5) or learned ones (softmax of two learned logits, initialised
+  at the given ratio). The fused output is returned as log-probabilities ``log p``, so that
+  ``softmax``, ``argmax`` and ``cross_entropy`` apply to it exactly as to the streams' logits.
+
+Inputs are normalised tensors: RGB by ImageNet mean/std (:func:`normalize_rgb`), flow in pixels
+divided by ``flow_scale`` (20 px, the flow cache's bound) (:func:`normalize_flow`).
+"""
+from __future__ import annotations
+
+import logging
+import math
+import os
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+logger = logging.getLogger(__name__)
+
+MODES = ("rgb", "flow", "two_stream")
+FUSIONS = ("weighted", "learned")
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+class ModelConfigError(ValueError):
+    """A bad model setting (mode, backbone, fusion, pretrained weights file)."""
+
+
+def normalize_rgb(frames: torch.Tensor) -> torch.Tensor:
+    """uint8 RGB ``[..., 3, H, W]`` -> float, ImageNet-normalised."""
+    mean = frames.new_tensor(IMAGENET_MEAN, dtype=torch.float32).view(3, 1, 1)
+    std = frames.new_tensor(IMAGENET_STD, dtype=torch.float32).view(3, 1, 1)
+    return (frames.float() / 255.0 - mean) / std
+
+
+def normalize_flow(flow_px: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
+    """Flow in pixels -> network input: divided by ``scale`` (the cache bound, 20 px) so |x| <~ 1."""
+    return flow_px.float() / scale
+
+
+def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Conv2d):
+            return name, module
+    raise ModelConfigError(f"{type(net).__name__} has no Conv2d to take the flow stack")
+
+
+def _last_linear(net: nn.Module) -> tuple[str, nn.Linear]:
+    found = None
+    for name, module in net.named_modules():
+        if isinstance(module, nn.Linear):
+            found = (name, module)
+    if found is None:
+        raise ModelConfigError(f"{type(net).__name__} has no Linear classifier head")
+    return found
+
+
+def pretrained_state(backbone: str, pretrained_path: str | None = None) -> dict[str, torch.Tensor] | None:
+    """ImageNet state dict of torchvision ``backbone``: from ``pretrained_path`` (a saved torchvision
+    state dict) or torchvision's download; None (logged once) when it cannot be had."""
+    if pretrained_path is not None:
+        if not os.path.isfile(pretrained_path):
+            raise ModelConfigError(f"{pretrained_path}: pretrained state dict not found")
+        try:
+            state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
+        except Exception as exc:
+            raise ModelConfigError(f"{pretrained_path}: cannot load a state dict ({str(exc)[:120]})") from None
+        if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+            state = state["state_dict"]
+        return state
+    import torchvision
+
+    try:
+        return torchvision.models.get_model_weights(backbone).DEFAULT.get_state_dict(progress=False)
+    except Exception as exc:  # no internet, no cache, or no weights for this architecture
+        logger.warning("ImageNet weights for %s unavailable (%s); training from scratch", backbone, str(exc)[:120])
+        return None
+
+
+class Stream(nn.Module):
+    """One stream: a torchvision classification backbone taking ``in_channels`` input channels."""
+
+    def __init__(
+        self,
+        backbone: str,
+        in_channels: int,
+        num_classes: int,
+        dropout: float = 0.5,
+        state: dict[str, torch.Tensor] | None = None,
+    ):
+        """``state``: ImageNet weights of ``backbone`` to start from (None: random initialisation)."""
+        super().__init__()
+        import torchvision
+
+        try:
+            net = torchvision.models.get_model(backbone, weights=None)
+        except ValueError:
+            names = ", ".join(n for n in torchvision.models.list_models(torchvision.models) if n.startswith("resnet"))
+            raise ModelConfigError(f"unknown torchvision backbone {backbone!r} (e.g. {names})") from None
+        self.pretrained = state is not None
+        if state is not None:
+            try:
+                net.load_state_dict(state)
+            except RuntimeError as exc:
+                raise ModelConfigError(f"pretrained weights do not fit {backbone}: {str(exc).splitlines()[0]}") from None
+
+        conv_name, conv = _first_conv(net)
+        if in_channels != conv.in_channels:
+            new = nn.Conv2d(
+                in_channels, conv.out_channels, conv.kernel_size, conv.stride, conv.padding,
+                conv.dilation, conv.groups, conv.bias is not None, conv.padding_mode,
+            )
+            if self.pretrained:
+                with torch.no_grad():
+                    new.weight.copy_(cross_modality_weight(conv.weight, in_channels))
+                    if conv.bias is not None:
+                        new.bias.copy_(conv.bias)
+            net.set_submodule(conv_name, new)
+
+        head_name, head = _last_linear(net)
+        net.set_submodule(head_name, nn.Sequential(nn.Dropout(dropout), nn.Linear(head.in_features, num_classes)))
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """``[N, C_in, H, W]`` -> logits ``[N, num_classes]``."""
+        return self.net(x)
+
+
+def cross_modality_weight(rgb_weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """First-conv kernel ``[O, 3, k, k]`` -> ``[O, in_channels, k, k]``: the mean over RGB, replicated."""
+    return rgb_weight.mean(dim=1, keepdim=True).expand(-1, in_channels, -1, -1).clone()
+
+
+def consensus(logits: torch.Tensor) -> torch.Tensor:
+    """Segmental consensus: ``[B, S, C]`` snippet logits -> ``[B, C]`` video logits (average)."""
+    return logits.mean(dim=1)
+
+
+def fuse(rgb_logits: torch.Tensor, flow_logits: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
+    """Late fusion of softmax scores with ``weights`` = (w_rgb, w_flow); returns log-probabilities ``[B, C]``."""
+    w = weights / weights.sum()
+    p = w[0] * rgb_logits.softmax(dim=-1) + w[1] * flow_logits.softmax(dim=-1)
+    return torch.log(p.clamp_min(1e-12))
+
+
+class TwoStreamNet(nn.Module):
+    """RGB and/or temporal stream with segmental consensus and late fusion, per ``mode``."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        mode: str = "two_stream",
+        backbone: str = "resnet18",
+        flow_length: int = 5,
+        pretrained: bool = False,
+        pretrained_path: str | None = None,
+        fusion: str = "weighted",
+        fusion_weights: tuple[float, float] = (1.0, 1.5),
+        dropout: float = 0.5,
+    ):
+        super().__init__()
+        if mode not in MODES:
+            raise ModelConfigError(f"model.mode must be one of {MODES}, got {mode!r}")
+        if fusion not in FUSIONS:
+            raise ModelConfigError(f"model.fusion must be one of {FUSIONS}, got {fusion!r}")
+        if num_classes < 2:
+            raise ModelConfigError(f"need at least 2 classes, got {num_classes}")
+        if len(fusion_weights) != 2 or min(fusion_weights) <= 0:
+            raise ModelConfigError(f"model.fusion_weights must be two positive numbers, got {fusion_weights}")
+        self.mode = mode
+        self.flow_length = flow_length
+        state = pretrained_state(backbone, pretrained_path) if pretrained else None
+        kwargs = dict(num_classes=num_classes, dropout=dropout, state=state)
+        self.rgb = Stream(backbone, 3, **kwargs) if mode in ("rgb", "two_stream") else None
+        self.flow = Stream(backbone, 2 * flow_length, **kwargs) if mode in ("flow", "two_stream") else None
+        init = torch.tensor([math.log(w) for w in fusion_weights])
+        if fusion == "learned":
+            self.fusion_logits = nn.Parameter(init)
+        else:
+            self.register_buffer("fusion_logits", init)
+
+    @property
+    def streams(self) -> list[str]:
+        """Names of the outputs: the streams this mode has, then ``two_stream`` when both."""
+        return {"rgb": ["rgb"], "flow": ["flow"], "two_stream": ["rgb", "flow", "two_stream"]}[self.mode]
+
+    def forward(self, rgb: torch.Tensor | None = None, flow: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Normalised ``rgb [B, S, 3, H, W]`` and/or ``flow [B, S, 2L, H, W]`` -> ``{stream: [B, C]}``.
+
+        ``rgb``/``flow`` are logits after consensus; ``two_stream`` is the fused log-probability.
+        """
+        out = {}
+        for name, stream, x in (("rgb", self.rgb, rgb), ("flow", self.flow, flow)):
+            if stream is None:
+                continue
+            if x is None:
+                raise ValueError(f"mode {self.mode!r} needs {name} input")
+            b, s = x.shape[:2]
+            out[name] = consensus(stream(x.flatten(0, 1)).view(b, s, -1))
+        if self.mode == "two_stream":
+            out["two_stream"] = fuse(out["rgb"], out["flow"], self.fusion_logits.exp())
+        return out

@@ -1,0 +1,304 @@
+"""The LightningModule of the two-stream classifier: losses, metrics, optimiser, online flow.
+
+Batches come from :mod:`actionflow.data`. With ``flow_source: online`` a batch carries the raw
+snippet frames and the flow engine computes flow here, on the module's device, batched over all
+snippets of the batch (under ``no_grad`` unless ``finetune_flow``, which trains the flow network
+end to end with the classifier; its weights are then part of this module's checkpoint).
+
+Loss: the sum of each stream's cross-entropy and, in two-stream mode, the fused output's.
+Metrics (top-1, top-5, mean class accuracy) per stream and fused, over the whole validation /
+test set gathered from every process; at test time a confusion matrix (PNG + JSON), a
+per-class report and ``metrics.json`` are written into ``<run dir>/test/``.
+"""
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from actionflow import metrics
+from actionflow.model import TwoStreamNet, normalize_flow, normalize_rgb
+
+logger = logging.getLogger(__name__)
+
+OPTIMIZERS = ("sgd", "adamw")
+SCHEDULERS = ("cosine", "step", "none")
+
+
+class ActionRecognizer(pl.LightningModule):
+    """Two-stream action recogniser (see :class:`actionflow.model.TwoStreamNet` for the network).
+
+    Args:
+        num_classes, class_names: from the data (linked by train.py).
+        mode: rgb | flow | two_stream. backbone: a torchvision model name (resnet18, resnet50, ...).
+        pretrained: start from ImageNet weights (torchvision download, or ``pretrained_path``, a
+            saved torchvision state dict); from scratch, with one warning, when unavailable.
+        flow_length: flows L per snippet (linked from ``data.flow_length``).
+        fusion: weighted (fixed ``fusion_weights`` = RGB, flow) | learned. dropout: before each head.
+        optimizer: sgd | adamw; lr, momentum, weight_decay. scheduler: cosine (per step) | step
+            (``step_size`` epochs, ``gamma``) | none.
+        flow_model, flow_weights: the flow engine for online flow (linked from ``data``).
+        finetune_flow: train the flow network with the classifier (online flow only), at
+            ``lr * flow_lr_scale``.
+        flow_scale: flow input normalisation in px (the flow cache's bound).
+        log_clips: validation clips (frame + colour-coded flow) logged as images per epoch.
+    """
+
+    def __init__(
+        self,
+        num_classes: int = 2,
+        class_names: list[str] | None = None,
+        mode: str = "two_stream",
+        backbone: str = "resnet18",
+        pretrained: bool = False,
+        pretrained_path: str | None = None,
+        flow_length: int = 5,
+        fusion: str = "weighted",
+        fusion_weights: tuple[float, float] = (1.0, 1.5),
+        dropout: float = 0.5,
+        optimizer: str = "sgd",
+        lr: float = 0.01,
+        momentum: float = 0.9,
+        weight_decay: float = 5e-4,
+        scheduler: str = "cosine",
+        step_size: int = 10,
+        gamma: float = 0.1,
+        flow_model: str = "dis",
+        flow_weights: str | None = None,
+        finetune_flow: bool = False,
+        flow_lr_scale: float = 0.1,
+        flow_scale: float = 20.0,
+        log_clips: int = 4,
+    ):
+        super().__init__()
+        if optimizer not in OPTIMIZERS:
+            raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+        if scheduler not in SCHEDULERS:
+            raise ValueError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
+        if len(class_names) != num_classes:
+            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+        self.save_hyperparameters()
+        # plain types only, so that checkpoints load with torch.load(weights_only=True)
+        self.hparams["class_names"] = [str(c) for c in class_names]
+        self.hparams["fusion_weights"] = [float(w) for w in fusion_weights]
+        self.net = TwoStreamNet(num_classes, mode, backbone, flow_length, pretrained, pretrained_path,
+                                fusion, tuple(fusion_weights), dropout)
+        self._engine = None
+        if finetune_flow and mode != "rgb":
+            self._engine = self._make_engine("cpu")
+            self.flow_net = self._engine.model  # registered: trained, moved and checkpointed with the rest
+        self._outputs: dict[str, list] = {}  # phase -> [(scores per stream, labels)] of this epoch
+        self._dropped: dict[str, int] = {}  # phase -> videos that failed to decode this epoch
+
+    # ------------------------------------------------------------------ inputs
+
+    @property
+    def streams(self) -> list[str]:
+        return self.net.streams
+
+    def _make_engine(self, device):
+        from flow_engine.engine import FlowEngine
+
+        return FlowEngine(model=self.hparams.flow_model, weights=self.hparams.flow_weights, device=str(device))
+
+    @property
+    def flow_engine(self):
+        """The flow engine for online flow, on this module's device (built on first use)."""
+        if self._engine is None:
+            self._engine = self._make_engine(self.device)
+            logger.info("online flow with %s on %s", self._engine.name, self.device)
+        return self._engine
+
+    def compute_flow(self, frames: torch.Tensor) -> torch.Tensor:
+        """Snippet frames uint8 ``[B, S, L+1, 3, H, W]`` -> flow ``[B, S, 2L, H, W]`` px (x1, y1, ..., xL, yL)."""
+        B, S, T, C, H, W = frames.shape
+        first = frames[:, :, :-1].reshape(-1, C, H, W)
+        second = frames[:, :, 1:].reshape(-1, C, H, W)
+        if self.hparams.finetune_flow and self.training:
+            flow = self.flow_engine(first, second)
+        else:
+            with torch.no_grad():
+                flow = torch.cat([self.flow_engine(a, b) for a, b in zip(first.split(256), second.split(256))])
+        return flow.view(B, S, T - 1, 2, H, W).flatten(2, 3)
+
+    def inputs(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+        """(uint8 RGB ``[B,S,3,H,W]``, flow px ``[B,S,2L,H,W]``) from a batch, each None when unused."""
+        rgb, flow = batch.get("rgb"), batch.get("flow")
+        if "frames" in batch:
+            frames = batch["frames"]
+            rgb = frames[:, :, 0] if self.hparams.mode != "flow" else None
+            flow = self.compute_flow(frames) if self.hparams.mode != "rgb" else None
+        return rgb, flow
+
+    def forward(self, rgb: torch.Tensor | None, flow: torch.Tensor | None) -> dict[str, torch.Tensor]:
+        """uint8 RGB and flow in px -> ``{stream: [B, C]}`` logits (``two_stream``: fused log-probabilities)."""
+        return self.net(
+            normalize_rgb(rgb) if rgb is not None else None,
+            normalize_flow(flow, self.hparams.flow_scale) if flow is not None else None,
+        )
+
+    @torch.no_grad()
+    def predict_proba(self, batch: dict) -> dict[str, torch.Tensor]:
+        """Class probabilities ``{stream: [B, C]}`` for a batch (eval mode)."""
+        return {k: v.float().softmax(dim=-1) for k, v in self(*self.inputs(batch)).items()}
+
+    # ------------------------------------------------------------------ steps
+
+    def training_step(self, batch: dict, batch_idx: int):
+        self._count_dropped(batch, "train")
+        if "label" not in batch:
+            return None  # every video of the batch failed to decode
+        out = self(*self.inputs(batch))
+        y = batch["label"]
+        losses = {k: F.cross_entropy(v.float(), y) for k, v in out.items()}
+        loss = sum(losses.values())
+        bs = len(y)
+        self.log("train/loss", loss, prog_bar=True, batch_size=bs, on_step=True, on_epoch=True, sync_dist=True)
+        for k, v in out.items():
+            self.log(f"train/{k}/loss", losses[k], batch_size=bs, on_step=False, on_epoch=True, sync_dist=True)
+            acc = (v.argmax(dim=1) == y).float().mean()
+            self.log(f"train/{k}/top1", acc, batch_size=bs, on_step=False, on_epoch=True, sync_dist=True)
+        return loss
+
+    def _eval_step(self, batch: dict, phase: str) -> None:
+        self._count_dropped(batch, phase)
+        if "label" not in batch:
+            return
+        rgb, flow = self.inputs(batch)
+        out = self(rgb, flow)
+        store = self._outputs.setdefault(phase, [])
+        store.append(({k: v.float().softmax(dim=-1) for k, v in out.items()}, batch["label"]))
+        if phase == "val" and len(store) == 1:
+            self._log_clips(rgb, flow, out, batch["label"])
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    def _count_dropped(self, batch: dict, phase: str) -> None:
+        n = int(batch.get("num_dropped", 0))
+        if n:
+            self._dropped[phase] = self._dropped.get(phase, 0) + n
+
+    # ------------------------------------------------------------------ epoch ends
+
+    def _gather(self, phase: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
+        """All processes' scores and labels of ``phase`` (variable lengths padded for all_gather)."""
+        store = self._outputs.pop(phase, [])
+        num_classes = self.hparams.num_classes
+        scores = {k: torch.cat([s[k] for s, _ in store]) if store else torch.zeros(0, num_classes, device=self.device)
+                  for k in self.streams}
+        labels = torch.cat([y for _, y in store]) if store else torch.zeros(0, dtype=torch.long, device=self.device)
+        if self.trainer.world_size == 1:
+            return scores, labels
+        n = torch.tensor([len(labels)], device=self.device)
+        sizes = self.all_gather(n).view(-1)
+        most = int(sizes.max())
+
+        def gather(t: torch.Tensor) -> torch.Tensor:
+            padded = torch.cat([t, t.new_zeros(most - len(t), *t.shape[1:])])
+            g = self.all_gather(padded)  # [world, most, ...]
+            return torch.cat([g[r, : int(sizes[r])] for r in range(len(sizes))])
+
+        return {k: gather(v) for k, v in scores.items()}, gather(labels)
+
+    def _epoch_metrics(self, phase: str):
+        """(``{stream: summary}``, scores, labels) over the epoch, or None when nothing was scored."""
+        scores, labels = self._gather(phase)
+        dropped = self._dropped.pop(phase, 0)
+        if dropped:
+            logger.warning("%s: %d video(s) failed to decode and were left out (this process)", phase, dropped)
+        if len(labels) == 0:
+            return None
+        return {k: metrics.summary(scores[k], labels) for k in self.streams}, scores, labels
+
+    def on_validation_epoch_end(self) -> None:
+        result = self._epoch_metrics("val")
+        if result is None or self.trainer.sanity_checking:
+            return
+        summary, _, _ = result
+        for stream, values in summary.items():
+            for name, value in values.items():
+                self.log(f"val/{stream}/{name}", value, sync_dist=False)
+        self.log("val/top1", summary[self.streams[-1]]["top1"], prog_bar=True, sync_dist=False)
+
+    def on_test_epoch_end(self) -> None:
+        result = self._epoch_metrics("test")
+        if result is None:
+            logger.warning("no test videos could be scored")
+            return
+        summary, scores, labels = result
+        for stream, values in summary.items():
+            for name, value in values.items():
+                self.log(f"test/{stream}/{name}", value, sync_dist=False)
+        if self.trainer.is_global_zero:
+            out_dir = Path(self.trainer.default_root_dir) / "test"
+            for stream in self.streams:
+                metrics.write_report(out_dir, stream, scores[stream], labels, self.hparams.class_names)
+            self.test_metrics_path = out_dir / "metrics.json"
+            self.test_metrics_path.write_text(json.dumps(summary, indent=2))
+            self._log_images("test/confusion", [str(out_dir / f"{s}_confusion.png") for s in self.streams], self.streams)
+
+    # ------------------------------------------------------------------ W&B images
+
+    def _log_images(self, key: str, images: list, captions: list[str]) -> None:
+        from pytorch_lightning.loggers import WandbLogger
+
+        for lg in self.loggers:
+            if isinstance(lg, WandbLogger):
+                try:
+                    lg.log_image(key=key, images=images, caption=captions)
+                except Exception as exc:  # W&B must never end a run
+                    logger.warning("could not log %s to W&B: %s", key, exc)
+
+    def _log_clips(self, rgb, flow, out, labels) -> None:
+        """The first ``log_clips`` validation videos: first snippet's frame | its first flow, colour-coded."""
+        from pytorch_lightning.loggers import WandbLogger
+
+        n = min(self.hparams.log_clips, len(labels))
+        if n == 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
+            return
+        if not any(isinstance(lg, WandbLogger) for lg in self.loggers):
+            return
+        from flow_engine.viz import flow_to_color_torch
+
+        panels = []
+        if rgb is not None:
+            panels.append(rgb[:n, 0])
+        if flow is not None:
+            panels.append(flow_to_color_torch(flow[:n, 0, :2].float()).to(self.device))
+        images = torch.cat(panels, dim=-1).permute(0, 2, 3, 1).cpu().numpy()
+        pred = out[self.streams[-1]][:n].argmax(dim=1).tolist()
+        names = self.hparams.class_names
+        captions = [f"true {names[t]} / pred {names[p]}" for t, p in zip(labels[:n].tolist(), pred)]
+        self._log_images("val/clips", list(images), captions)
+
+    # ------------------------------------------------------------------ optimisation
+
+    def configure_optimizers(self):
+        h = self.hparams
+        flow_params = list(self.flow_net.parameters()) if hasattr(self, "flow_net") else []
+        flow_ids = {id(p) for p in flow_params}
+        groups = [{"params": [p for p in self.parameters() if id(p) not in flow_ids]}]
+        if flow_params:
+            groups.append({"params": flow_params, "lr": h.lr * h.flow_lr_scale})
+        if h.optimizer == "sgd":
+            opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
+        else:
+            opt = torch.optim.AdamW(groups, lr=h.lr, weight_decay=h.weight_decay)
+        if h.scheduler == "none":
+            return opt
+        if h.scheduler == "cosine":
+            steps = max(1, int(self.trainer.estimated_stepping_batches))
+            sched = {"scheduler": torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=steps), "interval": "step"}
+        else:
+            sched = {"scheduler": torch.optim.lr_scheduler.StepLR(opt, step_size=h.step_size, gamma=h.gamma),
+                     "interval": "epoch"}
+        return {"optimizer": opt, "lr_scheduler": sched}

@@ -1,0 +1,156 @@
+"""Annotation parsing (folders, name/index lists, UCF101 1-based lists + classInd.txt) and splits."""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+from actionflow.annotations import (
+    AnnotationError,
+    Sample,
+    load_splits,
+    read_class_index,
+    scan_folder,
+    stratified_split,
+)
+
+
+def touch(path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_bytes(b"")
+    return path
+
+
+def test_folder_per_class_sorted_names_and_labels(tmp_path):
+    for name in ("waltz", "tango", "salsa"):
+        for i in range(2):
+            touch(tmp_path / name / f"{name}{i}.mp4")
+    touch(tmp_path / "tango" / "notes.txt")  # not a video: ignored
+    samples, classes = scan_folder(tmp_path)
+    assert classes == ["salsa", "tango", "waltz"]
+    got = {Path(s.path).name: s.label for s in samples}
+    assert got == {"salsa0.mp4": 0, "salsa1.mp4": 0, "tango0.mp4": 1, "tango1.mp4": 1, "waltz0.mp4": 2, "waltz1.mp4": 2}
+    assert all(Path(s.path).is_absolute() for s in samples)
+
+
+def test_empty_folder_is_a_clear_error(tmp_path):
+    (tmp_path / "a").mkdir()
+    with pytest.raises(AnnotationError, match="no videos"):
+        scan_folder(tmp_path)
+
+
+def test_lists_with_class_names_and_zero_based_indices(tmp_path):
+    (tmp_path / "train.txt").write_text("v/a1.mp4 spin\nv/b1.mp4 jump\n\n# comment\nv/a2.mp4 spin\n")
+    (tmp_path / "val.txt").write_text("v/b2.mp4 jump\n")
+    (tmp_path / "test.txt").write_text("v/a3.mp4 spin\n")
+    s = load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "val.txt", test_list=tmp_path / "test.txt")
+    assert s.classes == ["jump", "spin"]  # sorted names when no class-index file
+    assert [(Path(x.path).name, x.label) for x in s.train] == [("a1.mp4", 1), ("b1.mp4", 0), ("a2.mp4", 1)]
+    assert s.val == [Sample(str((tmp_path / "v/b2.mp4").resolve()), 0)]  # relative to the list's folder
+
+    (tmp_path / "idx.txt").write_text("v/a.mp4 0\nv/b.mp4 2\n")
+    s = load_splits(root=tmp_path / "videos", train_list=tmp_path / "idx.txt", val_list=tmp_path / "idx.txt",
+                    test_list=tmp_path / "idx.txt")
+    assert s.classes == ["0", "1", "2"]
+    assert [x.label for x in s.train] == [0, 2]
+    assert s.train[0].path == str((tmp_path / "videos" / "v/a.mp4").resolve())  # relative to root when given
+
+
+def test_ucf101_lists_one_based_with_classind_and_unlabelled_testlist(tmp_path):
+    lists = tmp_path / "ucfTrainTestlist"
+    lists.mkdir()
+    (lists / "classInd.txt").write_text("1 ApplyEyeMakeup\n2 Archery\n3 BabyCrawling\n")
+    (lists / "trainlist01.txt").write_text(
+        "ApplyEyeMakeup/v_ApplyEyeMakeup_g08_c01.avi 1\nArchery/v_Archery_g08_c01.avi 2\n"
+        "BabyCrawling/v_BabyCrawling_g08_c01.avi 3\nArchery/v_Archery_g09_c01.avi 2\n"
+    )
+    (lists / "testlist01.txt").write_text("ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi\nBabyCrawling/v_BabyCrawling_g01_c01.avi\n")
+    s = load_splits(root=tmp_path / "UCF-101", train_list=lists / "trainlist01.txt",
+                    val_list=lists / "trainlist01.txt", test_list=lists / "testlist01.txt")
+    assert s.classes == ["ApplyEyeMakeup", "Archery", "BabyCrawling"]  # classInd.txt found next to the list
+    assert [x.label for x in s.train] == [0, 1, 2, 1]  # 1-based labels read as 0-based
+    assert [x.label for x in s.test] == [0, 2]  # no label: the parent folder names the class
+    assert s.test[0].path == str((tmp_path / "UCF-101/ApplyEyeMakeup/v_ApplyEyeMakeup_g01_c01.avi").resolve())
+
+
+def test_class_index_files(tmp_path):
+    (tmp_path / "names.txt").write_text("spin\njump\n")
+    assert read_class_index(tmp_path / "names.txt") == (["spin", "jump"], 0)
+    (tmp_path / "zero.txt").write_text("0 spin\n1 jump\n")
+    assert read_class_index(tmp_path / "zero.txt") == (["spin", "jump"], 0)
+    (tmp_path / "gap.txt").write_text("1 spin\n3 jump\n")
+    with pytest.raises(AnnotationError, match="consecutively"):
+        read_class_index(tmp_path / "gap.txt")
+    (tmp_path / "dup.txt").write_text("1 spin\n1 jump\n")
+    with pytest.raises(AnnotationError, match=r"dup.txt:2: class index 1 appears twice"):
+        read_class_index(tmp_path / "dup.txt")
+
+
+@pytest.mark.parametrize(
+    "lines, message",
+    [
+        ("a.mp4 spin\nb.mp4 waltz\n", r"train.txt:2: unknown class 'waltz'"),
+        ("a.mp4 1\nb.mp4 7\n", r"train.txt:2: label 7 out of range for 2 classes"),
+        ("a.mp4 spin\n\nspin/b.mp4\nc.mp4 -1\n", r"train.txt:4: label -1 out of range"),
+        ("a.mp4 spin\nfoxtrot/b.mp4\n", r"train.txt:2: no label, and the parent folder 'foxtrot'"),
+    ],
+)
+def test_bad_lines_name_the_file_and_line(tmp_path, lines, message):
+    (tmp_path / "classes.txt").write_text("spin\njump\n")
+    (tmp_path / "train.txt").write_text(lines)
+    with pytest.raises(AnnotationError, match=message):
+        load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+
+
+def test_unlabelled_line_without_class_index_is_an_error(tmp_path):
+    (tmp_path / "train.txt").write_text("a.mp4 0\nspin/b.mp4\n")
+    with pytest.raises(AnnotationError, match=r"train.txt:2: a line without a label needs a class-index file"):
+        load_splits(train_list=tmp_path / "train.txt")
+
+
+def test_missing_list_is_a_clear_error(tmp_path):
+    with pytest.raises(AnnotationError, match="nope.txt: annotation list not found"):
+        load_splits(train_list=tmp_path / "nope.txt")
+    with pytest.raises(AnnotationError, match="without data.train_list"):
+        load_splits(root=tmp_path, val_list=tmp_path / "v.txt")
+
+
+def _samples(per_class: dict[int, int]) -> list[Sample]:
+    return [Sample(f"/v/{c}_{i}.mp4", c) for c, n in per_class.items() for i in range(n)]
+
+
+def test_stratified_split_keeps_class_proportions_and_is_seeded():
+    samples = _samples({0: 50, 1: 30, 2: 20})
+    rest, held = stratified_split(samples, 0.2, seed=0)
+    assert len(held) == 20 and len(rest) == 80
+    assert Counter(s.label for s in held) == {0: 10, 1: 6, 2: 4}
+    assert not set(rest) & set(held)
+    assert stratified_split(samples, 0.2, seed=0)[1] == held
+    assert stratified_split(samples, 0.2, seed=1)[1] != held
+
+
+def test_stratified_split_falls_back_when_a_class_is_tiny(caplog):
+    rest, held = stratified_split(_samples({0: 9, 1: 1}), 0.3, seed=0)
+    assert len(held) == 3 and len(rest) == 7
+    assert "too few videos per class" in caplog.text
+
+
+def test_splits_from_one_folder_are_stratified_and_disjoint(tmp_path):
+    for name in ("a", "b"):
+        for i in range(10):
+            touch(tmp_path / name / f"{i}.avi")
+    s = load_splits(root=tmp_path, val_fraction=0.2, test_fraction=0.2, seed=3)
+    assert (len(s.train), len(s.val), len(s.test)) == (12, 4, 4)
+    for part in (s.train, s.val, s.test):
+        counts = Counter(x.label for x in part)
+        assert counts[0] == counts[1]
+    paths = [x.path for part in (s.train, s.val, s.test) for x in part]
+    assert len(set(paths)) == 20
+
+
+def test_val_split_off_a_given_train_list(tmp_path):
+    (tmp_path / "train.txt").write_text("".join(f"v{i}.mp4 {i % 2}\n" for i in range(20)))
+    (tmp_path / "test.txt").write_text("t.mp4 1\n")
+    s = load_splits(train_list=tmp_path / "train.txt", test_list=tmp_path / "test.txt", val_fraction=0.25)
+    assert (len(s.train), len(s.val), len(s.test)) == (15, 5, 1)

@@ -1,0 +1,112 @@
+"""``python -m actionflow classify``: JSON / text output, looping of short clips, any resolution,
+flow video, clear errors for corrupt videos and bad checkpoints."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from tiny_videos import render, write_mp4
+
+from actionflow.__main__ import main
+from actionflow.module import ActionRecognizer
+from actionflow.video import probe, read_frames
+
+
+@pytest.fixture(scope="module")
+def ckpt(tmp_path_factory) -> Path:
+    """A checkpoint laid out as Lightning writes it (state_dict + hyperparameters), random weights."""
+    torch.manual_seed(0)
+    model = ActionRecognizer(num_classes=3, class_names=["right", "left", "still"], mode="two_stream", flow_length=3)
+    path = tmp_path_factory.mktemp("ckpt") / "model.ckpt"
+    torch.save({
+        "state_dict": model.state_dict(),
+        "hyper_parameters": dict(model.hparams),
+        "datamodule_hyper_parameters": {"size": [32, 32], "crop_size": [32, 32], "num_segments": 2, "test_clips": 2},
+    }, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory) -> Path:
+    return write_mp4(tmp_path_factory.mktemp("v") / "right.mp4", render("right", frames=12, size=64))
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    capsys.readouterr()
+    code = main(["classify", *map(str, argv)])
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def test_json_output(ckpt, video, capsys):
+    code, out, _ = run(capsys, video, "--ckpt", ckpt, "--json", "--topk", "2", "--device", "cpu")
+    assert code == 0
+    result = json.loads(out)
+    assert result["video"] == str(video)
+    assert len(result["topk"]) == 2 and set(result["streams"]) == {"rgb", "flow"}
+    for rows in [result["topk"], *result["streams"].values()]:
+        assert {r["label"] for r in rows} <= {"right", "left", "still"}
+        assert rows[0]["prob"] >= rows[1]["prob"] > 0
+
+
+def test_text_output_lists_every_stream(ckpt, video, capsys):
+    code, out, _ = run(capsys, video, "--ckpt", ckpt, "--clips", "1", "--device", "cpu")
+    assert code == 0
+    for stream in ("two_stream:", "rgb:", "flow:"):
+        assert stream in out
+    assert out.count("1. ") == 3
+
+
+def test_clip_shorter_than_a_snippet_is_looped(ckpt, tmp_path, capsys):
+    short = write_mp4(tmp_path / "short.mp4", render("left", frames=2, size=48))
+    code, out, err = run(capsys, short, "--ckpt", ckpt, "--json", "--device", "cpu")
+    assert code == 0, err
+    assert len(json.loads(out)["topk"]) == 3
+
+
+def test_any_resolution_and_length(ckpt, shared_videos, capsys):
+    video = shared_videos / "kinetics_flipping_pancake.mkv"  # 426x240, 310 frames, with audio
+    code, out, err = run(capsys, video, "--ckpt", ckpt, "--json", "--clips", "1", "--device", "cpu")
+    assert code == 0, err
+    assert json.loads(out)["topk"][0]["label"] in {"right", "left", "still"}
+
+
+def test_flow_video_is_colour_coded_motion(ckpt, video, tmp_path, capsys):
+    out_mp4 = tmp_path / "flow.mp4"
+    code, _, err = run(capsys, video, "--ckpt", ckpt, "--flow-video", out_mp4, "--device", "cpu")
+    assert code == 0, err
+    assert probe(out_mp4).num_frames == 11  # one flow per consecutive frame pair
+    # flow at the checkpoint's 32x32, where the square of frame 5 covers x 10..20, y 11..21. It moves
+    # right: Middlebury red; the still background is white-ish
+    frame = read_frames(out_mp4, [5])[0].astype(int)
+    assert frame.shape == (32, 32, 3)
+    centre = frame[13:19, 12:18].reshape(-1, 3).mean(axis=0)
+    assert centre[0] > centre[2] + 40 and centre[0] > centre[1] + 20, centre
+    assert np.median(frame[:4, :4].reshape(-1, 3), axis=0).min() > 150
+
+
+def test_corrupt_video_is_a_clear_error(ckpt, tmp_path, capsys):
+    bad = tmp_path / "corrupt.mp4"
+    bad.write_bytes(b"\x00\x00\x00\x20ftypisom" + bytes(200))
+    code, out, err = run(capsys, bad, "--ckpt", ckpt, "--device", "cpu")
+    assert code == 1 and out == ""
+    assert "corrupt.mp4" in err and "error" in err
+
+
+def test_bad_checkpoint_is_a_clear_error(video, tmp_path, capsys):
+    code, _, err = run(capsys, video, "--ckpt", tmp_path / "none.ckpt")
+    assert code == 2 and "none.ckpt: no such checkpoint" in err
+    junk = tmp_path / "junk.ckpt"
+    torch.save({"weights": torch.zeros(1)}, junk)
+    code, _, err = run(capsys, video, "--ckpt", junk)
+    assert code == 2 and "not a Lightning checkpoint" in err
+
+
+@pytest.mark.gpu
+def test_classify_on_gpu(ckpt, video, capsys):
+    code, out, err = run(capsys, video, "--ckpt", ckpt, "--json", "--device", "cuda")
+    assert code == 0, err
+    assert len(json.loads(out)["topk"]) == 3

@@ -1,0 +1,117 @@
+"""Dataset behaviour: consistent crop/flip of frames and flow, bad videos skipped and counted, config errors."""
+from __future__ import annotations
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from tiny_videos import make_dataset, render, write_mp4
+
+from actionflow.annotations import Sample
+from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, collate
+from actionflow.video import VideoError
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    root = make_dataset(tmp_path_factory.mktemp("tiny"), per_class=4, frames=12, size=32, classes=("right", "left"))
+    (root / "broken.mp4").write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
+    write_mp4(root / "one_frame.mp4", render("right", frames=1, size=32))
+    return root
+
+
+def _item(H=8, W=8, L=2):
+    rgb = torch.arange(H * W, dtype=torch.uint8).view(1, 1, H, W).expand(2, 3, H, W).contiguous()
+    flow = torch.zeros(2, 2 * L, H, W)
+    flow[:, 0::2] = 3.0  # x
+    flow[:, 1::2] = -1.0  # y
+    flow[:, :, :, : W // 2] += 0.5  # left half differs, so a flip is visible
+    return {"rgb": rgb, "flow": flow}
+
+
+def _clips(**kw):
+    return VideoClips([], "train", mode="two_stream", flow_length=2, size=(8, 8), **kw)
+
+
+def test_flip_mirrors_frames_and_negates_x_flow():
+    ds = _clips(scales=(1.0,), flip=True)
+    item = _item()
+    flipped = None
+    for seed in range(20):
+        out = ds._augment(dict(item), np.random.default_rng(seed))
+        if not torch.equal(out["rgb"], item["rgb"]):
+            flipped = out
+            break
+    assert flipped is not None, "no flip in 20 draws"
+    assert torch.equal(flipped["rgb"], item["rgb"].flip(-1))
+    torch.testing.assert_close(flipped["flow"][:, 0::2], -item["flow"][:, 0::2].flip(-1))
+    torch.testing.assert_close(flipped["flow"][:, 1::2], item["flow"][:, 1::2].flip(-1))
+
+
+def test_crop_resize_scales_flow_with_the_resize_factor():
+    ds = _clips(scales=(0.5,), flip=False)
+    item = _item()
+    item["flow"][:] = torch.tensor([3.0, -1.0, 3.0, -1.0]).view(1, 4, 1, 1)
+    out = ds._augment(dict(item), np.random.default_rng(0))
+    assert out["rgb"].shape == (2, 3, 8, 8) and out["flow"].shape == (2, 4, 8, 8)
+    torch.testing.assert_close(out["flow"][:, 0::2], torch.full((2, 2, 8, 8), 6.0))  # 4 px box -> 8 px: x2
+    torch.testing.assert_close(out["flow"][:, 1::2], torch.full((2, 2, 8, 8), -2.0))
+
+
+def test_eval_takes_the_centre_crop():
+    ds = VideoClips([], "val", mode="rgb", size=(8, 8), crop_size=(4, 6))
+    out = ds._augment(_item(), np.random.default_rng(0))
+    assert torch.equal(out["rgb"], _item()["rgb"][..., 2:6, 1:7])
+
+
+def test_online_item_holds_snippet_frames(tiny):
+    clip = Clip(Sample(str(tiny / "videos/right/right_0.mp4"), 0), 12)
+    ds = VideoClips([clip], "test", mode="two_stream", flow_source="online", num_segments=2, flow_length=3,
+                    test_clips=2, size=(32, 32), crop_size=(24, 24))
+    item = ds[0]
+    assert item["frames"].shape == (4, 4, 3, 24, 24) and item["frames"].dtype == torch.uint8
+    assert "rgb" not in item and item["label"] == 0
+
+
+def test_decode_failure_is_dropped_with_a_warning_and_counted(tiny, caplog):
+    good = Clip(Sample(str(tiny / "videos/left/left_0.mp4"), 1), 12)
+    bad = Clip(Sample(str(tiny / "broken.mp4"), 0), 12)  # passed setup, fails now
+    ds = VideoClips([good, bad], "val", mode="rgb", size=(32, 32))
+    with caplog.at_level(logging.WARNING):
+        batch = collate([ds[0], ds[1]])
+    assert "broken.mp4" in caplog.text
+    assert batch["label"].tolist() == [1] and int(batch["num_dropped"]) == 1
+    assert int(collate([None])["num_dropped"]) == 1
+    strict = VideoClips([bad], "val", mode="rgb", size=(32, 32), strict=True)
+    with pytest.raises(VideoError, match="broken.mp4"):
+        strict[0]
+
+
+def test_setup_skips_bad_and_too_short_videos(tiny, caplog):
+    lists = tiny / "with_bad.txt"
+    lists.write_text((tiny / "train.txt").read_text() + "broken.mp4 0\none_frame.mp4 1\nmissing.mp4 1\n")
+    dm = ActionDataModule(root=str(tiny), train_list=str(lists), val_list=str(tiny / "val.txt"),
+                          test_list=str(tiny / "test.txt"), mode="flow", flow_source="online", num_workers=0,
+                          size=(32, 32), crop_size=(32, 32))
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert len(dm.skipped) == 3
+    for name in ("broken.mp4", "one_frame.mp4", "missing.mp4"):
+        assert name in caplog.text
+    assert "skipped 3 bad video(s)" in caplog.text
+    assert len(dm.clips["train"]) == 4 and dm.num_classes == 2 and dm.class_names == ["right", "left"]
+
+    strict = ActionDataModule(root=str(tiny), train_list=str(lists), val_list=str(tiny / "val.txt"),
+                              test_list=str(tiny / "test.txt"), mode="flow", flow_source="online", strict=True)
+    with pytest.raises(BadVideo, match="one_frame.mp4: only 1 frame"):
+        strict.setup("fit")
+
+
+def test_bad_settings_fail_before_any_decoding(tiny):
+    with pytest.raises(DataConfigError, match="data.flow_source must be one of"):
+        ActionDataModule(root=str(tiny), flow_source="disk")
+    with pytest.raises(DataConfigError, match="data.train_list: .*nope.txt does not exist"):
+        ActionDataModule(train_list=str(tiny / "nope.txt"))
+    with pytest.raises(DataConfigError, match="crop_size"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), size=(32, 32), crop_size=(64, 64))

@@ -1,0 +1,119 @@
+"""Two-stream network: cross-modality initialisation, consensus and fusion arithmetic, modes, backbones."""
+from __future__ import annotations
+
+import logging
+import math
+
+import pytest
+import torch
+import torchvision
+
+from actionflow.model import ModelConfigError, TwoStreamNet, consensus, fuse, normalize_flow, normalize_rgb
+
+
+@pytest.fixture(scope="module")
+def resnet18_state(tmp_path_factory):
+    """A saved torchvision resnet18 state dict (random weights standing in for ImageNet's)."""
+    torch.manual_seed(0)
+    state = torchvision.models.resnet18().state_dict()
+    path = tmp_path_factory.mktemp("weights") / "resnet18.pth"
+    torch.save(state, path)
+    return path, state
+
+
+def test_cross_modality_initialisation(resnet18_state):
+    path, state = resnet18_state
+    net = TwoStreamNet(num_classes=4, mode="two_stream", flow_length=5, pretrained=True, pretrained_path=str(path))
+    rgb_conv = state["conv1.weight"]  # [64, 3, 7, 7]
+    flow_conv = net.flow.net.conv1.weight
+    assert flow_conv.shape == (64, 10, 7, 7)
+    for c in range(10):
+        torch.testing.assert_close(flow_conv[:, c], rgb_conv.mean(dim=1), rtol=0, atol=0)
+    torch.testing.assert_close(net.rgb.net.conv1.weight, rgb_conv, rtol=0, atol=0)
+    # deeper layers keep the pretrained weights in both streams; the heads are new
+    for stream in (net.rgb, net.flow):
+        torch.testing.assert_close(stream.net.layer3[1].conv2.weight, state["layer3.1.conv2.weight"], rtol=0, atol=0)
+        assert stream.net.fc[1].out_features == 4
+
+
+def test_without_pretrained_weights_the_flow_conv_is_fresh():
+    net = TwoStreamNet(num_classes=3, mode="flow", flow_length=2)
+    assert net.rgb is None and net.flow.net.conv1.in_channels == 4
+    assert not torch.allclose(net.flow.net.conv1.weight[:, 0], net.flow.net.conv1.weight[:, 1])
+
+
+def test_unavailable_imagenet_weights_warn_once_and_train_from_scratch(monkeypatch, caplog):
+    def offline(*args, **kwargs):
+        raise OSError("no internet")
+
+    monkeypatch.setattr(torchvision.models.WeightsEnum, "get_state_dict", offline)
+    with caplog.at_level(logging.WARNING):
+        net = TwoStreamNet(num_classes=3, mode="two_stream", pretrained=True)
+    assert caplog.text.count("unavailable") == 1 and "training from scratch" in caplog.text
+    assert not net.rgb.pretrained and not net.flow.pretrained
+
+
+def test_bad_pretrained_file_and_settings_are_clear_errors(tmp_path):
+    with pytest.raises(ModelConfigError, match="not found"):
+        TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(tmp_path / "missing.pth"))
+    torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
+    with pytest.raises(ModelConfigError, match="do not fit resnet18"):
+        TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(tmp_path / "wrong.pth"))
+    with pytest.raises(ModelConfigError, match="unknown torchvision backbone"):
+        TwoStreamNet(num_classes=3, backbone="resnet19")
+    with pytest.raises(ModelConfigError, match="model.mode"):
+        TwoStreamNet(num_classes=3, mode="depth")
+
+
+def test_consensus_averages_segments():
+    logits = torch.tensor([[[1.0, 0.0], [3.0, 2.0], [5.0, -2.0]]])
+    assert consensus(logits).tolist() == [[3.0, 0.0]]
+
+
+def test_fusion_of_softmax_scores_with_weights():
+    rgb = torch.log(torch.tensor([[0.8, 0.2]]))
+    flow = torch.log(torch.tensor([[0.4, 0.6]]))
+    fused = fuse(rgb, flow, torch.tensor([1.0, 1.5])).exp()
+    # (1 * 0.8 + 1.5 * 0.4) / 2.5 = 0.56 and (1 * 0.2 + 1.5 * 0.6) / 2.5 = 0.44
+    torch.testing.assert_close(fused, torch.tensor([[0.56, 0.44]]))
+    # equal weights: the plain average
+    torch.testing.assert_close(fuse(rgb, flow, torch.tensor([2.0, 2.0])).exp(), torch.tensor([[0.6, 0.4]]))
+
+
+def test_two_stream_forward_applies_consensus_then_fusion():
+    torch.manual_seed(0)
+    net = TwoStreamNet(num_classes=5, mode="two_stream", flow_length=3, fusion_weights=(1.0, 1.5)).eval()
+    rgb, flow = torch.randn(2, 4, 3, 32, 32), torch.randn(2, 4, 6, 32, 32)
+    out = net(rgb, flow)
+    assert set(out) == {"rgb", "flow", "two_stream"} and net.streams == ["rgb", "flow", "two_stream"]
+    per_snippet = net.rgb(rgb.flatten(0, 1)).view(2, 4, 5)
+    torch.testing.assert_close(out["rgb"], per_snippet.mean(dim=1))
+    expected = (out["rgb"].softmax(-1) + 1.5 * out["flow"].softmax(-1)) / 2.5
+    torch.testing.assert_close(out["two_stream"].exp(), expected)
+    torch.testing.assert_close(out["two_stream"].exp().sum(-1), torch.ones(2))
+
+
+@pytest.mark.parametrize("mode, keys", [("rgb", {"rgb"}), ("flow", {"flow"})])
+def test_single_stream_modes(mode, keys):
+    net = TwoStreamNet(num_classes=3, mode=mode, flow_length=2)
+    out = net(torch.randn(1, 2, 3, 32, 32), torch.randn(1, 2, 4, 32, 32))
+    assert set(out) == keys and out[mode].shape == (1, 3)
+
+
+def test_learned_fusion_weights_get_gradients():
+    net = TwoStreamNet(num_classes=3, mode="two_stream", flow_length=1, fusion="learned", fusion_weights=(1.0, 3.0))
+    torch.testing.assert_close(net.fusion_logits.detach(), torch.tensor([0.0, math.log(3.0)]))
+    out = net(torch.randn(2, 1, 3, 32, 32), torch.randn(2, 1, 2, 32, 32))
+    torch.nn.functional.nll_loss(out["two_stream"], torch.tensor([0, 2])).backward()
+    assert net.fusion_logits.grad is not None and net.fusion_logits.grad.abs().sum() > 0
+
+
+def test_other_torchvision_backbones_take_the_flow_stack():
+    net = TwoStreamNet(num_classes=4, mode="flow", backbone="mobilenet_v3_small", flow_length=5)
+    assert net(flow=torch.randn(1, 2, 10, 32, 32))["flow"].shape == (1, 4)
+
+
+def test_input_normalisation():
+    x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
+    torch.testing.assert_close(normalize_rgb(x)[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
+    assert normalize_flow(torch.tensor([20.0, -10.0])).tolist() == [1.0, -0.5]

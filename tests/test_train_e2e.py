@@ -1,0 +1,113 @@
+"""End to end: ``train.py`` fits and tests on tiny generated videos in every mode / flow source, and
+``classify`` uses the checkpoint it leaves. One W&B offline run, with a corrupt video in the data."""
+from __future__ import annotations
+
+import importlib.util
+import json
+import logging
+from pathlib import Path
+
+import pytest
+from tiny_videos import make_dataset
+
+from actionflow.__main__ import main as actionflow_main
+
+ROOT = Path(__file__).resolve().parents[1]
+pytestmark = pytest.mark.slow
+
+
+def _load_train():
+    spec = importlib.util.spec_from_file_location("train_entry", ROOT / "train.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+train = _load_train()
+
+
+@pytest.fixture(scope="module")
+def tiny(tmp_path_factory):
+    return make_dataset(tmp_path_factory.mktemp("tiny"), per_class=4, frames=12, size=32, classes=("right", "left"))
+
+
+def fit(tiny: Path, run: Path, capsys, *extra: str, csv: bool = True) -> tuple[list[str], dict]:
+    """Run train.main on the tiny data; returns stdout lines and the test metrics JSON."""
+    argv = [
+        "--data.root", str(tiny),
+        "--data.train_list", str(tiny / "train.txt"),
+        "--data.val_list", str(tiny / "val.txt"),
+        "--data.test_list", str(tiny / "test.txt"),
+        "--data.cache_dir", str(tiny.parent / "cache"),
+        "--data.size", "[32, 32]", "--data.crop_size", "[32, 32]",
+        "--data.num_segments", "2", "--data.flow_length", "3", "--data.test_clips", "2",
+        "--data.batch_size", "4", "--data.num_workers", "0",
+        "--trainer.default_root_dir", str(run),
+        "--trainer.max_epochs", "1", "--trainer.accelerator", "cpu",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--checkpoint.save_last", "false",
+    ]
+    if csv:
+        argv += ["--trainer.logger", "CSVLogger", "--trainer.logger.init_args.save_dir", str(run)]
+    else:
+        argv += ["--trainer.logger.init_args.save_dir", str(run)]
+    capsys.readouterr()
+    assert train.main(argv + list(extra)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("checkpoint: ") and lines[-1].startswith("test metrics: ")
+    ckpt = Path(lines[-2].removeprefix("checkpoint: "))
+    assert ckpt.is_file() and ckpt.parent == run / "checkpoints"
+    metrics = json.loads(Path(lines[-1].removeprefix("test metrics: ")).read_text())
+    return lines, metrics
+
+
+def classify_json(ckpt: str, video: Path, capsys) -> dict:
+    capsys.readouterr()
+    assert actionflow_main(["classify", str(video), "--ckpt", ckpt, "--json", "--clips", "2", "--device", "cpu"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def _check_metrics(metrics: dict, streams: set[str]) -> None:
+    assert set(metrics) == streams
+    for values in metrics.values():
+        assert set(values) == {"top1", "top5", "mean_class_acc"}
+        assert all(0.0 <= v <= 1.0 for v in values.values())
+        assert values["top5"] == 1.0  # two classes: top-min(5, 2) always hits
+
+
+@pytest.mark.parametrize(
+    "mode, source",
+    [("rgb", "cache"), ("flow", "cache"), ("flow", "online")],
+)
+def test_fit_test_classify(tiny, tmp_path, capsys, mode, source):
+    lines, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", mode, "--data.flow_source", source)
+    _check_metrics(metrics, {mode})
+    run = tmp_path / "run"
+    assert list(run.rglob("config.yaml"))  # the resolved config, saved by LightningCLI in the logger's folder
+    for suffix in ("confusion.png", "confusion.json", "report.txt", "report.json"):
+        assert (run / "test" / f"{mode}_{suffix}").is_file()
+    if mode == "flow" and source == "cache":
+        assert len(list((tiny.parent / "cache").glob("*.afc"))) == 8  # one entry per video
+    result = classify_json(lines[-2].removeprefix("checkpoint: "), tiny / "videos/left/left_3.mp4", capsys)
+    assert [r["label"] for r in result["topk"]] in (["right", "left"], ["left", "right"])
+    assert abs(sum(r["prob"] for r in result["topk"]) - 1.0) < 1e-4
+    assert set(result["streams"]) == {mode}
+
+
+def test_two_stream_with_wandb_offline_and_a_corrupt_video(tiny, tmp_path, capsys, monkeypatch, caplog):
+    for key, value in {"WANDB_MODE": "offline", "WANDB_DIR": str(tmp_path), "WANDB_SILENT": "true",
+                       "WANDB_CONSOLE": "off"}.items():
+        monkeypatch.setenv(key, value)
+    broken = tiny / "videos/left/broken.mp4"
+    broken.write_bytes(b"not a video at all")
+    train_list = tiny / "train_with_broken.txt"
+    train_list.write_text((tiny / "train.txt").read_text() + "videos/left/broken.mp4 1\n")
+    with caplog.at_level(logging.WARNING):
+        lines, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", "two_stream",
+                             "--data.train_list", str(train_list), csv=False)
+    _check_metrics(metrics, {"rgb", "flow", "two_stream"})
+    assert "skipping bad video" in caplog.text and str(broken) in caplog.text
+    assert any(line.startswith("skipped 1 bad video(s)") for line in lines)
+    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline W&B run written"
+    result = classify_json(lines[-2].removeprefix("checkpoint: "), tiny / "videos/right/right_0.mp4", capsys)
+    assert set(result["streams"]) == {"rgb", "flow"}

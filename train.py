@@ -1,0 +1,104 @@
+"""Train, then test, the two-stream action recogniser.
+
+    python train.py                                   # configs/default.yaml
+    python train.py --config configs/ucf101.yaml --trainer.max_epochs 50
+    python train.py --data.root DIR --model.mode flow --data.flow_source online --trainer.accelerator gpu
+    python train.py --print_config                    # the whole resolved configuration
+
+A LightningCLI over ``actionflow.module.ActionRecognizer`` (``--model.*``) and
+``actionflow.data.ActionDataModule`` (``--data.*``), plus ``--trainer.*``, ``--checkpoint.*``
+(the ModelCheckpoint: best by validation top-1 of the fused output, and last), ``--ckpt_path``
+(resume) and ``--wandb auto|online|offline`` (auto: online when WANDB_API_KEY is set, else offline
+runs that ``wandb sync`` uploads later). A run lives in ``trainer.default_root_dir`` (``runs/<name>``):
+config.yaml, checkpoints/, wandb/, test/ (metrics.json, confusion matrices, per-class reports).
+The last two lines printed are ``checkpoint: PATH`` and ``test metrics: PATH``.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+from pathlib import Path
+
+from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.cli import LightningCLI
+from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+from actionflow.data import ActionDataModule
+from actionflow.module import ActionRecognizer
+
+DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+log = logging.getLogger("train")
+
+
+class TrainCLI(LightningCLI):
+    def add_arguments_to_parser(self, parser) -> None:
+        parser.add_argument("--ckpt_path", type=str | None, default=None, help="resume training from this checkpoint")
+        parser.add_argument("--wandb", type=str, default="auto", choices=["auto", "online", "offline"],
+                            help="W&B mode (auto: online when WANDB_API_KEY is set)")
+        parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({"checkpoint.monitor": "val/top1", "checkpoint.mode": "max",
+                             "checkpoint.save_last": True, "checkpoint.filename": "best-epoch{epoch}",
+                             "checkpoint.auto_insert_metric_name": False})
+        parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
+                              compute_fn=lambda run_dir: os.path.join(run_dir, "checkpoints"))
+        parser.link_arguments("model.mode", "data.mode")
+        for key in ("flow_length", "flow_model", "flow_weights"):
+            parser.link_arguments(f"data.{key}", f"model.{key}")
+        parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
+        parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
+
+    def before_instantiate_classes(self) -> None:
+        if self.config.wandb != "auto":
+            os.environ["WANDB_MODE"] = self.config.wandb
+        elif "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
+            os.environ["WANDB_MODE"] = "offline"
+
+
+def start_loggers(trainer) -> None:
+    """Start W&B now, so that a failure (no network, bad key...) falls back to a CSV logger with a warning."""
+    loggers = []
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+            try:
+                lg.experiment
+            except Exception as exc:
+                log.warning("W&B did not start (%s); logging to CSV in %s instead", exc, trainer.default_root_dir)
+                lg = CSVLogger(trainer.default_root_dir, name="csv")
+        loggers.append(lg)
+    trainer.loggers = loggers
+
+
+def finish_loggers(trainer) -> None:
+    for lg in trainer.loggers:
+        if isinstance(lg, WandbLogger) and trainer.is_global_zero:
+            try:
+                lg.experiment.finish()
+            except Exception as exc:
+                log.warning("W&B did not finish cleanly: %s", exc)
+
+
+def main(argv: list[str] | None = None) -> int:
+    given = sys.argv[1:] if argv is None else argv
+    # configs/default.yaml applies only when no --config is given (so keys of one never leak into the other)
+    has_config = any(a == "--config" or a.startswith("--config=") for a in given)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    cli = TrainCLI(ActionRecognizer, ActionDataModule, args=argv, run=False,
+                   parser_kwargs={"default_config_files": [] if has_config else [str(DEFAULT_CONFIG)]},
+                   save_config_kwargs={"overwrite": True})
+    trainer, model, data = cli.trainer, cli.model, cli.datamodule
+    start_loggers(trainer)
+    trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+    ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+    trainer.test(model, datamodule=data, ckpt_path=ckpt)
+    finish_loggers(trainer)
+    if trainer.is_global_zero:
+        if data.skipped:
+            print(f"skipped {len(data.skipped)} bad video(s):\n  " + "\n  ".join(data.skipped))
+        print(f"checkpoint: {ckpt}")
+        print(f"test metrics: {model.test_metrics_path}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
