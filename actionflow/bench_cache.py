@@ -208,7 +208,7 @@ def run(args: argparse.Namespace) -> int:
         exact = FlowCache(work / "exact", engine.config(), size=args.size, bound=args.bound, codec=codec)
         flows_by_video, paths, counts = [], [], []
         cache_bytes = flo = tj_bytes = tj_disk = 0
-        err_cache = err_tj = 0.0
+        err_cache = err_tj = err_q = 0.0
         pixels = 0
         decode_s = engine_s = 0.0
         for video in videos:
@@ -224,6 +224,7 @@ def run(args: argparse.Namespace) -> int:
             size, disk, decoded = two_jpeg(flows, args.bound)
             e2, _ = epe_inside(decoded, flows, args.bound)
             err_tj += e2
+            err_q += epe_inside(dequantize(quantize(flows, args.bound)[0], args.bound), flows, args.bound)[0]
             tj_bytes, tj_disk = tj_bytes + size, tj_disk + disk
             flo += flo_bytes(len(flows), h, w)
             flows_by_video.append(flows)
@@ -261,6 +262,7 @@ def run(args: argparse.Namespace) -> int:
         "ratio_two_jpeg_vs_cache": tj_bytes / cache_bytes,
         "epe_cache": err_cache / pixels,
         "epe_two_jpeg": err_tj / pixels,
+        "epe_quantisation_only": err_q / pixels,
         "epe_quantisation_bound": args.bound / 255 * np.sqrt(2),
         "read_clip_length": args.clip,
         **reads,
@@ -299,7 +301,7 @@ def print_report(r: dict, workers: int) -> None:
     print(f"{'  (on disk, 4 KiB blocks)':<28}{r['two_jpeg_disk_bytes_per_frame']:>12.0f}"
           f"{r['flo_bytes_per_frame'] / r['two_jpeg_disk_bytes_per_frame']:>9.1f}")
     print(f"{'this cache (.afc)':<28}{r['cache_bytes_per_frame']:>12.0f}{r['ratio_vs_flo']:>9.1f}{r['epe_cache']:>9.3f}{r['files_in_cache']:>8}")
-    print(f"(quantisation alone: at most {r['epe_quantisation_bound']:.3f} px per pixel)")
+    print(f"(8-bit quantisation alone: EPE {r['epe_quantisation_only']:.3f} px, at most {r['epe_quantisation_bound']:.3f} px per pixel)")
     for c in r["codecs"]:
         print(f"  codec {c['codec']:<10} {c['bytes_per_frame']:>8.0f} B/frame  {c['ratio_vs_flo']:>6.1f}x  EPE {c['epe']:.4f}  "
               f"encode {c['encode_ms']:.2f} ms  decode {c['decode_ms']:.2f} ms")

@@ -42,6 +42,7 @@ import numpy as np
 from actionflow.flow_cache import (
     DEFAULT_BOUND,
     DEFAULT_SIZE,
+    CacheError,
     CachedFlow,
     CacheWriter,
     FlowCache,
@@ -332,10 +333,13 @@ def precompute(
     bar = tqdm(total=len(videos), unit="video", disable=not progress, dynamic_ncols=True)
 
     def account(path: Path) -> None:
-        with CachedFlow(path) as c:
-            summary.cached_flows += c.num_flows
-            summary.cached_bytes += c.file_size
-            summary.flo_bytes += flo_bytes(c.num_flows, c.height, c.width)
+        try:
+            with CachedFlow(path) as c:
+                summary.cached_flows += c.num_flows
+                summary.cached_bytes += c.file_size
+                summary.flo_bytes += flo_bytes(c.num_flows, c.height, c.width)
+        except CacheError as exc:  # removed or replaced meanwhile by another process: totals only
+            log.debug("not counted: %s", exc)
 
     def skip(video: Path) -> None:
         summary.skipped.append(video)
@@ -486,6 +490,14 @@ def run(args: argparse.Namespace, engine=None) -> int:
         return 2
     if not videos:
         print(f"error: no videos found in {args.videos}", file=sys.stderr)
+        return 2
+    try:
+        args.cache.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        print(f"error: cannot create cache folder {args.cache} ({exc.strerror})", file=sys.stderr)
+        return 2
+    if not os.access(args.cache, os.W_OK | os.X_OK):
+        print(f"error: cache folder {args.cache} is not writable", file=sys.stderr)
         return 2
     index, count = args.shard if args.shard is not None else _shard_from_env()
     try:
