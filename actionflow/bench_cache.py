@@ -33,6 +33,7 @@ import numpy as np
 
 from actionflow.flow_cache import (
     DEFAULT_BOUND,
+    LEVELS,
     CachedFlow,
     FlowCache,
     dequantize,
@@ -102,7 +103,7 @@ def two_jpeg(flows: np.ndarray, bound: float = 20.0) -> tuple[int, int, np.ndarr
     """The TSN/denseflow layout: x and y as two grey JPEGs per flow (OpenCV default quality 95).
 
     Returns (payload bytes, bytes on disk with 4 KiB blocks, decoded flows float32 [N,2,H,W])."""
-    q, _ = quantize(flows, bound)
+    q = np.clip(np.rint((flows + bound) * (255.0 / (2 * bound))), 0, 255).astype(np.uint8)
     size = disk = 0
     decoded = np.empty_like(q)
     for i in range(len(q)):
@@ -111,7 +112,7 @@ def two_jpeg(flows: np.ndarray, bound: float = 20.0) -> tuple[int, int, np.ndarr
             size += len(buf)
             disk += -(-len(buf) // 4096) * 4096
             decoded[i, c] = cv2.imdecode(buf, cv2.IMREAD_GRAYSCALE)
-    return size, disk, dequantize(decoded, bound)
+    return size, disk, decoded.astype(np.float32) * np.float32(2 * bound / 255.0) - np.float32(bound)
 
 
 def _read_loop(paths: list[str], counts: list[int], clip: int, seconds: float, seed: int) -> tuple[int, float, float]:
@@ -263,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
         "epe_cache": err_cache / pixels,
         "epe_two_jpeg": err_tj / pixels,
         "epe_quantisation_only": err_q / pixels,
-        "epe_quantisation_bound": args.bound / 255 * np.sqrt(2),
+        "epe_quantisation_bound": args.bound / (2 * LEVELS) * np.sqrt(2),
         "read_clip_length": args.clip,
         **reads,
         "precompute_frames_per_s": precompute_fps,

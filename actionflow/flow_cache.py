@@ -4,11 +4,13 @@ Why: one 340x256 ``.flo`` frame is 696 KB and the two-JPEGs-per-frame layout of 
 toolkits makes millions of tiny files. Here a video's flow is one file, ~80x smaller than
 ``.flo``, readable at any frame range without touching the rest.
 
-Quantisation (the two-stream convention): with bound ``B`` (default 20 px),
-``q = round((f + B) * 255 / (2B))`` clipped to [0, 255], so ``f = q * 2B / 255 - B`` on
-reading. Values beyond ±B clip; the number of clipped pixels (either component beyond B)
-is kept per frame. The round-trip error inside the bound is at most half a step per
-component (B/255 = 0.078 px), plus what a lossy codec adds.
+Quantisation: with bound ``B`` (default ±20 px, the two-stream convention),
+``q = round(f * 127 / B) + 127`` clipped to [0, 254], so ``f = (q - 127) * B / 127`` on
+reading. Unlike TSN's ``255 * (f + B) / 2B`` (which puts zero between two levels, so still
+pixels come back 0.08 px off), zero flow is exactly representable: static backgrounds stay
+exactly static. Values beyond ±B clip; the number of clipped pixels (either component
+beyond B) is kept per frame. The round-trip error inside the bound is at most half a step
+per component (B/254 = 0.079 px), plus what a lossy codec adds.
 
 Each flow frame ``[2,H,W]`` is stored as one grey image ``[2H,W]`` (u rows above v rows)
 encoded with an OpenCV image codec named in the header (default JPEG quality 95 with
@@ -71,6 +73,7 @@ FORMAT = "actionflow-flow-cache"
 FORMAT_VERSION = 1
 SUFFIX = ".afc"
 DEFAULT_BOUND = 20.0
+LEVELS = 127  # quantisation steps on each side of zero: q in [0, 254], zero exact
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
 FOOTER = struct.Struct("<QIIII8s")
 INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc32", "<u4"), ("clipped", "<u4")])
@@ -170,23 +173,23 @@ def quantize(flow, bound: float = DEFAULT_BOUND):
     ``clipped[i]`` counts the pixels of frame i with ``|u| > bound`` or ``|v| > bound``.
     With torch the work stays on the flow's device, so a GPU ships 1 byte per value to the host.
     """
-    scale = 255.0 / (2.0 * bound)
+    scale = LEVELS / bound
     if isinstance(flow, np.ndarray):
         flow = np.nan_to_num(flow.astype(np.float32, copy=False), nan=0.0)
         clipped = (np.abs(flow) > bound).any(axis=1).sum(axis=(1, 2))
-        q = np.clip(np.rint((flow + bound) * scale), 0, 255).astype(np.uint8)
+        q = (np.clip(np.rint(flow * scale), -LEVELS, LEVELS) + LEVELS).astype(np.uint8)
         return q, clipped.astype(np.int64)
     import torch
 
     flow = torch.nan_to_num(flow.float(), nan=0.0)
     clipped = (flow.abs() > bound).any(dim=1).sum(dim=(1, 2))
-    q = ((flow + bound) * scale).round_().clamp_(0, 255).to(torch.uint8)
+    q = (flow * scale).round_().clamp_(-LEVELS, LEVELS).add_(LEVELS).to(torch.uint8)
     return q, clipped
 
 
 def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """uint8 quantised flow -> float32 pixels, ``q * 2B/255 - B``, in one vectorised pass."""
-    out = np.multiply(q, np.float32(2.0 * bound / 255.0), dtype=np.float32)
+    """uint8 quantised flow -> float32 pixels, ``(q - 127) * B/127``, in one vectorised pass."""
+    out = np.multiply(q, np.float32(bound / LEVELS), dtype=np.float32)
     out -= np.float32(bound)
     return out
 
@@ -362,14 +365,16 @@ class CachedFlow:
         """``length`` consecutive flows as float32 ``[2*length,H,W]``: x1,y1,x2,y2,... (two-stream input)."""
         return stack_flows(self.read(start, length))
 
-    def verify(self) -> list[str]:
-        """Check every frame's checksum and that it decodes; returns the problems found (empty = good)."""
+    def verify(self, decode: bool = True) -> list[str]:
+        """Check every frame's checksum and (with ``decode``) that it decodes; returns the problems found (empty = good)."""
         problems = []
         fd = self._file()
         for i, (offset, length, crc, _) in enumerate(self.index.tolist()):
             payload = os.pread(fd, length, offset)
             if len(payload) != length or zlib.crc32(payload) != crc:
                 problems.append(f"checksum mismatch in flow frame {i}")
+                continue
+            if not decode:
                 continue
             img = cv2.imdecode(np.frombuffer(payload, np.uint8), cv2.IMREAD_GRAYSCALE)
             if img is None or img.shape != (2 * self.height, self.width):
@@ -623,7 +628,7 @@ class FlowCache:
             "bound": self.bound,
             "codec": self.codec,
             "layout": "one grey image [2H,W] per flow: u rows above v rows",
-            "quantization": "q = round((f + bound) * 255 / (2 * bound)) clipped to [0, 255]; f = q * 2 * bound / 255 - bound",
+            "quantization": "q = round(f * 127 / bound) + 127 clipped to [0, 254]; f = (q - 127) * bound / 127",
             "video": video_identity(video),
         }
 
@@ -671,7 +676,7 @@ class FlowCache:
         """The entry's path when it exists, is complete and matches (and, with ``verify``, passes every checksum)."""
         try:
             with self.open(video) as cached:
-                if verify and cached.verify():
+                if verify and cached.verify(decode=False):
                     return None
                 return cached.path
         except CacheError:

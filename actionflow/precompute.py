@@ -13,8 +13,8 @@ On a big GPU, decoding is the likely limit: run several processes on one GPU
 (``--shard i/N --device cuda:0``, or torchrun with more processes than GPUs); the locks
 make that safe.
 
-Resumable and shardable: videos with a complete, matching entry are skipped
-(``--verify`` also checks their checksums); ``--shard I/N`` (or ``RANK``/``WORLD_SIZE``
+Resumable and shardable: videos with a complete, matching entry whose frame checksums all
+pass are skipped (a flipped byte means recompute; ``--no-verify`` trusts the index alone); ``--shard I/N`` (or ``RANK``/``WORLD_SIZE``
 from torchrun, with ``LOCAL_RANK`` picking the GPU) takes videos ``i % N == I`` of the
 sorted list. Processes sharing a cache folder take a per-video ``flock``, so none
 computes a video another is computing; a killed process loses only its video in flight.
@@ -316,7 +316,7 @@ def precompute(
     batch: int = 32,
     workers: int = 4,
     decoders: int = 2,
-    verify: bool = False,
+    verify: bool = True,
     progress: bool = True,
 ) -> Summary:
     """Cache every video of ``videos`` (see module doc); failures are recorded, never raised.
@@ -455,7 +455,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto uses LOCAL_RANK under torchrun)")
     parser.add_argument("--dtype", default="auto", help="engine dtype: auto (bf16 on CUDA, else fp32), fp32, bf16, fp16")
     parser.add_argument("--shard", type=parse_shard, default=None, help="I/N: this process takes videos i %% N == I (default RANK/WORLD_SIZE or 0/1)")
-    parser.add_argument("--verify", action="store_true", help="check every checksum of existing entries before skipping them")
+    parser.add_argument("--no-verify", dest="verify", action="store_false",
+                        help="skip existing entries without checking their frame checksums (default: check; crc32 only, cheap)")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 

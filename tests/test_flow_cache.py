@@ -76,9 +76,10 @@ def test_quantize_numpy_and_torch_agree_and_count_clipped():
     q_t, c_t = quantize(torch.from_numpy(flows), B)
     assert q_np.dtype == np.uint8 and np.array_equal(q_np, q_t.numpy())
     assert np.array_equal(c_np, clipped) and np.array_equal(c_t.numpy(), clipped)
-    # the two-stream formula: -B -> 0, +B -> 255, 0 -> 127.5 -> 128, beyond clips
+    # zero-centred: -B -> 0, 0 -> 127 exactly, +B -> 254, beyond clips
     q, c = quantize(np.array([-B, B + 5, B, 0.0], np.float32).reshape(1, 2, 1, 2), B)  # pixels (-B, B), (B+5, 0)
-    assert q.ravel().tolist() == [0, 255, 255, 128] and c.tolist() == [1]
+    assert q.ravel().tolist() == [0, 254, 254, 127] and c.tolist() == [1]
+    assert dequantize(q, B).ravel().tolist() == [-B, B, B, 0.0]  # still pixels come back exactly still
 
 
 @pytest.mark.parametrize("codec", ["png", "webp"])
@@ -92,7 +93,7 @@ def test_lossless_round_trip_is_within_half_a_step(tmp_path, video, codec):
         assert got.dtype == np.float32 and got.shape == (N, 2, H, W)
         assert np.array_equal(c.clipped, clipped)
     inside = np.abs(flows) <= B
-    assert np.abs(got - flows)[inside].max() <= B / 255 + 1e-5  # half a quantisation step
+    assert np.abs(got - flows)[inside].max() <= B / 254 + 1e-5  # half a quantisation step
     assert np.all(got[flows > B] == B) and np.all(got[flows < -B] == -B)
     assert CachedFlow(path).header["codec"]["name"] == codec
 
@@ -254,7 +255,7 @@ def test_long_index_beyond_the_first_read(tmp_path, video, monkeypatch):
     cache = make_cache(tmp_path / "cache")
     write_entry(cache, video, flows)
     with cache.open(video) as c:
-        assert c.num_flows == N and np.abs(c.read(0, N) - np.clip(flows, -B, B)).max() <= B / 255 + 1e-5
+        assert c.num_flows == N and np.abs(c.read(0, N) - np.clip(flows, -B, B)).max() <= B / 254 + 1e-5
 
 
 def _child_read(c: CachedFlow, conn) -> None:

@@ -152,12 +152,12 @@ def test_resume_skips_and_stale_or_corrupt_entries_are_recomputed(good_videos, t
     assert "0 computed, 3 skipped" in capsys.readouterr().out
     assert all(cache.path_for(v).stat().st_mtime_ns == stamps[v] for v in videos)
 
-    # a flipped byte: plain resume does not read payloads, --verify catches and recomputes it
+    # a flipped byte: a plain rerun checks every frame checksum, catches it and recomputes
     bad = cache.path_for(videos[1])
     data = bytearray(bad.read_bytes())
     data[20] ^= 0xFF
     bad.write_bytes(bytes(data))
-    assert pc.run(args_for(listing, cache_dir, "--verify"), engine=engine) == 0
+    assert pc.run(args_for(listing, cache_dir), engine=engine) == 0
     assert "1 computed, 2 skipped" in capsys.readouterr().out
     assert cli(["cache", "verify", str(cache_dir)]) == 0
 
