@@ -26,24 +26,57 @@ BACKENDS = ("auto", "cupy", "torch")
 def correlation_torch(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int = 4) -> torch.Tensor:
     """Cost volume [B,(2d+1)^2,H,W] of ``f1, f2`` [B,C,H,W] with plain tensor ops (CPU or GPU).
 
-    One multiply-and-sum per displacement on a zero-padded ``f2`` (81 tensor ops for
-    d=4, never a per-pixel loop). Half/bfloat16 inputs are accumulated in float32 and the
-    result is returned in the input dtype. Differentiable through autograd.
+    One multiply-and-sum per displacement on a zero-padded ``f2`` (81 tensor ops for d=4,
+    never a per-pixel loop). Half/bfloat16 inputs are accumulated in float32 and the result is
+    returned in the input dtype. Differentiable: an autograd Function whose backward runs the
+    same shift loop (gather for f1, in-place slice adds for f2), instead of autograd's 81
+    padded-size zero tensors.
     """
     _check_pair(f1, f2, max_displacement)
-    d = max_displacement
-    out_dtype = f1.dtype
-    if f1.dtype in (torch.float16, torch.bfloat16):
-        f1, f2 = f1.float(), f2.float()
-    B, C, H, W = f1.shape
-    f2p = F.pad(f2, (d, d, d, d))
-    inv_c = 1.0 / C
-    planes = []
-    for dy in range(2 * d + 1):
-        for dx in range(2 * d + 1):
+    return _CorrelationTorch.apply(f1, f2, max_displacement)
+
+
+def _shifts(d: int):
+    """(channel, dy, dx) with dy, dx as offsets into an f2 padded by d on each side."""
+    K = 2 * d + 1
+    return ((i * K + j, i, j) for i in range(K) for j in range(K))
+
+
+class _CorrelationTorch(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, f1: torch.Tensor, f2: torch.Tensor, d: int) -> torch.Tensor:
+        out_dtype = f1.dtype
+        if f1.dtype in (torch.float16, torch.bfloat16):
+            f1, f2 = f1.float(), f2.float()
+        B, C, H, W = f1.shape
+        f2p = F.pad(f2, (d, d, d, d))
+        out = f1.new_empty((B, (2 * d + 1) ** 2, H, W))
+        for k, dy, dx in _shifts(d):
             # multiply-then-sum beats einsum/bmm formulations on CPU (no permuted copies)
-            planes.append((f1 * f2p[:, :, dy : dy + H, dx : dx + W]).sum(1))
-    return (torch.stack(planes, dim=1) * inv_c).to(out_dtype)
+            out[:, k] = (f1 * f2p[:, :, dy : dy + H, dx : dx + W]).sum(1)
+        ctx.save_for_backward(f1, f2p)
+        ctx.d, ctx.in_dtypes = d, (out_dtype, out_dtype)
+        return out.mul_(1.0 / C).to(out_dtype)
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_out: torch.Tensor):
+        f1, f2p = ctx.saved_tensors
+        d = ctx.d
+        B, C, H, W = f1.shape
+        g = grad_out.to(f1.dtype) * (1.0 / C)
+        grad1 = torch.zeros_like(f1) if ctx.needs_input_grad[0] else None
+        grad2p = torch.zeros_like(f2p) if ctx.needs_input_grad[1] else None
+        for k, dy, dx in _shifts(d):
+            gk = g[:, k : k + 1]
+            if grad1 is not None:
+                grad1.addcmul_(gk, f2p[:, :, dy : dy + H, dx : dx + W])
+            if grad2p is not None:
+                grad2p[:, :, dy : dy + H, dx : dx + W].addcmul_(gk, f1)
+        if grad1 is not None:
+            grad1 = grad1.to(ctx.in_dtypes[0])
+        grad2 = grad2p[:, :, d : d + H, d : d + W].to(ctx.in_dtypes[1]) if grad2p is not None else None
+        return grad1, grad2, None
 
 
 def _check_pair(f1: torch.Tensor, f2: torch.Tensor, max_displacement: int) -> None:

@@ -359,7 +359,11 @@ def load_pwcnet_state_dict(path: str | Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # unpickling refused, truncated file, not a torch file ...
-        raise WeightsError(f"{path}: cannot be read as a PyTorch checkpoint ({type(e).__name__}: {e})") from e
+        raise WeightsError(
+            f"{path}: cannot be read as a PyTorch checkpoint with weights_only=True ({type(e).__name__}: {e}); "
+            "if it is a trusted Lightning/ptlflow checkpoint with pickled hyper-parameters, save its "
+            "'state_dict' alone and load that"
+        ) from e
     if isinstance(obj, dict):
         for key in ("state_dict", "model_state_dict", "model"):
             if isinstance(obj.get(key), dict):

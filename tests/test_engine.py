@@ -146,3 +146,37 @@ def test_errors(engine, frames):
         engine(frames[:1, :2], frames[:1, :2])
     with pytest.raises(FlowInputError, match="uint8.*float"):
         engine(frames[:1].int(), frames[:1].int())
+
+
+def test_bench_cli_runs_and_writes_json(tmp_path, capsys):
+    import json
+
+    from flow_engine.__main__ import main
+
+    out = tmp_path / "bench.json"
+    args = ["bench", "--size", "64x64", "--batch", "1", "--iters", "1", "--warmup", "0", "--device", "cpu", "--json", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["engine"]["pairs_per_s"] > 0 and result["engine"]["peak_rss_mib"] > 0
+    levels = [r["level"] for r in result["cost_volume"]]
+    assert levels == [6, 5, 4, 3, 2]
+    assert result["cost_volume"][-1]["shape"] == [1, 32, 16, 16]
+    assert all(r["torch_fwd_ms"] > 0 and r["torch_fwd_bwd_ms"] > 0 for r in result["cost_volume"])
+    assert "PyTorch path only" in capsys.readouterr().out
+
+
+@pytest.mark.gpu
+def test_gpu_engine_devices_and_precisions(frames):
+    fp32 = FlowEngine(device="cuda", dtype="fp32")
+    auto = FlowEngine(device="cuda")
+    assert auto.dtype == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
+    host = fp32(frames[:-1], frames[1:])
+    assert host.device.type == "cpu" and host.shape == (3, 2, 50, 60)
+    on_gpu = fp32(frames[:-1].cuda(), frames[1:].cuda())
+    assert on_gpu.device.type == "cuda"
+    torch.testing.assert_close(on_gpu.cpu(), host)
+    cpu = FlowEngine(device="cpu")(frames[:-1], frames[1:])
+    torch.testing.assert_close(host, cpu, rtol=1e-3, atol=1e-3)
+    low = auto.clip_flow(frames.cuda())
+    assert low.dtype == torch.float32 and low.device.type == "cuda"
+    assert (low.cpu() - host).abs().mean() < 0.1 * host.abs().mean() + 0.05
