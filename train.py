@@ -24,7 +24,9 @@ from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
-from actionflow.data import ActionDataModule
+from actionflow.annotations import AnnotationError
+from actionflow.data import ActionDataModule, BadVideo, DataConfigError
+from actionflow.model import ModelConfigError
 from actionflow.module import ActionRecognizer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
@@ -83,15 +85,19 @@ def main(argv: list[str] | None = None) -> int:
     # configs/default.yaml applies only when no --config is given (so keys of one never leak into the other)
     has_config = any(a == "--config" or a.startswith("--config=") for a in given)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    cli = TrainCLI(ActionRecognizer, ActionDataModule, args=argv, run=False,
-                   parser_kwargs={"default_config_files": [] if has_config else [str(DEFAULT_CONFIG)]},
-                   save_config_kwargs={"overwrite": True})
-    trainer, model, data = cli.trainer, cli.model, cli.datamodule
-    start_loggers(trainer)
-    trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
-    ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
-    trainer.test(model, datamodule=data, ckpt_path=ckpt)
-    finish_loggers(trainer)
+    try:
+        cli = TrainCLI(ActionRecognizer, ActionDataModule, args=argv, run=False, auto_configure_optimizers=False,
+                       parser_kwargs={"default_config_files": [] if has_config else [str(DEFAULT_CONFIG)]},
+                       save_config_kwargs={"overwrite": True})
+        trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        start_loggers(trainer)
+        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+        ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+        trainer.test(model, datamodule=data, ckpt_path=ckpt)
+        finish_loggers(trainer)
+    except (AnnotationError, DataConfigError, BadVideo, ModelConfigError) as exc:
+        print(f"train.py: error: {exc}", file=sys.stderr)
+        return 2
     if trainer.is_global_zero:
         if data.skipped:
             print(f"skipped {len(data.skipped)} bad video(s):\n  " + "\n  ".join(data.skipped))

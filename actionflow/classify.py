@@ -47,7 +47,9 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         raise CheckpointError(f"{path}: not a Lightning checkpoint of train.py (no state_dict / hyper_parameters)")
     accepted = inspect.signature(ActionRecognizer.__init__).parameters
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
-    hparams["pretrained"] = False  # the weights come from the checkpoint
+    hparams["pretrained"] = False  # the weights come from the checkpoint...
+    if hparams.get("finetune_flow"):
+        hparams["flow_weights"] = None  # ...the fine-tuned flow network's too
     try:
         model = ActionRecognizer(**hparams)
         model.load_state_dict(ckpt["state_dict"])

@@ -26,6 +26,7 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import pytorch_lightning as pl
@@ -229,20 +230,31 @@ class ActionDataModule(pl.LightningDataModule):
     """Train/val/test video splits with TSN sampling, RGB frames and flow (cached or online).
 
     Args:
-        root: folder with a sub-folder per class, or the folder list paths are relative to.
-        train_list, val_list, test_list: annotation lists (``relative/path label``); missing val/test
-            splits are split off stratified (``val_fraction``, ``test_fraction`` of all, ``split_seed``).
-        class_index: ``classInd.txt``-style file (found next to ``train_list`` or in ``root`` if None).
-        label_base: index base of integer labels in the lists (None: the class-index file's, else 0).
-        mode: rgb | flow | two_stream (linked from ``model.mode`` by train.py).
-        flow_source: cache (compressed flow cache in ``cache_dir``) | online (the model computes flow).
-        cache_missing: compute (missing cache entries are computed with the flow engine) | error.
-        flow_model, flow_weights, flow_device: the flow engine (``flow_engine.FlowEngine``) whose flow
-            is cached or computed online.
-        num_segments: TSN segments K. flow_length: flows L per snippet (2L channels).
-        test_clips: clips of K snippets averaged at test time.
-        size: decode size [H, W]; crop_size: network input [h, w] (default: size).
-        scales, flip: training augmentation (multi-scale crop side fractions; horizontal flip).
+        root: folder with a sub-folder per class, or the folder the list paths are relative to.
+        train_list: annotation list of the training videos (``relative/path label`` lines).
+        val_list: validation list; None: split off the training videos (val_fraction, stratified).
+        test_list: test list; None: split off the training videos (test_fraction, stratified).
+        class_index: classInd.txt-style file; None: looked for next to train_list and in root.
+        label_base: index base of integer labels in the lists; None: the class-index file's, else 0.
+        val_fraction: fraction of all videos split off for validation when no val_list.
+        test_fraction: fraction of all videos split off for test when no test_list.
+        split_seed: seed of those stratified splits.
+        mode: rgb | flow | two_stream (linked from model.mode by train.py).
+        flow_source: cache (compressed flow cache in cache_dir) | online (the model computes flow).
+        cache_dir: flow cache folder (use one per flow engine and size).
+        cache_missing: compute (missing cache entries are computed before training) | error.
+        flow_model: flow engine (flow_engine.FlowEngine): pwcnet | dis | farneback | tvl1.
+        flow_weights: PWC-Net weights file; None for the shipped ones.
+        flow_device: device of the engine filling the cache: auto | cpu | cuda | cuda:N.
+        num_segments: TSN segments K per video.
+        flow_length: flows L per snippet (2L channels), 1..10.
+        test_clips: clips of K snippets, evenly spaced and averaged, per test video.
+        size: decode size [H, W] in pixels (also the flow cache's size).
+        crop_size: network input [h, w]; None: size. Training crops at random scales, eval at the centre.
+        scales: multi-scale crop side fractions (training).
+        flip: random horizontal flips (training; the x flow is negated).
+        batch_size: videos per batch.
+        num_workers: DataLoader worker processes.
         strict: bad videos raise instead of being skipped.
     """
 
@@ -257,10 +269,10 @@ class ActionDataModule(pl.LightningDataModule):
         val_fraction: float = 0.2,
         test_fraction: float = 0.2,
         split_seed: int = 0,
-        mode: str = "two_stream",
-        flow_source: str = "cache",
+        mode: Literal["rgb", "flow", "two_stream"] = "two_stream",
+        flow_source: Literal["cache", "online"] = "cache",
         cache_dir: str = "cache",
-        cache_missing: str = "compute",
+        cache_missing: Literal["compute", "error"] = "compute",
         flow_model: str = "dis",
         flow_weights: str | None = None,
         flow_device: str = "auto",

@@ -15,7 +15,9 @@ from __future__ import annotations
 import json
 import logging
 from pathlib import Path
+from typing import Literal
 
+import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
@@ -33,38 +35,49 @@ class ActionRecognizer(pl.LightningModule):
     """Two-stream action recogniser (see :class:`actionflow.model.TwoStreamNet` for the network).
 
     Args:
-        num_classes, class_names: from the data (linked by train.py).
-        mode: rgb | flow | two_stream. backbone: a torchvision model name (resnet18, resnet50, ...).
-        pretrained: start from ImageNet weights (torchvision download, or ``pretrained_path``, a
-            saved torchvision state dict); from scratch, with one warning, when unavailable.
-        flow_length: flows L per snippet (linked from ``data.flow_length``).
-        fusion: weighted (fixed ``fusion_weights`` = RGB, flow) | learned. dropout: before each head.
-        optimizer: sgd | adamw; lr, momentum, weight_decay. scheduler: cosine (per step) | step
-            (``step_size`` epochs, ``gamma``) | none.
-        flow_model, flow_weights: the flow engine for online flow (linked from ``data``).
-        finetune_flow: train the flow network with the classifier (online flow only), at
-            ``lr * flow_lr_scale``.
-        flow_scale: flow input normalisation in px (the flow cache's bound).
-        log_clips: validation clips (frame + colour-coded flow) logged as images per epoch.
+        num_classes: number of classes (linked from the data by train.py).
+        class_names: class names in index order (linked from the data).
+        mode: rgb | flow | two_stream (the data module follows it).
+        backbone: a torchvision classification model name (resnet18, resnet50, mobilenet_v3_large...).
+        pretrained: start from ImageNet weights (torchvision download, or pretrained_path); from
+            scratch, with one warning, when they cannot be had.
+        pretrained_path: a saved torchvision state dict of the backbone (offline pretrained weights).
+        flow_length: flows L per snippet, 2L input channels (linked from data.flow_length).
+        fusion: weighted (fixed fusion_weights) | learned (initialised at fusion_weights).
+        fusion_weights: late-fusion weights of the softmax scores, [RGB, flow].
+        dropout: dropout before each stream's classifier.
+        optimizer: sgd | adamw.
+        lr: learning rate.
+        momentum: SGD momentum.
+        weight_decay: weight decay.
+        scheduler: cosine (per step, to 0 at the end of training) | step | none.
+        step_size: epochs between learning-rate drops (scheduler: step).
+        gamma: learning-rate factor per drop (scheduler: step).
+        flow_model: flow engine for online flow (linked from data.flow_model).
+        flow_weights: PWC-Net weights file, None for the shipped ones (linked from data.flow_weights).
+        finetune_flow: train PWC-Net end to end with the classifier (data.flow_source: online).
+        flow_lr_scale: learning-rate factor of the flow network when fine-tuned.
+        flow_scale: flow input normalisation in px (flow / flow_scale; 20 = the flow cache's bound).
+        log_clips: validation clips (frame + colour-coded flow) logged to W&B per epoch.
     """
 
     def __init__(
         self,
         num_classes: int = 2,
         class_names: list[str] | None = None,
-        mode: str = "two_stream",
+        mode: Literal["rgb", "flow", "two_stream"] = "two_stream",
         backbone: str = "resnet18",
         pretrained: bool = False,
         pretrained_path: str | None = None,
         flow_length: int = 5,
-        fusion: str = "weighted",
+        fusion: Literal["weighted", "learned"] = "weighted",
         fusion_weights: tuple[float, float] = (1.0, 1.5),
         dropout: float = 0.5,
-        optimizer: str = "sgd",
+        optimizer: Literal["sgd", "adamw"] = "sgd",
         lr: float = 0.01,
         momentum: float = 0.9,
         weight_decay: float = 5e-4,
-        scheduler: str = "cosine",
+        scheduler: Literal["cosine", "step", "none"] = "cosine",
         step_size: int = 10,
         gamma: float = 0.1,
         flow_model: str = "dis",
@@ -79,6 +92,8 @@ class ActionRecognizer(pl.LightningModule):
             raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        if finetune_flow and flow_model != "pwcnet":
+            raise ValueError(f"model.finetune_flow needs the pwcnet flow model (data.flow_model), not {flow_model!r}")
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
@@ -91,8 +106,8 @@ class ActionRecognizer(pl.LightningModule):
         self._engine = None
         if finetune_flow and mode != "rgb":
             self._engine = self._make_engine("cpu")
-            self.flow_net = self._engine.model  # registered: trained, moved and checkpointed with the rest
-        self._outputs: dict[str, list] = {}  # phase -> [(scores per stream, labels)] of this epoch
+            self.flow_net = self._engine.model.train()  # registered: trained, moved and checkpointed with the rest
+        self._outputs: dict[str, list] = {}  # phase -> [(scores per stream, labels, dataset indices)] of this epoch
         self._dropped: dict[str, int] = {}  # phase -> videos that failed to decode this epoch
 
     # ------------------------------------------------------------------ inputs
@@ -119,14 +134,16 @@ class ActionRecognizer(pl.LightningModule):
         B, S, T, C, H, W = frames.shape
         first = frames[:, :, :-1].reshape(-1, C, H, W)
         second = frames[:, :, 1:].reshape(-1, C, H, W)
-        if self.hparams.finetune_flow and self.training:
-            flow = self.flow_engine(first, second)
+        if self.hparams.finetune_flow:
+            # the flow network is this module's submodule (on its device): keep the graph when training
+            with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
+                flow = self.flow_engine.flow_with_grad(first, second).float()
         else:
             with torch.no_grad():
                 flow = torch.cat([self.flow_engine(a, b) for a, b in zip(first.split(256), second.split(256))])
         return flow.view(B, S, T - 1, 2, H, W).flatten(2, 3)
 
-    def inputs(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None, torch.Tensor | None]:
+    def inputs(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """(uint8 RGB ``[B,S,3,H,W]``, flow px ``[B,S,2L,H,W]``) from a batch, each None when unused."""
         rgb, flow = batch.get("rgb"), batch.get("flow")
         if "frames" in batch:
@@ -172,7 +189,7 @@ class ActionRecognizer(pl.LightningModule):
         rgb, flow = self.inputs(batch)
         out = self(rgb, flow)
         store = self._outputs.setdefault(phase, [])
-        store.append(({k: v.float().softmax(dim=-1) for k, v in out.items()}, batch["label"]))
+        store.append(({k: v.float().softmax(dim=-1) for k, v in out.items()}, batch["label"], batch["index"]))
         if phase == "val" and len(store) == 1:
             self._log_clips(rgb, flow, out, batch["label"])
 
@@ -190,24 +207,31 @@ class ActionRecognizer(pl.LightningModule):
     # ------------------------------------------------------------------ epoch ends
 
     def _gather(self, phase: str) -> tuple[dict[str, torch.Tensor], torch.Tensor]:
-        """All processes' scores and labels of ``phase`` (variable lengths padded for all_gather)."""
+        """Scores and labels of ``phase`` from every process, each video once.
+
+        Processes may hold different counts (videos dropped by collate), so tensors are padded
+        for all_gather; DistributedSampler's padding duplicates are removed by dataset index.
+        """
         store = self._outputs.pop(phase, [])
-        num_classes = self.hparams.num_classes
-        scores = {k: torch.cat([s[k] for s, _ in store]) if store else torch.zeros(0, num_classes, device=self.device)
-                  for k in self.streams}
-        labels = torch.cat([y for _, y in store]) if store else torch.zeros(0, dtype=torch.long, device=self.device)
+        empty = torch.zeros(0, dtype=torch.long, device=self.device)
+        scores = {k: torch.cat([s[k] for s, _, _ in store]) if store
+                  else torch.zeros(0, self.hparams.num_classes, device=self.device) for k in self.streams}
+        labels = torch.cat([y for _, y, _ in store]) if store else empty
+        index = torch.cat([i for _, _, i in store]) if store else empty
         if self.trainer.world_size == 1:
             return scores, labels
-        n = torch.tensor([len(labels)], device=self.device)
-        sizes = self.all_gather(n).view(-1)
-        most = int(sizes.max())
+        sizes = self.all_gather(torch.tensor([len(labels)], device=self.device)).view(-1).tolist()
+        most = max(sizes)
 
         def gather(t: torch.Tensor) -> torch.Tensor:
             padded = torch.cat([t, t.new_zeros(most - len(t), *t.shape[1:])])
             g = self.all_gather(padded)  # [world, most, ...]
-            return torch.cat([g[r, : int(sizes[r])] for r in range(len(sizes))])
+            return torch.cat([g[r, :n] for r, n in enumerate(sizes)])
 
-        return {k: gather(v) for k, v in scores.items()}, gather(labels)
+        index = gather(index).cpu().numpy()
+        _, first = np.unique(index, return_index=True)
+        keep = torch.as_tensor(first, device=self.device)
+        return {k: gather(v)[keep] for k, v in scores.items()}, gather(labels)[keep]
 
     def _epoch_metrics(self, phase: str):
         """(``{stream: summary}``, scores, labels) over the epoch, or None when nothing was scored."""
@@ -226,8 +250,8 @@ class ActionRecognizer(pl.LightningModule):
         summary, _, _ = result
         for stream, values in summary.items():
             for name, value in values.items():
-                self.log(f"val/{stream}/{name}", value, sync_dist=False)
-        self.log("val/top1", summary[self.streams[-1]]["top1"], prog_bar=True, sync_dist=False)
+                self.log(f"val/{stream}/{name}", value, sync_dist=True)
+        self.log("val/top1", summary[self.streams[-1]]["top1"], prog_bar=True, sync_dist=True)
 
     def on_test_epoch_end(self) -> None:
         result = self._epoch_metrics("test")
@@ -237,7 +261,7 @@ class ActionRecognizer(pl.LightningModule):
         summary, scores, labels = result
         for stream, values in summary.items():
             for name, value in values.items():
-                self.log(f"test/{stream}/{name}", value, sync_dist=False)
+                self.log(f"test/{stream}/{name}", value, sync_dist=True)  # equal on every process
         if self.trainer.is_global_zero:
             out_dir = Path(self.trainer.default_root_dir) / "test"
             for stream in self.streams:
