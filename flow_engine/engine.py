@@ -15,6 +15,7 @@ import hashlib
 import logging
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, WeightsError, padded_size
@@ -200,8 +201,6 @@ class FlowEngine:
         return self.model.predict(_to_unit_float(frames1), _to_unit_float(frames2))
 
     def _classical(self, frames1: torch.Tensor, frames2: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        import numpy as np
-
         from flow_engine.classical import classical_flow
 
         def to_numpy(x: torch.Tensor) -> np.ndarray:
