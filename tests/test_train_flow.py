@@ -1,0 +1,241 @@
+"""Training PWC-Net: loss, augmentation geometry, a few optimisation steps, exact resume, export."""
+from pathlib import Path
+
+import pytest
+import pytorch_lightning as pl
+import torch
+import torch.nn.functional as F
+
+from flow_engine import augment
+from flow_engine.pwcnet import PWCNet
+from flow_engine.synthetic import SyntheticFlow
+from flow_engine.train import (
+    ConfigError, FlowModule, build, downsample_flow, export_weights, load_config, multiscale_loss, resolve_resume,
+)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """These tensors are tiny: one thread avoids OpenMP contention on a busy machine (several times faster)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+ROOT = Path(__file__).resolve().parents[1]
+WEIGHTS = ROOT / "flow_engine" / "weights" / "pwcnet_actionflow.pt"
+
+
+def smooth_flow(B: int, H: int, W: int, seed: int = 0) -> torch.Tensor:
+    g = torch.Generator().manual_seed(seed)
+    coarse = torch.randn(B, 2, 4, 4, generator=g) * 8
+    return F.interpolate(coarse, size=(H, W), mode="bicubic", align_corners=False)
+
+
+def backward_warp(img2: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    B, _, H, W = img2.shape
+    ys, xs = torch.meshgrid(torch.arange(H, dtype=torch.float32), torch.arange(W, dtype=torch.float32), indexing="ij")
+    grid = torch.stack([(xs + flow[:, 0] + 0.5) / W * 2 - 1, (ys + flow[:, 1] + 0.5) / H * 2 - 1], -1)
+    return F.grid_sample(img2, grid, align_corners=False)
+
+
+# ----------------------------------------------------------------------------- loss
+
+
+def test_loss_is_zero_for_the_downsampled_ground_truth_and_weights_levels():
+    gt = smooth_flow(2, 64, 128)
+    valid = torch.ones(2, 64, 128, dtype=torch.bool)
+    preds = [F.avg_pool2d(gt / 20, 2**level) for level in (6, 5, 4, 3, 2)]
+    loss, terms = multiscale_loss(preds, gt, valid)
+    assert loss.item() < 1e-4
+    # A (3, 4) error (norm 5, in /20 units) on every pixel of level 6 (1x2 pixels per image):
+    preds[0] = preds[0] + torch.tensor([3.0, 4.0]).view(1, 2, 1, 1)
+    loss, terms = multiscale_loss(preds, gt, valid)
+    assert terms[0].item() == pytest.approx(5.0 * 2, rel=1e-4)  # summed over pixels, mean over the batch
+    assert loss.item() == pytest.approx(0.32 * 10.0, rel=1e-3)
+    mean_loss, _ = multiscale_loss(preds, gt, valid, reduction="mean")
+    assert mean_loss.item() == pytest.approx(0.32 * 5.0, rel=1e-3)
+
+
+def test_sparse_ground_truth_is_averaged_over_valid_pixels_only():
+    gt = torch.full((1, 2, 8, 8), 2.0)
+    valid = torch.zeros(1, 8, 8, dtype=torch.bool)
+    valid[:, ::2, ::2] = True  # a KITTI-like sparse mask
+    gt[:, :, 1::2] = 1000.0  # garbage where unknown
+    down, v = downsample_flow(gt, valid, 4)
+    assert v.all() and torch.allclose(down, torch.full_like(down, 2.0))
+    valid[:, :4, :4] = False
+    down, v = downsample_flow(gt, valid, 4)
+    assert not v[0, 0, 0] and v.sum() == 3
+
+
+# ----------------------------------------------------------------------------- augmentation
+
+
+def test_flips_negate_the_matching_flow_component():
+    img = torch.rand(1, 3, 8, 12)
+    flow = torch.stack([torch.full((8, 12), 3.0), torch.full((8, 12), -2.0)])[None]
+    valid = torch.ones(1, 8, 12, dtype=torch.bool)
+    one, zero = torch.ones(1, 2), torch.zeros(1, 2)
+    i1, _, f, v = augment.spatial_transform(img, img, flow, valid, (8, 12), one, torch.tensor([[True, False]]), zero)
+    assert torch.allclose(i1, img.flip(3), atol=1e-6) and v.all()
+    assert torch.allclose(f[:, 0], torch.tensor(-3.0)) and torch.allclose(f[:, 1], torch.tensor(-2.0))
+    i1, _, f, _ = augment.spatial_transform(img, img, flow, valid, (8, 12), one, torch.tensor([[False, True]]), zero)
+    assert torch.allclose(i1, img.flip(2), atol=1e-6)
+    assert torch.allclose(f[:, 0], torch.tensor(3.0)) and torch.allclose(f[:, 1], torch.tensor(2.0))
+
+
+def test_scaling_and_flips_keep_frames_and_flow_consistent():
+    # A smooth texture and the same texture shifted by d: frame 1 -> frame 2 flow is exactly -d.
+    g = torch.Generator().manual_seed(0)
+    texture = F.interpolate(torch.rand(1, 3, 12, 16, generator=g), size=(96, 128), mode="bicubic", align_corners=False)
+    d = (5, 3)
+    img1 = texture[..., 8:72, 8:104].expand(2, -1, -1, -1)
+    img2 = texture[..., 8 + d[1] : 72 + d[1], 8 + d[0] : 104 + d[0]].expand(2, -1, -1, -1)
+    flow = torch.tensor([-d[0], -d[1]], dtype=torch.float32).view(1, 2, 1, 1).expand(2, 2, 64, 96)
+    valid = torch.ones(2, 64, 96, dtype=torch.bool)
+    scale = torch.tensor([[2.0, 2.0], [1.5, 1.25]])
+    flip = torch.tensor([[True, False], [False, True]])
+    offset = torch.tensor([[30.0, 20.0], [20.0, 10.0]])
+    i1, i2, f, v = augment.spatial_transform(img1, img2, flow, valid, (48, 64), scale, flip, offset)
+    assert v.all()
+    # Sample 0: h-flipped and doubled, so u = +2*5 and v = -2*3; sample 1: v-flipped, scaled (1.5, 1.25).
+    assert torch.allclose(f[0, 0], torch.tensor(10.0)) and torch.allclose(f[0, 1], torch.tensor(-6.0))
+    assert torch.allclose(f[1, 0], torch.tensor(-7.5)) and torch.allclose(f[1, 1], torch.tensor(3.75))
+    # And that flow maps the transformed frame 1 onto the transformed frame 2 (away from the crop border).
+    err = (backward_warp(i2, f) - i1).abs().mean(1)[:, 8:-8, 12:-12]
+    base = (i2 - i1).abs().mean(1)[:, 8:-8, 12:-12]
+    assert err.mean() < 0.05 * base.mean()
+    # The pixel at crop (x', y') of sample 0 is input x = (2W - (x' + 0.5 + 30)) / 2 - 0.5, y = (y' + 0.5 + 20) / 2 - 0.5.
+    x_in, y_in = (2 * 96 - (4 + 0.5 + 30)) / 2 - 0.5, (6 + 0.5 + 20) / 2 - 0.5
+    ref = F.grid_sample(img1[:1], torch.tensor([[[[(x_in + 0.5) / 96 * 2 - 1, (y_in + 0.5) / 64 * 2 - 1]]]]), align_corners=False)
+    assert torch.allclose(i1[0, :, 6, 4], ref[0, :, 0, 0], atol=1e-5)
+
+
+def test_random_spatial_crop_size_and_sparse_values():
+    # u holds each input pixel's index + 1, so a nearest-neighbour copy is recognisable after scaling.
+    index = torch.arange(1, 40 * 50 + 1, dtype=torch.float32).view(1, 40, 50).expand(2, -1, -1)
+    flow = torch.stack([index, torch.zeros_like(index)], 1)
+    valid = torch.rand(2, 40, 50, generator=torch.Generator().manual_seed(0)) > 0.5
+    img = torch.rand(2, 3, 40, 50)
+    g = torch.Generator().manual_seed(0)
+    s = 2**0.3
+    i1, i2, f, v = augment.random_spatial(img, img, flow, valid, (32, 32), sparse=True, min_log2_scale=0.3, max_log2_scale=0.3,
+                                          scale_prob=1.0, max_log2_stretch=0.0, generator=g)
+    assert i1.shape == (2, 3, 32, 32) and f.shape == (2, 2, 32, 32) and v.shape == (2, 32, 32)
+    assert 0.3 < v.float().mean() < 0.7
+    source = f[:, 0][v].abs() / s  # flips may negate u
+    assert torch.allclose(source, source.round(), atol=1e-3)  # a copy of one input pixel, never a blend
+    src = source.round().long() - 1
+    batch = torch.arange(2)[:, None, None].expand(2, 32, 32)[v]
+    assert valid.flatten(1)[batch, src].all()  # ... of a known one
+    assert not f[~v[:, None].expand_as(f)].any()
+    with pytest.raises(ValueError, match="smaller than the crop"):
+        augment.random_spatial(img, img, flow, valid, (64, 64))
+
+
+def test_photometric_identity_and_range():
+    a, b = torch.rand(2, 3, 16, 16), torch.rand(2, 3, 16, 16)
+    same = augment.photometric(a, b, brightness=0, contrast=0, saturation=0, hue=0, gamma=(1, 1), noise=(0, 0))
+    assert torch.allclose(same[0], a, atol=1e-5) and torch.allclose(same[1], b, atol=1e-5)
+    g = torch.Generator().manual_seed(1)
+    out1, out2 = augment.photometric(a, b, generator=g)
+    assert out1.min() >= 0 and out1.max() <= 1 and not torch.allclose(out1, a)
+
+
+# ----------------------------------------------------------------------------- training
+
+
+def tiny_config(out: Path, **extra) -> dict:
+    overrides = {
+        "out": str(out), "seed": 1, "data.crop": [64, 64], "data.batch_size": 1, "data.val_cases": None,
+        "data.curriculum": None, "trainer.max_steps": 3, "trainer.ckpt_every_steps": 2, "trainer.log_every_steps": 1,
+        "trainer.precision": "32-true", "trainer.accelerator": "cpu", "trainer.devices": 1,
+        "logger.kind": "none", "optim.milestones": [0.5], "optim.lr": 1e-4,
+    }
+    overrides.update(extra)
+    return load_config(ROOT / "configs" / "flow" / "synthetic.yaml", overrides)
+
+
+def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
+    torch.manual_seed(0)
+    module = FlowModule({"corr_backend": "torch"}, load_config(None)["loss"], {"lr": 2e-4, "weight_decay": 4e-4, "schedule": "constant"}, 10)
+    batch = SyntheticFlow(64, 64, seed=0, max_displacement=8.0).sample(2)
+    opt = module.configure_optimizers()
+    losses = []
+    for _ in range(5):
+        loss, _ = multiscale_loss(module(batch[0], batch[1]), batch[2], batch[3])
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.7 * losses[0], losses
+
+
+class StopAt(pl.Callback):
+    """Stops the run after ``step`` optimizer steps, as a killed job would just after a periodic checkpoint."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_train_batch_end(self, trainer, *args) -> None:
+        if trainer.global_step >= self.step:
+            trainer.should_stop = True
+
+
+def test_resume_continues_exactly(tmp_path):
+    def run(out: Path, stop: int | None = None, resume: str | None = None):
+        module, data, trainer = build(tiny_config(out))
+        if stop is not None:
+            trainer.callbacks.append(StopAt(stop))
+        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        return module, trainer
+
+    straight, t_straight = run(tmp_path / "a")
+    run(tmp_path / "b", stop=2)
+    last = resolve_resume("auto", tmp_path / "b")
+    assert last is not None and torch.load(last, weights_only=False)["global_step"] == 2
+    resumed, t_resumed = run(tmp_path / "b", resume=last)
+    assert t_straight.global_step == t_resumed.global_step == 3
+    for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
+        assert torch.equal(p, q), name
+    sa, sb = t_straight.optimizers[0].state_dict(), t_resumed.optimizers[0].state_dict()
+    assert sa["param_groups"][0]["lr"] == sb["param_groups"][0]["lr"] == pytest.approx(0.5e-4)
+    for k in sa["state"]:
+        assert torch.equal(sa["state"][k]["exp_avg_sq"], sb["state"][k]["exp_avg_sq"])
+
+    # Export: a plain fp16 state dict with PWCNet's names that PWCNet.from_weights loads.
+    out = export_weights(tmp_path / "b" / "checkpoints" / "last.ckpt", tmp_path / "w.pt")
+    state = torch.load(out, weights_only=True)
+    assert all(v.dtype == torch.float16 for v in state.values()) and "predict_flow2.weight" in state
+    model = PWCNet.from_weights(out)
+    ref = resumed.model.state_dict()["conv1a.0.weight"]
+    assert torch.allclose(model.state_dict()["conv1a.0.weight"], ref, atol=1e-3 * ref.abs().max().item())
+    assert 15e6 < out.stat().st_size < 25e6
+
+
+def test_configs_load_and_bad_keys_fail():
+    for name in ("synthetic", "chairs", "things", "sintel"):
+        cfg = load_config(ROOT / "configs" / "flow" / f"{name}.yaml")
+        assert cfg["trainer"]["max_steps"] > 0
+    with pytest.raises(ConfigError, match="unknown config key"):
+        load_config(None, {"optim.learning_rate": 1})
+    with pytest.raises(ConfigError, match="multiples of 64"):
+        load_config(None, {"data.crop": [100, 64]})
+
+
+@pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped weights yet")
+def test_shipped_weights_beat_zero_flow(shared_flow_cases):
+    from flow_engine.datasets import FlowCases
+
+    torch.set_num_threads(2)
+    model = PWCNet.from_weights(WEIGHTS).eval()
+    cases = FlowCases(shared_flow_cases, names=["chairs_0000001", "chairs_0000003", "chairs_0000007"])
+    ours, zero = [], []
+    for img1, img2, flow, valid in cases:
+        with torch.no_grad():
+            pred = model.predict(img1[None].float() / 255, img2[None].float() / 255)[0]
+        ours.append((pred - flow).norm(dim=0)[valid].mean().item())
+        zero.append(flow.norm(dim=0)[valid].mean().item())
+    assert sum(ours) < 0.8 * sum(zero), (ours, zero)
