@@ -4,8 +4,9 @@ A case folder holds ``frame1.*``, ``frame2.*`` and ``flow.flo``; a cases root ho
 folder per case (``../shared/data/flow``). The mean is the plain mean over cases, as in
 ``BASELINES.txt``.
 
-CLI: ``python -m flow_engine eval --cases DIR [--method NAME] [--weights PATH]
-[--device auto|cpu|cuda] [--json OUT.json]``.
+CLI: ``python -m flow_engine eval (--cases DIR | --dataset sintel|kitti|chairs|things --root PATH)
+[--method NAME] [--weights PATH] [--device auto|cpu|cuda] [--json OUT.json]``. The benchmark
+layouts are read by :mod:`flow_engine.datasets` (their pairs with ground truth become cases).
 """
 from __future__ import annotations
 
@@ -119,7 +120,12 @@ def make_method(name: str, weights: str | None = None, device: str = "auto") -> 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("ground truth")
     data.add_argument("--cases", type=Path, metavar="DIR", help="folder of case folders (frame1.*, frame2.*, flow.flo)")
-    # Benchmark datasets (--dataset sintel|kitti|chairs --root PATH) join this group; see cases_from_args.
+    data.add_argument("--dataset", choices=DATASET_NAMES, help="a benchmark in its published layout under --root")
+    data.add_argument("--root", type=Path, metavar="PATH", help="the benchmark's folder (with --dataset)")
+    data.add_argument("--split", help="benchmark split (default: sintel training, kitti training, chairs val, things TEST)")
+    data.add_argument("--pass", dest="pass_", default="clean", choices=("clean", "final"), help="Sintel / FlyingThings3D render pass")
+    data.add_argument("--year", type=int, default=2015, choices=(2012, 2015), help="KITTI flow benchmark year")
+    data.add_argument("--limit", type=int, metavar="N", help="only the first N pairs of a benchmark")
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="dis", metavar="NAME", help=f"one of {', '.join(METHODS)} (default dis)")
     method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: the shipped ones)")
@@ -128,10 +134,36 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+DATASET_NAMES = ("sintel", "kitti", "chairs", "things")
+DEFAULT_SPLITS = {"sintel": "training", "kitti": "training", "chairs": "val", "things": "TEST"}
+
+
+def dataset_cases(name: str, root: str | Path, split: str | None = None, pass_: str = "clean", year: int = 2015) -> list[Case]:
+    """The pairs with ground truth of a benchmark (see :mod:`flow_engine.datasets`) as cases."""
+    from flow_engine.datasets import make_dataset
+
+    split = split or DEFAULT_SPLITS[name]
+    options = {"sintel": {"split": split, "pass_": pass_}, "kitti": {"split": split, "year": year},
+               "chairs": {"split": split}, "things": {"split": split, "pass_": pass_}}[name]
+    dataset = make_dataset(name, root, **options)
+    cases = [Case(p.name, p.img1, p.img2, p.flow) for p in dataset.pairs if p.flow is not None]
+    if not cases:
+        raise FlowFileError(root, f"{name} {split}: no pairs with ground truth (a test split?)")
+    return cases
+
+
 def cases_from_args(args: argparse.Namespace) -> list[Case]:
     """The cases the command line asks for (the one place that knows the sources of ground truth)."""
+    dataset = getattr(args, "dataset", None)
+    if dataset is not None:
+        if args.cases is not None:
+            raise FlowFileError("--cases", "pass either --cases DIR or --dataset NAME --root PATH, not both")
+        if args.root is None:
+            raise FlowFileError("--root", f"--dataset {dataset} needs --root PATH (the dataset's folder)")
+        cases = dataset_cases(dataset, args.root, args.split, args.pass_, args.year)
+        return cases[: args.limit] if args.limit else cases
     if args.cases is None:
-        raise FlowFileError("--cases", "no ground truth given: pass --cases DIR")
+        raise FlowFileError("--cases", "no ground truth given: pass --cases DIR or --dataset NAME --root PATH")
     return load_cases(args.cases)
 
 

@@ -169,3 +169,28 @@ def test_shared_cases_read(shared_flow_cases):
     assert len(ds) == 13
     img1, img2, flow, valid = ds[0]
     assert img1.shape[0] == 3 and flow.shape[1:] == img1.shape[1:] and valid.any()
+
+
+def test_eval_cli_scores_a_benchmark_layout(tmp_path, capsys):
+    import json
+
+    from flow_engine.__main__ import main
+
+    scene = tmp_path / "training" / "clean" / "alley_1"
+    flows = tmp_path / "training" / "flow" / "alley_1"
+    scene.mkdir(parents=True)
+    flows.mkdir(parents=True)
+    for n in (1, 2, 3):
+        io.write_image(scene / f"frame_{n:04d}.png", frame(n))
+    for n in (1, 2):
+        io.write_flo(flows / f"frame_{n:04d}.flo", known_flow(n))
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--dataset", "sintel", "--root", str(tmp_path), "--method", "zero", "--no-progress", "--json", str(out)]) == 0
+    scores = json.loads(out.read_text())
+    assert list(scores["cases"]) == ["sintel_clean_alley_1_0001", "sintel_clean_alley_1_0002"]
+    expected = np.linalg.norm(known_flow(2), axis=2).mean()
+    assert scores["cases"]["sintel_clean_alley_1_0002"]["epe"] == pytest.approx(expected, rel=1e-5)
+    assert main(["eval", "--dataset", "kitti", "--root", str(tmp_path), "--method", "zero", "--no-progress"]) == 1
+    assert "missing folder" in capsys.readouterr().err
+    assert main(["eval", "--dataset", "sintel", "--method", "zero"]) == 1
+    assert "--root" in capsys.readouterr().err
