@@ -20,6 +20,11 @@ import os
 import sys
 from pathlib import Path
 
+# Idle OpenMP threads sleep instead of spinning: with DataLoader workers (or other programs) on the
+# same few cores, spinning threads steal the cycles the work needs. Measured on the 2-core CPU: a
+# ResNet-18 training step 3-5x faster. Must be set before torch loads OpenMP.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from pytorch_lightning.callbacks import ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger

@@ -10,7 +10,8 @@ Each item is one video as a dict of tensors (S = num_segments, times test_clips 
 * ``label``, ``index``: int64.
 
 Frames are decoded with decord at ``size`` (H, W); training crops a random multi-scale box (TSN's
-scale jitter) resized to ``crop_size`` and flips horizontally, identically for every frame and flow
+scale jitter: each side a fraction in ``scales`` of the largest box with the crop's aspect ratio, at a
+random place) resized to ``crop_size`` and flips horizontally, identically for every frame and flow
 of the item (a flip negates the x flow channels, and a crop rescales flow by the resize factor);
 validation and test take the centre crop.
 
@@ -155,7 +156,10 @@ class VideoClips(Dataset):
             i, j = rng.integers(len(self.scales), size=2)
             if abs(i - j) > 1:  # TSN's max distortion of 1 between the two sides' scales
                 j = i
-            bh, bw = min(H, round(H * self.scales[i])), min(W, round(W * self.scales[j]))
+            # TSN's multi-scale crop: sides are fractions of the largest box of the crop's aspect ratio
+            base_h = min(H, W * h / w)
+            bh = max(1, min(H, round(base_h * self.scales[i])))
+            bw = max(1, min(W, round(base_h * w / h * self.scales[j])))
             top, left = int(rng.integers(H - bh + 1)), int(rng.integers(W - bw + 1))
             flip = self.flip and bool(rng.integers(2))
         else:
