@@ -12,7 +12,9 @@ Formats read:
 Integer labels in lists are 0-based, except when the class-index file numbers its classes from 1
 (UCF101): then the lists are read 1-based too. ``label_base`` overrides that guess.
 
-Paths in lists are relative to ``root`` when given, else to the list file's folder.
+Paths in lists are relative to ``root`` when given, else to the list file's folder. When no list
+is given and ``root`` holds ``train.txt`` (and ``val.txt``, ``test.txt``), those lists are used;
+otherwise ``root`` is read as a folder per class.
 """
 from __future__ import annotations
 
@@ -220,12 +222,20 @@ def load_splits(
     test_fraction: float = 0.2,
     seed: int = 0,
 ) -> Splits:
-    """Train/val/test samples and class names from a class-per-folder ``root`` or annotation lists.
+    """Train/val/test samples and class names from a class-per-folder ``root`` or annotation lists
+(``root/{train,val,test}.txt`` when no list is given and ``root/train.txt`` exists).
 
     Missing splits are split off stratified with ``seed``: the test split (``test_fraction`` of all)
     from the training list or folder first, then val (``val_fraction`` of all) from what remains.
     A class-index file is looked for next to the training list and in ``root`` when not given.
     """
+    if train_list is None and val_list is None and test_list is None and root is not None:
+        lists = {k: Path(root) / f"{k}.txt" for k in ("train", "val", "test")}
+        if lists["train"].is_file():  # the demo-data layout: root/{train,val,test}.txt
+            logger.info("annotation lists from %s: %s", root, ", ".join(p.name for p in lists.values() if p.is_file()))
+            train_list = lists["train"]
+            val_list = lists["val"] if lists["val"].is_file() else None
+            test_list = lists["test"] if lists["test"].is_file() else None
     if train_list is None:
         if val_list is not None or test_list is not None:
             raise AnnotationError("data.val_list / data.test_list given without data.train_list")

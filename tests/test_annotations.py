@@ -154,3 +154,13 @@ def test_val_split_off_a_given_train_list(tmp_path):
     (tmp_path / "test.txt").write_text("t.mp4 1\n")
     s = load_splits(train_list=tmp_path / "train.txt", test_list=tmp_path / "test.txt", val_fraction=0.25)
     assert (len(s.train), len(s.val), len(s.test)) == (15, 5, 1)
+
+
+def test_lists_in_root_are_found_when_none_given(tmp_path):
+    (tmp_path / "classes.txt").write_text("spin\njump\n")
+    (tmp_path / "train.txt").write_text("v/a.mp4 0\nv/b.mp4 1\n")
+    (tmp_path / "test.txt").write_text("v/c.mp4 1\n")
+    s = load_splits(root=tmp_path, val_fraction=0.5)
+    assert s.classes == ["spin", "jump"]
+    assert len(s.train) == 1 and len(s.val) == 1  # no val.txt: split off train.txt
+    assert s.test == [Sample(str((tmp_path / "v/c.mp4").resolve()), 1)]

@@ -31,13 +31,16 @@ def tiny(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("tiny"), per_class=4, frames=12, size=32, classes=("right", "left"))
 
 
-def fit(tiny: Path, run: Path, capsys, *extra: str, csv: bool = True) -> tuple[list[str], dict]:
-    """Run train.main on the tiny data; returns stdout lines and the test metrics JSON."""
-    argv = [
+def fit(tiny: Path, run: Path, capsys, *extra: str, csv: bool = True, folders: bool = False) -> tuple[list[str], dict]:
+    """Run train.main on the tiny data (its lists, or ``folders``: a folder per class, split by
+    train.py); returns stdout lines and the test metrics JSON."""
+    data = ["--data.root", str(tiny / "videos")] if folders else [
         "--data.root", str(tiny),
         "--data.train_list", str(tiny / "train.txt"),
         "--data.val_list", str(tiny / "val.txt"),
         "--data.test_list", str(tiny / "test.txt"),
+    ]
+    argv = data + [
         "--data.cache_dir", str(tiny.parent / "cache"),
         "--data.size", "[32, 32]", "--data.crop_size", "[32, 32]",
         "--data.num_segments", "2", "--data.flow_length", "3", "--data.test_clips", "2",
@@ -80,7 +83,8 @@ def _check_metrics(metrics: dict, streams: set[str]) -> None:
     [("rgb", "cache"), ("flow", "cache"), ("flow", "online")],
 )
 def test_fit_test_classify(tiny, tmp_path, capsys, mode, source):
-    lines, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", mode, "--data.flow_source", source)
+    lines, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", mode, "--data.flow_source", source,
+                         folders=mode == "rgb")
     _check_metrics(metrics, {mode})
     run = tmp_path / "run"
     assert list(run.rglob("config.yaml"))  # the resolved config, saved by LightningCLI in the logger's folder
