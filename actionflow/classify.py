@@ -55,7 +55,14 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: does not fit the recorded model ({str(exc).splitlines()[0][:200]})") from None
-    return model.to(device).eval(), dict(ckpt.get("datamodule_hyper_parameters") or {})
+    model = model.to(device).eval()
+    recorded = ckpt.get("flow_engine")
+    if recorded and not (hparams.get("finetune_flow") or model.hparams.mode == "rgb"):
+        now = model.flow_engine.config()
+        if any(now.get(k) != v for k, v in recorded.items()):
+            log.warning("%s was trained on flow from %s; this machine's engine is %s: scores may differ",
+                        path, recorded, {k: now.get(k) for k in recorded})
+    return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
 
 
 def _device(name: str) -> torch.device:

@@ -304,6 +304,13 @@ class ActionRecognizer(pl.LightningModule):
         captions = [f"true {names[t]} / pred {names[p]}" for t, p in zip(labels[:n].tolist(), pred)]
         self._log_images("val/clips", list(images), captions)
 
+    # ------------------------------------------------------------------ checkpoints
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        """Record the flow engine's identity (name, weights hash) so that classify can check it."""
+        if self.hparams.mode != "rgb":
+            checkpoint["flow_engine"] = {k: v for k, v in self.flow_engine.config().items() if k != "dtype"}
+
     # ------------------------------------------------------------------ optimisation
 
     def configure_optimizers(self):

@@ -110,3 +110,13 @@ def test_classify_on_gpu(ckpt, video, capsys):
     code, out, err = run(capsys, video, "--ckpt", ckpt, "--json", "--device", "cuda")
     assert code == 0, err
     assert len(json.loads(out)["topk"]) == 3
+
+
+def test_a_different_flow_engine_than_in_training_is_warned(ckpt, video, tmp_path, capsys, caplog):
+    other = tmp_path / "other.ckpt"
+    data = torch.load(ckpt, weights_only=True)
+    data["flow_engine"] = {"name": "dis", "weights_hash": "opencv-0.0"}
+    torch.save(data, other)
+    code, _, _ = run(capsys, video, "--ckpt", other, "--json", "--clips", "1", "--device", "cpu")
+    assert code == 0
+    assert "trained on flow from" in caplog.text and "opencv-0.0" in caplog.text
