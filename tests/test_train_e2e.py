@@ -115,3 +115,22 @@ def test_two_stream_with_wandb_offline_and_a_corrupt_video(tiny, tmp_path, capsy
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline W&B run written"
     result = classify_json(lines[-2].removeprefix("checkpoint: "), tiny / "videos/right/right_0.mp4", capsys)
     assert set(result["streams"]) == {"rgb", "flow"}
+
+
+def test_wandb_failure_falls_back_to_csv(tmp_path, monkeypatch, caplog):
+    import types
+
+    import wandb
+    from pytorch_lightning.loggers import CSVLogger, WandbLogger
+
+    def broken_init(*args, **kwargs):
+        raise RuntimeError("wandb service unreachable")
+
+    monkeypatch.setattr(wandb, "init", broken_init)
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    trainer = types.SimpleNamespace(loggers=[WandbLogger(save_dir=str(tmp_path))],
+                                    is_global_zero=True, default_root_dir=str(tmp_path))
+    with caplog.at_level(logging.WARNING):
+        train.start_loggers(trainer)
+    assert [type(lg) for lg in trainer.loggers] == [CSVLogger]
+    assert "W&B did not start (wandb service unreachable)" in caplog.text
