@@ -6,7 +6,6 @@
 
 It never imports ``actionflow``.
 """
-from flow_engine.correlation import correlation
 from flow_engine.engine import FlowEngine, FlowEngineError
 from flow_engine.io import FlowFileError, read_flo, read_flow, read_image, write_flo, write_flow
 from flow_engine.metrics import flow_metrics
@@ -15,7 +14,7 @@ from flow_engine.viz import flow_to_color, write_video
 
 __version__ = "0.1.0"
 __all__ = [
-    "FlowEngine", "FlowEngineError", "FlowFileError", "PWCNet", "WeightsError", "correlation",
+    "FlowEngine", "FlowEngineError", "FlowFileError", "PWCNet", "WeightsError",
     "flow_metrics", "flow_to_color", "read_flo", "read_flow", "read_image", "write_flo", "write_flow",
     "write_video",
 ]
