@@ -15,6 +15,7 @@ CLASSICAL_METHODS = ("dis", "farneback", "tvl1")
 FARNEBACK_PARAMS = (0.5, 5, 15, 3, 5, 1.2, 0)
 
 _solvers: dict[str, cv2.DenseOpticalFlow] = {}  # one OpenCV object per method, reused across pairs
+_DIS_FINEST_SCALE = 1  # of the MEDIUM preset
 
 
 def _solver(method: str) -> cv2.DenseOpticalFlow:
@@ -49,5 +50,10 @@ def classical_flow(method: str, img1: np.ndarray, img2: np.ndarray) -> np.ndarra
     if method == "farneback":
         flow = cv2.calcOpticalFlowFarneback(g1, g2, None, *FARNEBACK_PARAMS)
     else:
-        flow = _solver(method).calc(g1, g2, None)
+        solver = _solver(method)
+        if method == "dis":
+            # DIS lowers its finest scale for small frames and keeps it for every later call
+            # (seen with OpenCV 5.0: a 32x32 pair changes the next 512x384 result), so reset it.
+            solver.setFinestScale(_DIS_FINEST_SCALE)
+        flow = solver.calc(g1, g2, None)
     return np.asarray(flow, dtype=np.float32)

@@ -11,7 +11,7 @@ import pytest
 from flow_engine.__main__ import main
 from flow_engine.classical import CLASSICAL_METHODS, classical_flow
 from flow_engine.evaluate import Case, evaluate, load_cases, make_method
-from flow_engine.io import FlowFileError, write_flo, write_image
+from flow_engine.io import FlowFileError, read_image, write_flo, write_image
 
 
 def baselines(root: Path) -> dict[str, dict[str, float]]:
@@ -107,3 +107,13 @@ def test_classical_methods_on_a_known_shift():
         classical_flow("dis", img1.astype(np.float32), img2)
     with pytest.raises(ValueError, match="unknown classical method"):
         classical_flow("lucas", img1, img2)
+
+
+def test_dis_result_does_not_depend_on_earlier_calls_on_tiny_frames(shared_flow_cases):
+    """OpenCV's DIS object remembers a lowered finest scale after a tiny pair; ours must not."""
+    case = shared_flow_cases / "chairs_0000000"
+    img1, img2 = read_image(case / "frame1.ppm"), read_image(case / "frame2.ppm")
+    before = classical_flow("dis", img1, img2)
+    tiny = np.random.default_rng(0).integers(0, 255, (32, 32, 3), dtype=np.uint8)
+    classical_flow("dis", tiny, tiny)
+    assert np.array_equal(classical_flow("dis", img1, img2), before)
