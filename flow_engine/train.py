@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import logging
 import math
 import os
@@ -34,7 +35,8 @@ import yaml
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
 from flow_engine import augment
-from flow_engine.pwcnet import PWCNet, resize_flow
+from flow_engine.correlation import correlation
+from flow_engine.pwcnet import PWCNet, resize_flow, warp
 
 log = logging.getLogger(__name__)
 
@@ -59,8 +61,9 @@ DEFAULTS: dict[str, Any] = {
         "val_scale": 1.0,  # frames resized by this before the network, flow scored at full size
         "val_limit": None,  # evaluate only this many cases (spread over the list)
     },
-    "model": {"init": None, "corr_backend": "auto"},
-    "loss": {"weights": list(LEVEL_WEIGHTS), "norm": "l2", "reduction": "sum", "q": 0.4, "eps": 0.01},
+    "model": {"init": None, "corr_backend": "auto", "zero_flow_init": True},
+    "loss": {"weights": list(LEVEL_WEIGHTS), "norm": "l2", "reduction": "sum", "q": 0.4, "eps": 0.01,
+             "match_weight": 0.0, "match_levels": [2, 3, 4], "match_temperature": 0.1},
     "optim": {
         "lr": 1.0e-4,
         "weight_decay": 4.0e-4,
@@ -226,6 +229,36 @@ def end_point_error(pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -
     return (err * valid).sum() / valid.sum().clamp_min(1)
 
 
+def matching_loss(feats: dict[int, torch.Tensor], flow_gt: torch.Tensor, valid: torch.Tensor, temperature: float = 0.1, max_displacement: int = 4) -> torch.Tensor:
+    """Auxiliary cost-volume loss on the pyramid features (not in the paper; for short runs).
+
+    ``feats[l]`` holds the level-l features of both frames stacked [2B,C,h,w]. Frame-2
+    features are warped by the ground truth, so the true match sits at zero displacement; the
+    cosine cost volume over +-``max_displacement`` is treated as logits (divided by
+    ``temperature``) and scored with cross-entropy against the centre. This teaches the
+    pyramid discriminative features directly, which from scratch PWC-Net otherwise learns
+    only after a long plateau of predicting ~zero flow.
+    """
+    total = flow_gt.new_zeros(())
+    centre = (2 * max_displacement + 1) ** 2 // 2
+    for level, f in feats.items():
+        B = f.shape[0] // 2
+        factor = 2**level
+        gt_l, valid_l = downsample_flow(flow_gt.float(), valid, factor)
+        gt_l = gt_l / factor
+        f1, f2 = F.normalize(f[:B].float(), dim=1), F.normalize(f[B:].float(), dim=1)
+        f2w = warp(f2, gt_l)
+        h, w = f1.shape[-2:]
+        ys, xs = torch.meshgrid(torch.arange(h, device=f.device), torch.arange(w, device=f.device), indexing="ij")
+        x2, y2 = xs + gt_l[:, 0], ys + gt_l[:, 1]
+        inside = (x2 >= 0) & (x2 <= w - 1) & (y2 >= 0) & (y2 <= h - 1)
+        mask = valid_l & inside
+        logits = correlation(f1, f2w, max_displacement, "auto") * (f1.shape[1] / temperature)
+        ce = F.cross_entropy(logits, torch.full_like(mask, centre, dtype=torch.long), reduction="none")
+        total = total + (ce * mask).sum() / mask.sum().clamp_min(1)
+    return total
+
+
 # ----------------------------------------------------------------------------- science
 
 
@@ -239,11 +272,23 @@ class FlowModule(pl.LightningModule):
         if model.get("init"):
             self.model.load_state_dict(load_init_weights(model["init"]))
             log.info("initialised PWC-Net from %s", model["init"])
+        elif model.get("zero_flow_init", True):
+            zero_flow_heads(self.model)
         self.loss_cfg = loss
+        self._features: dict[int, torch.Tensor] = {}
+        if loss.get("match_weight", 0) > 0:
+            # The pyramid runs inside PWCNet.forward; hooks keep its features for matching_loss.
+            for level in loss["match_levels"]:
+                name = "conv6b" if level == 6 else f"conv{level}b"
+                getattr(self.model, name).register_forward_hook(functools.partial(self._keep_features, level))
         self.optim_cfg = optim
         self.max_steps = int(max_steps)
         self.val_scale = float(val_scale)
         self.out = Path(out) if out else None
+
+    def _keep_features(self, level: int, module, inputs, output) -> None:
+        if self.training:
+            self._features[level] = output
 
     def forward(self, img1: torch.Tensor, img2: torch.Tensor) -> list[torch.Tensor]:
         return self.model(img1, img2)
@@ -254,6 +299,11 @@ class FlowModule(pl.LightningModule):
         cfg = self.loss_cfg
         loss, terms = multiscale_loss(flows, flow, valid, tuple(cfg["weights"]), cfg["norm"], cfg["reduction"], cfg["q"], cfg["eps"])
         B = img1.shape[0]
+        if cfg.get("match_weight", 0) > 0:
+            match = matching_loss(self._features, flow, valid, cfg["match_temperature"])
+            self._features = {}
+            self.log("train/match", match, batch_size=B)
+            loss = loss + cfg["match_weight"] * match
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         for level, term in zip((6, 5, 4, 3, 2), terms):
             self.log(f"train/loss_level{level}", term, batch_size=B)
@@ -304,6 +354,19 @@ class FlowModule(pl.LightningModule):
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def zero_flow_heads(model: PWCNet) -> None:
+    """Zero the flow-prediction convolutions, so an untrained PWC-Net predicts zero flow.
+
+    With the default He init the untrained net predicts flows of tens of pixels, every level
+    warps by them, and the first few hundred steps only learn to switch them off (on a CPU
+    run that is most of the budget). Starting at zero, warping is the identity from step 0.
+    """
+    for name, module in model.named_modules():
+        if name.startswith("predict_flow") or name == "dc_conv7":
+            torch.nn.init.zeros_(module.weight)
+            torch.nn.init.zeros_(module.bias)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, cfg: dict, max_steps: int) -> torch.optim.lr_scheduler.LRScheduler | None:

@@ -10,7 +10,8 @@ from flow_engine import augment
 from flow_engine.pwcnet import PWCNet
 from flow_engine.synthetic import SyntheticFlow
 from flow_engine.train import (
-    ConfigError, FlowModule, build, downsample_flow, export_weights, load_config, multiscale_loss, resolve_resume,
+    ConfigError, FlowModule, build, downsample_flow, export_weights, load_config, matching_loss, multiscale_loss,
+    resolve_resume,
 )
 
 
@@ -68,6 +69,25 @@ def test_sparse_ground_truth_is_averaged_over_valid_pixels_only():
     valid[:, :4, :4] = False
     down, v = downsample_flow(gt, valid, 4)
     assert not v[0, 0, 0] and v.sum() == 3
+
+
+def test_matching_loss_rewards_features_that_match_under_the_ground_truth():
+    # Level-2 features of frame 2 are those of frame 1 moved by (2, -1) level pixels = (8, -4) px.
+    g = torch.Generator().manual_seed(0)
+    f1 = torch.randn(2, 16, 16, 16, generator=g)
+    f2 = torch.roll(f1, shifts=(-1, 2), dims=(2, 3))
+    feats = {2: torch.cat([f1, f2])}
+    valid = torch.ones(2, 64, 64, dtype=torch.bool)
+    right = torch.tensor([8.0, -4.0]).view(1, 2, 1, 1).expand(2, 2, 64, 64)
+    good = matching_loss(feats, right, valid)
+    bad = matching_loss(feats, torch.zeros_like(right), valid)
+    assert good < 0.05 and bad > 5, (good, bad)
+
+
+def test_untrained_module_predicts_zero_flow():
+    module = FlowModule({"corr_backend": "torch"}, load_config(None)["loss"], load_config(None)["optim"], 10)
+    flows = module(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
+    assert all(not f.any() for f in flows)
 
 
 # ----------------------------------------------------------------------------- augmentation
@@ -160,7 +180,8 @@ def tiny_config(out: Path, **extra) -> dict:
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    module = FlowModule({"corr_backend": "torch"}, load_config(None)["loss"], {"lr": 2e-4, "weight_decay": 4e-4, "schedule": "constant"}, 10)
+    optim = {"lr": 2e-4, "weight_decay": 4e-4, "schedule": "constant"}
+    module = FlowModule({"corr_backend": "torch", "zero_flow_init": False}, load_config(None)["loss"], optim, 10)
     batch = SyntheticFlow(64, 64, seed=0, max_displacement=8.0).sample(2)
     opt = module.configure_optimizers()
     losses = []
