@@ -1,0 +1,634 @@
+"""The bundled demo dataset: short videos of 2-D stick figures dancing one of six moves.
+
+Each clip shows one articulated figure (head, torso, upper/lower arms and legs, drawn as
+anti-aliased filled shapes) over a photo or textured background, with camera jitter, noise
+and H.264 compression. The class is the move the figure dances: ``arm_wave``, ``spin``,
+``jump``, ``side_step``, ``kick`` or ``sway``.
+
+The dataset is built so that **motion says everything and appearance nothing**. Every
+move adds its own offsets to the joint angles and body position, as a function of a phase
+angle. In a clip of class ``m`` the phase of move ``m`` advances with time; the phases of
+all the other moves are frozen at random values. A move frozen at a random phase and a
+move seen at a random frame have the same distribution, so the pose in a single frame has
+exactly the same distribution whatever the class. Appearance (colours, sizes, body
+proportions, position, background, noise) is drawn the same way for every class, and the
+random numbers are drawn in the same order whatever the class. So with one seed, the clips
+of two classes differ only in which move is animated. An RGB model on single frames can
+only guess, while a model on a few stacked optical flows can see the move.
+
+Layout written by ``generate_demo_dataset`` (and ``python -m actionflow demo-data OUT``)::
+
+    OUT/videos/<class>/<class>_<i>.mp4   H.264 yuv420p clips, ``frames`` frames of size x size
+    OUT/classes.txt                      one class name per line; the line number is its index
+    OUT/train.txt, val.txt, test.txt     lines "videos/<class>/<class>_<i>.mp4 <class_index>",
+                                         stratified by class
+    OUT/meta.json                        generation parameters, written last (marks completion)
+"""
+from __future__ import annotations
+
+import argparse
+import functools
+import json
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+MOVES: tuple[str, ...] = ("arm_wave", "spin", "jump", "side_step", "kick", "sway")
+GENERATOR_VERSION = 1  # bump when rendering changes, so that cached datasets are regenerated
+MIN_SIZE = 32
+SPLITS = ("train", "val", "test")
+
+
+class DemoDataError(ValueError):
+    """Bad parameters for the demo dataset (unknown class, odd or too small size, ...)."""
+
+
+@dataclass(frozen=True)
+class RenderParams:
+    """How to render one clip.
+
+    frames: clip length in frames; size: frame height = width in pixels (even, for yuv420p);
+    background: "random" (photo crops or procedural textures) or "plain" (black, for tests);
+    jitter: standard deviation of the per-frame camera translation in pixels (integer steps);
+    noise: maximum standard deviation of the added Gaussian pixel noise, in grey levels;
+    distractors: maximum number of smaller, fainter background dancers (any move).
+    """
+
+    frames: int = 12
+    size: int = 112
+    background: str = "random"
+    jitter: float = 1.0
+    noise: float = 4.0
+    distractors: int = 0
+
+
+# --------------------------------------------------------------------------- moves
+# Each move draws its amplitudes from ``rng`` and returns offsets to the pose degrees of
+# freedom as functions of its phase ``theta`` [T] (radians). Angles are in radians, the
+# offsets x / y in body units (torso length = 1, y down). Shoulder and hip angles are
+# abductions (0 = limb hanging down, pi = pointing up); elbow and knee angles are flexions.
+Offsets = dict[str, np.ndarray]
+
+
+def _arm_wave(theta: np.ndarray, rng: np.random.Generator) -> Offsets:
+    amp = rng.uniform(0.7, 1.0)
+    lag = rng.choice([-1.0, 1.0]) * rng.uniform(0.4, 0.8) * np.pi  # the wave runs from one arm to the other
+    bend = rng.uniform(0.3, 0.6)
+    return {
+        "shoulder_l": amp * (1 + np.sin(theta)),
+        "shoulder_r": amp * (1 + np.sin(theta + lag)),
+        "elbow_l": bend * (1 + np.sin(theta - 1.0)),
+        "elbow_r": bend * (1 + np.sin(theta + lag - 1.0)),
+    }
+
+
+def _spin(theta: np.ndarray, rng: np.random.Generator) -> Offsets:
+    # dancers "spot": they face the camera (or turn their back to it) for longer and whip
+    # through the side-on views, where the frontal-plane moves would be hard to see
+    return {"yaw": theta - 0.4 * np.sin(2 * theta)}
+
+
+def _jump(theta: np.ndarray, rng: np.random.Generator) -> Offsets:
+    height = rng.uniform(0.6, 0.9)
+    crouch = rng.uniform(0.8, 1.2)
+    air = np.maximum(0.0, np.sin(theta))
+    ground = np.maximum(0.0, -np.sin(theta))
+    return {
+        "y": -height * air,
+        "knee_l": crouch * ground,
+        "knee_r": crouch * ground,
+        "shoulder_l": 0.5 * air,
+        "shoulder_r": 0.5 * air,
+    }
+
+
+def _side_step(theta: np.ndarray, rng: np.random.Generator) -> Offsets:
+    reach = rng.uniform(0.8, 1.1)
+    stride = rng.uniform(0.35, 0.55)
+    return {
+        "x": reach * np.sin(theta),
+        # the leading leg opens while the body moves towards it
+        "hip_r": stride * np.maximum(0.0, np.cos(theta)),
+        "hip_l": stride * np.maximum(0.0, -np.cos(theta)),
+    }
+
+
+def _kick(theta: np.ndarray, rng: np.random.Generator) -> Offsets:
+    side = "l" if rng.random() < 0.5 else "r"
+    lift = rng.uniform(1.1, 1.5)
+    chamber = rng.uniform(0.5, 0.9)
+    up = (1 - np.cos(theta)) / 2
+    lean = 0.08 * up * (1.0 if side == "l" else -1.0)  # lean away from the kicking leg
+    return {f"hip_{side}": lift * up, f"knee_{side}": chamber * np.maximum(0.0, np.sin(theta)), "tilt": lean}
+
+
+def _sway(theta: np.ndarray, rng: np.random.Generator) -> Offsets:
+    tilt = rng.uniform(0.35, 0.5)
+    return {"tilt": tilt * np.sin(theta), "x": -0.3 * tilt * np.sin(theta)}
+
+
+MOVE_OFFSETS: dict[str, Callable[[np.ndarray, np.random.Generator], Offsets]] = {
+    "arm_wave": _arm_wave,
+    "spin": _spin,
+    "jump": _jump,
+    "side_step": _side_step,
+    "kick": _kick,
+    "sway": _sway,
+}
+# the period range of each move's cycle, in frames (spin: one full turn). Slow enough that
+# a limb moves by about its own thickness per frame: optical flow loses thin limbs that jump
+# further than that.
+PERIOD_FRAMES: dict[str, tuple[float, float]] = {m: (12.0, 20.0) for m in MOVES} | {"spin": (14.0, 24.0)}
+
+NEUTRAL_POSE: dict[str, float] = {
+    "x": 0.0, "y": 0.0, "tilt": 0.0, "yaw": 0.0,
+    "shoulder_l": 0.25, "shoulder_r": 0.25, "elbow_l": 0.15, "elbow_r": 0.15,
+    "hip_l": 0.08, "hip_r": 0.08, "knee_l": 0.05, "knee_r": 0.05,
+}
+
+
+def dance_pose(move: str, frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """Pose degrees of freedom [frames] for a figure dancing ``move`` (all other moves frozen).
+
+    Every move is drawn, in the same order whatever ``move`` is; only ``move``'s phase
+    advances with time, the others stay at a random phase. So a single frame's pose has the
+    same distribution for every move.
+    """
+    t = np.arange(frames, dtype=np.float64)
+    pose = {k: np.full(frames, v) for k, v in NEUTRAL_POSE.items()}
+    for name in MOVES:
+        period = rng.uniform(*PERIOD_FRAMES[name])
+        direction = rng.choice([-1.0, 1.0])
+        phase = rng.uniform(0, 2 * np.pi)
+        theta = phase + (direction * 2 * np.pi / period * t if name == move else np.zeros_like(t))
+        for dof, offset in MOVE_OFFSETS[name](theta, rng).items():
+            pose[dof] = pose[dof] + offset
+    for joint in ("elbow_l", "elbow_r", "knee_l", "knee_r"):
+        pose[joint] = np.clip(pose[joint], 0.0, 2.2)
+    return pose
+
+
+# --------------------------------------------------------------------------- figure
+@dataclass(frozen=True)
+class Body:
+    """Body proportions in torso lengths, and limb colours (RGB 0..255)."""
+
+    shoulder: float
+    hip: float
+    upper_arm: float
+    lower_arm: float
+    upper_leg: float
+    lower_leg: float
+    head: float
+    limb: float  # limb thickness (in pixels once the figure is placed in an image)
+    colours: dict[str, tuple[int, int, int]]
+
+
+def _random_colour(rng: np.random.Generator) -> tuple[int, int, int]:
+    """A bright colour (value >= 150 of 255), so that figures stand out and are never black."""
+    hsv = np.array([[[rng.uniform(0, 180), rng.uniform(60, 255), rng.uniform(150, 255)]]]).astype(np.uint8)
+    return tuple(int(c) for c in cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)[0, 0])
+
+
+def _dark(colour: tuple[int, int, int]) -> tuple[int, int, int]:
+    """The outline colour of a part: its own colour, darker."""
+    return tuple(int(c * 0.35) for c in colour)
+
+
+def random_body(rng: np.random.Generator) -> Body:
+    """Random proportions and colours, the same distribution for every move."""
+    colours = {part: _random_colour(rng) for part in ("head", "torso", "arm_l", "arm_r", "leg_l", "leg_r")}
+    if rng.random() < 0.5:
+        colours["arm_r"] = colours["arm_l"]
+    if rng.random() < 0.5:
+        colours["leg_r"] = colours["leg_l"]
+    return Body(
+        shoulder=rng.uniform(0.3, 0.42),
+        hip=rng.uniform(0.18, 0.26),
+        upper_arm=rng.uniform(0.55, 0.68),
+        lower_arm=rng.uniform(0.5, 0.62),
+        upper_leg=rng.uniform(0.7, 0.82),
+        lower_leg=rng.uniform(0.68, 0.8),
+        head=rng.uniform(0.28, 0.36),
+        limb=rng.uniform(0.25, 0.35),
+        colours=colours,
+    )
+
+
+def _direction(angle: np.ndarray, side: float, facing: np.ndarray) -> np.ndarray:
+    """Unit limb direction [T,2] for an abduction ``angle``: x is foreshortened by ``facing`` = cos(yaw)."""
+    return np.stack([side * np.sin(angle) * facing, np.cos(angle)], axis=-1)
+
+
+def skeleton(pose: dict[str, np.ndarray], body: Body) -> dict[str, np.ndarray]:
+    """Forward kinematics: joint positions [T,2] in body units, (x right, y down), feet on the ground y = 0.
+
+    Also returns "torso" [T,4,2], the torso outline, whose apparent width follows the yaw.
+    """
+    yaw = pose["yaw"]
+    facing = np.cos(yaw)
+    one = np.ones_like(yaw)
+    zero = np.zeros_like(yaw)
+    j: dict[str, np.ndarray] = {"pelvis": np.stack([zero, zero], -1), "neck": np.stack([zero, -one], -1)}
+    j["head"] = j["neck"] + np.stack([zero, -(0.12 + body.head) * one], -1)
+    # an elliptic torso cross-section: seen side-on it is about half as deep as it is wide
+    width = np.sqrt(facing**2 + (0.5 * np.sin(yaw)) ** 2)
+    j["torso"] = np.stack(
+        [
+            np.stack([-body.shoulder * width, -0.95 * one], -1),
+            np.stack([body.shoulder * width, -0.95 * one], -1),
+            np.stack([body.hip * width * 1.1, 0.05 * one], -1),
+            np.stack([-body.hip * width * 1.1, 0.05 * one], -1),
+        ],
+        axis=1,
+    )
+    for s, side in (("l", -1.0), ("r", 1.0)):
+        shoulder = np.stack([side * body.shoulder * facing, -0.9 * one], -1)
+        a, e = pose[f"shoulder_{s}"], pose[f"elbow_{s}"]
+        j[f"shoulder_{s}"] = shoulder
+        j[f"elbow_{s}"] = shoulder + body.upper_arm * _direction(a, side, facing)
+        j[f"hand_{s}"] = j[f"elbow_{s}"] + body.lower_arm * _direction(a + e, side, facing)
+        hip = np.stack([side * body.hip * facing, zero], -1)
+        h, k = pose[f"hip_{s}"], pose[f"knee_{s}"]
+        j[f"hip_{s}"] = hip
+        # a knee bent in the frontal plane: knee out, foot back in (a plie)
+        j[f"knee_{s}"] = hip + body.upper_leg * _direction(h + k / 2, side, facing)
+        j[f"foot_{s}"] = j[f"knee_{s}"] + body.lower_leg * _direction(h - k / 2, side, facing)
+    # the upper body tilts about the pelvis (sway, kick lean); legs stay
+    def tilted(p: np.ndarray) -> np.ndarray:  # p [T,...,2] rotated about the pelvis by tilt [T]
+        angle = pose["tilt"].reshape((-1,) + (1,) * (p.ndim - 2))
+        c, s_ = np.cos(angle), np.sin(angle)
+        return np.stack([p[..., 0] * c - p[..., 1] * s_, p[..., 0] * s_ + p[..., 1] * c], -1)
+
+    for name in ("neck", "head", "shoulder_l", "shoulder_r", "elbow_l", "elbow_r", "hand_l", "hand_r"):
+        j[name] = tilted(j[name])
+    j["torso"][:, :2] = tilted(j["torso"][:, :2])
+    # the lower foot stands on the ground; then the figure moves (side step) or leaves the ground (jump)
+    ground = np.maximum(j["foot_l"][:, 1], j["foot_r"][:, 1]) + body.limb / 2
+    shift = np.stack([pose["x"], pose["y"] - ground], -1)
+    return {name: p + (shift[:, None] if p.ndim == 3 else shift) for name, p in j.items()}
+
+
+FIGURE_HEIGHT = 3.45  # neutral standing height in torso lengths (legs + torso + neck + head)
+
+
+def _fix(p: np.ndarray) -> tuple[int, int]:
+    """Pixel coordinates as the fixed-point integers that OpenCV's ``shift=4`` draws at sub-pixel precision."""
+    return int(round(p[0] * 16)), int(round(p[1] * 16))
+
+
+def draw_figure(img: np.ndarray, joints: dict[str, np.ndarray], body: Body, yaw: float, head_radius: float) -> None:
+    """Draw one frame of a figure into ``img`` (uint8 [H,W,3], in place).
+
+    joints: [2] pixel positions ("torso": [4,2]); body.limb: limb thickness in pixels;
+    yaw: radians, decides which side is nearer the camera; head_radius: pixels.
+    """
+    thick = max(2, int(round(body.limb)))
+
+    def limb(a: str, b: str, colour, width: int) -> None:
+        cv2.line(img, _fix(joints[a]), _fix(joints[b]), _dark(colour), width + 2, cv2.LINE_AA, 4)
+        cv2.line(img, _fix(joints[a]), _fix(joints[b]), colour, width, cv2.LINE_AA, 4)
+
+    def side(s: str, part: str) -> None:
+        colour = body.colours[f"{part}_{s}"]
+        if part == "arm":
+            limb(f"shoulder_{s}", f"elbow_{s}", colour, thick)
+            limb(f"elbow_{s}", f"hand_{s}", colour, thick)
+        else:
+            leg = thick + 1
+            limb(f"hip_{s}", f"knee_{s}", colour, leg)
+            limb(f"knee_{s}", f"foot_{s}", colour, leg)
+
+    # the side turned away from the camera is drawn first, hidden behind the torso
+    far, near = ("l", "r") if np.sin(yaw) > 0 else ("r", "l")
+    side(far, "arm")
+    side(far, "leg")
+    torso = np.array([_fix(p) for p in joints["torso"]], dtype=np.int32)
+    cv2.fillConvexPoly(img, torso, body.colours["torso"], cv2.LINE_AA, 4)
+    cv2.polylines(img, [torso], True, _dark(body.colours["torso"]), 1, cv2.LINE_AA, 4)
+    limb("neck", "head", body.colours["torso"], thick)
+    radius = int(round(head_radius * 16))
+    cv2.circle(img, _fix(joints["head"]), radius + 16, _dark(body.colours["head"]), -1, cv2.LINE_AA, 4)
+    cv2.circle(img, _fix(joints["head"]), radius, body.colours["head"], -1, cv2.LINE_AA, 4)
+    side(near, "leg")
+    side(near, "arm")
+
+
+# --------------------------------------------------------------------------- backgrounds
+PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "brick", "grass", "gravel",
+          "hubble_deep_field", "immunohistochemistry", "moon", "cat", "page", "text", "clock")
+
+
+@functools.lru_cache(maxsize=None)
+def _photo(name: str) -> np.ndarray:
+    """A scikit-image sample photo as uint8 RGB (bundled with scikit-image, no download)."""
+    import skimage.data
+
+    img = np.asarray(getattr(skimage.data, name)())
+    if img.dtype != np.uint8:
+        img = (img > 0).astype(np.uint8) * 255
+    if img.ndim == 2:
+        img = np.repeat(img[..., None], 3, axis=2)
+    return np.ascontiguousarray(img[..., :3])
+
+
+def random_background(side: int, rng: np.random.Generator) -> np.ndarray:
+    """A uint8 RGB [side,side,3] background: a random crop of a photo, or a procedural texture."""
+    kind = rng.choice(["photo", "blobs", "stripes"], p=[0.5, 0.25, 0.25])
+    if kind == "photo":
+        img = _photo(str(rng.choice(PHOTOS)))
+        h, w = img.shape[:2]
+        crop = int(rng.uniform(0.25, 0.9) * min(h, w))
+        y0, x0 = rng.integers(0, h - crop + 1), rng.integers(0, w - crop + 1)
+        out = cv2.resize(img[y0 : y0 + crop, x0 : x0 + crop], (side, side), interpolation=cv2.INTER_AREA)
+        if rng.random() < 0.5:
+            out = out[:, ::-1]
+        out = out[..., rng.permutation(3)].astype(np.float32)
+        out *= rng.uniform(0.6, 1.15, size=3).astype(np.float32)
+    else:
+        if kind == "blobs":
+            k = int(rng.integers(3, 9))
+            grid = rng.uniform(0, 255, size=(k, k, 3)).astype(np.float32)
+            out = cv2.resize(grid, (side, side), interpolation=cv2.INTER_CUBIC)
+        else:
+            yy, xx = np.mgrid[0:side, 0:side].astype(np.float32)
+            angle = rng.uniform(0, np.pi)
+            freq = rng.uniform(0.08, 0.4)
+            wave = np.sin(freq * (xx * np.cos(angle) + yy * np.sin(angle)))
+            if rng.random() < 0.5:  # a checkerboard-like product of two waves
+                wave = wave * np.sin(freq * (-xx * np.sin(angle) + yy * np.cos(angle)))
+            a, b = rng.uniform(0, 255, size=(2, 3)).astype(np.float32)
+            out = a + (b - a) * (0.5 + 0.5 * wave[..., None])
+        grain = cv2.GaussianBlur(rng.normal(0, rng.uniform(4, 16), size=(side, side, 3)).astype(np.float32), (0, 0), 1.0)
+        out = out + grain
+    return np.clip(out, 0, 255).astype(np.uint8)
+
+
+# --------------------------------------------------------------------------- clips
+@dataclass
+class Dancer:
+    """One figure ready to draw: joints [T,2] (torso [T,4,2]) in pixels, body, yaw [T], opacity."""
+
+    joints: dict[str, np.ndarray]
+    body: Body
+    yaw: np.ndarray
+    head_radius: float
+    alpha: float
+
+
+def _dancer(move: str, frames: int, size: int, rng: np.random.Generator, height: tuple[float, float]) -> Dancer:
+    pose = dance_pose(move, frames, rng)
+    body = random_body(rng)
+    scale = rng.uniform(*height) * size / FIGURE_HEIGHT  # pixels per body unit
+    feet = np.array([rng.uniform(0.4, 0.6) * size, rng.uniform(0.86, 0.95) * size])
+    joints = {name: p * scale + feet for name, p in skeleton(pose, body).items()}
+    body = Body(**{**asdict(body), "limb": body.limb * scale})  # limb thickness now in pixels
+    return Dancer(joints, body, pose["yaw"], body.head * scale, 1.0)
+
+
+def render_clip(move: str, params: RenderParams, rng: np.random.Generator) -> np.ndarray:
+    """Render one clip of a figure dancing ``move``: uint8 RGB [frames, size, size, 3].
+
+    Everything random (pose, proportions, colours, placement, background, jitter, noise)
+    comes from ``rng``, drawn in the same order for every move, so the same seed gives the
+    same frames.
+    """
+    if move not in MOVE_OFFSETS:
+        raise DemoDataError(f"unknown move {move!r}; known: {', '.join(MOVES)}")
+    T, S = params.frames, params.size
+    margin = int(np.ceil(3 * params.jitter))
+    main = _dancer(move, T, S, rng, height=(0.62, 0.8))
+    dancers = []
+    for _ in range(int(rng.integers(0, params.distractors + 1))):
+        extra = _dancer(str(rng.choice(MOVES)), T, S, rng, height=(0.25, 0.4))
+        extra.alpha = rng.uniform(0.35, 0.6)
+        offset = np.array([rng.uniform(-0.35, 0.35), rng.uniform(-0.45, 0.0)]) * S  # further back, higher up
+        extra.joints = {name: p + offset for name, p in extra.joints.items()}
+        dancers.append(extra)
+    dancers.append(main)  # drawn last, in front
+    if params.background == "plain":
+        background = np.zeros((S + 2 * margin, S + 2 * margin, 3), np.uint8)
+    else:
+        background = random_background(S + 2 * margin, rng)
+    shifts = np.clip(np.round(rng.normal(0, params.jitter, size=(T, 2))), -margin, margin).astype(int)
+    sigma = rng.uniform(0.25, 1.0) * params.noise
+
+    out = np.empty((T, S, S, 3), np.uint8)
+    for t in range(T):
+        dx, dy = shifts[t]
+        frame = background[margin + dy : margin + dy + S, margin + dx : margin + dx + S].copy()
+        camera = np.array([-dx, -dy], dtype=np.float64)  # the camera moves, so the scene moves the other way
+        for dancer in dancers:
+            layer = frame if dancer.alpha >= 1 else frame.copy()
+            draw_figure(layer, {k: v[t] + camera for k, v in dancer.joints.items()}, dancer.body,
+                        float(dancer.yaw[t]), dancer.head_radius)
+            if layer is not frame:
+                frame = cv2.addWeighted(layer, dancer.alpha, frame, 1 - dancer.alpha, 0)
+        out[t] = frame
+    if sigma > 0:
+        noisy = out.astype(np.float32) + sigma * rng.standard_normal(out.shape, dtype=np.float32)
+        out = np.clip(noisy, 0, 255).astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------- files
+@dataclass(frozen=True)
+class _Job:
+    path: str
+    move: str
+    index: int
+    seed: int
+    params: RenderParams
+    fps: float
+
+
+def _clip_rng(seed: int, move: str, index: int) -> np.random.Generator:
+    """The random stream of clip ``index`` of ``move``: independent of the other clips and of the class list."""
+    return np.random.default_rng([seed, MOVES.index(move), index])
+
+
+def _make_clip(job: _Job) -> str:
+    """Render and write one clip, atomically: a crash leaves no truncated MP4 under the final name."""
+    from flow_engine.viz import write_video  # imported here: it imports torch, and only writing needs it
+
+    frames = render_clip(job.move, job.params, _clip_rng(job.seed, job.move, job.index))
+    path = Path(job.path)
+    partial = path.with_suffix(".part.mp4")  # write_video picks the container from the extension
+    try:
+        write_video(frames, partial, job.fps)
+        os.replace(partial, path)
+    except Exception as exc:  # PyAV/FFmpeg errors are not all OSErrors
+        raise DemoDataError(f"{path}: cannot write the clip ({type(exc).__name__}: {exc})") from None
+    return job.path
+
+
+def _init_worker() -> None:
+    cv2.setNumThreads(1)  # the pool already runs one clip per core
+
+
+def _check(classes: Sequence[str], clips_per_class: int, frames: int, size: int, fps: float,
+           val_frac: float, test_frac: float, distractors: int) -> None:
+    unknown = [c for c in classes if c not in MOVE_OFFSETS]
+    if not classes or unknown:
+        raise DemoDataError(f"unknown class(es) {unknown or classes!r}; choose from {', '.join(MOVES)}")
+    if len(set(classes)) != len(classes):
+        raise DemoDataError(f"classes repeat: {', '.join(classes)}")
+    if size < MIN_SIZE or size % 2:
+        raise DemoDataError(f"size must be an even number of pixels >= {MIN_SIZE} (H.264 yuv420p), got {size}")
+    if frames < 2:
+        raise DemoDataError(f"frames must be >= 2 (optical flow needs frame pairs), got {frames}")
+    if fps <= 0:
+        raise DemoDataError(f"fps must be > 0, got {fps}")
+    if distractors < 0:
+        raise DemoDataError(f"distractors must be >= 0, got {distractors}")
+    if not (0 <= val_frac < 1 and 0 <= test_frac < 1):
+        raise DemoDataError(f"val and test fractions must lie in [0, 1), got {val_frac}, {test_frac}")
+    n_val, n_test = split_sizes(clips_per_class, val_frac, test_frac)
+    if clips_per_class - n_val - n_test < 1:
+        raise DemoDataError(
+            f"{clips_per_class} clips per class leave no training clip after {n_val} val + {n_test} test clips"
+        )
+
+
+def split_sizes(clips_per_class: int, val_frac: float, test_frac: float) -> tuple[int, int]:
+    """(val, test) clips per class; the rest are for training."""
+    return int(round(clips_per_class * val_frac)), int(round(clips_per_class * test_frac))
+
+
+def _is_complete(out: Path, meta: dict) -> bool:
+    try:
+        if json.loads((out / "meta.json").read_text()) != meta:
+            return False
+        for split in SPLITS:
+            for line in (out / f"{split}.txt").read_text().splitlines():
+                if not (out / line.split()[0]).is_file():
+                    return False
+    except (OSError, ValueError, IndexError):
+        return False
+    return True
+
+
+def _write_dataset(out: Path, meta: dict, workers: int | None) -> int:
+    """Render and write every clip, then the lists, then meta.json; returns the number of clips."""
+    classes, clips_per_class, seed = meta["classes"], meta["clips_per_class"], meta["seed"]
+    import flow_engine.viz  # noqa: F401  (slow: torch) imported once here, so forked workers inherit it
+
+    (out / "meta.json").unlink(missing_ok=True)  # until the end, the folder does not claim to be complete
+    params = RenderParams(frames=meta["frames"], size=meta["size"], distractors=meta["distractors"])
+    jobs = []
+    for name in classes:
+        folder = out / "videos" / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for stale in folder.glob(f"{name}_*.mp4"):  # clips of an earlier, different dataset
+            stale.unlink()
+        jobs += [_Job(str(folder / f"{name}_{i}.mp4"), name, i, seed, params, meta["fps"]) for i in range(clips_per_class)]
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers > 1 and len(jobs) > 1:
+        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+            list(pool.map(_make_clip, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    else:
+        for job in jobs:
+            _make_clip(job)
+
+    # fixed stratified splits: a seeded permutation of each class's clips
+    n_val, n_test = split_sizes(clips_per_class, meta["val_frac"], meta["test_frac"])
+    lines: dict[str, list[str]] = {s: [] for s in SPLITS}
+    rng = np.random.default_rng([seed, 1_000_003])
+    for label, name in enumerate(classes):
+        order = rng.permutation(clips_per_class)
+        parts = {"val": order[:n_val], "test": order[n_val : n_val + n_test], "train": order[n_val + n_test :]}
+        for split, idx in parts.items():
+            lines[split] += [f"videos/{name}/{name}_{i}.mp4 {label}" for i in sorted(idx)]
+    (out / "classes.txt").write_text("".join(f"{c}\n" for c in classes))
+    for split in SPLITS:
+        (out / f"{split}.txt").write_text("".join(f"{line}\n" for line in lines[split]))
+    (out / "meta.json").write_text(json.dumps(meta, indent=1) + "\n")
+    return len(jobs)
+
+
+def generate_demo_dataset(
+    out: str | os.PathLike,
+    classes: Sequence[str] = MOVES,
+    clips_per_class: int = 50,
+    frames: int = 12,
+    size: int = 112,
+    seed: int = 0,
+    fps: float = 15.0,
+    val_frac: float = 0.2,
+    test_frac: float = 0.2,
+    distractors: int = 0,
+    workers: int | None = None,
+) -> Path:
+    """Write the demo dance dataset into ``out`` (layout in the module docstring); returns ``out``.
+
+    Idempotent: when ``out`` already holds a complete dataset made with the same parameters
+    (its ``meta.json``, written last, says so) nothing is done. An incomplete one, or one
+    made with other parameters, is regenerated (only its own files are overwritten or
+    removed). ``workers`` processes render and encode clips in parallel (default: one per
+    CPU, at most 4). Bad parameters raise DemoDataError.
+    """
+    out = Path(out)
+    classes = list(classes)
+    _check(classes, clips_per_class, frames, size, fps, val_frac, test_frac, distractors)
+    meta = {
+        "generator_version": GENERATOR_VERSION, "classes": classes, "clips_per_class": clips_per_class,
+        "frames": frames, "size": size, "seed": seed, "fps": fps, "val_frac": val_frac,
+        "test_frac": test_frac, "distractors": distractors,
+    }
+    if _is_complete(out, meta):
+        log.info("%s already holds the demo dataset with these parameters", out)
+        return out
+    if out.exists() and not out.is_dir():
+        raise DemoDataError(f"{out}: exists and is not a directory")
+
+    started = time.perf_counter()
+    try:
+        count = _write_dataset(out, meta, workers)
+    except OSError as exc:  # unwritable folder, full disk, ...
+        raise DemoDataError(f"{out}: cannot write the demo dataset ({exc})") from exc
+    log.info("wrote %d clips (%d classes x %d, %d frames of %dx%d) to %s in %.1f s", count, len(classes),
+             clips_per_class, frames, size, size, out, time.perf_counter() - started)
+    return out
+
+
+# --------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("out", type=Path, help="output folder")
+    parser.add_argument("--classes", default=",".join(MOVES), help="comma-separated moves (default: all six)")
+    parser.add_argument("--clips-per-class", type=int, default=50)
+    parser.add_argument("--frames", type=int, default=12, help="frames per clip")
+    parser.add_argument("--size", type=int, default=112, help="frame height = width in pixels (even)")
+    parser.add_argument("--fps", type=float, default=15.0)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--val-frac", type=float, default=0.2)
+    parser.add_argument("--test-frac", type=float, default=0.2)
+    parser.add_argument("--distractors", type=int, default=0, help="at most this many faint background dancers per clip")
+    parser.add_argument("--workers", type=int, default=None, help="parallel processes (default: CPUs, at most 4)")
+
+
+def run(args: argparse.Namespace) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    classes = [c.strip() for c in args.classes.split(",") if c.strip()]
+    started = time.perf_counter()
+    try:
+        out = generate_demo_dataset(
+            args.out, classes, args.clips_per_class, args.frames, args.size, args.seed, args.fps,
+            args.val_frac, args.test_frac, args.distractors, args.workers,
+        )
+    except DemoDataError as exc:
+        print(f"demo-data: error: {exc}", file=sys.stderr)
+        return 2
+    counts = {s: len((out / f"{s}.txt").read_text().splitlines()) for s in SPLITS}
+    print(f"{out}: {len(classes)} classes, " + ", ".join(f"{n} {s}" for s, n in counts.items())
+          + f" clips ({time.perf_counter() - started:.1f} s)")
+    return 0
