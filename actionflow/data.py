@@ -13,7 +13,8 @@ Frames are decoded with decord at ``size`` (H, W); training crops a random multi
 scale jitter: each side a fraction in ``scales`` of the largest box with the crop's aspect ratio, at a
 random place) resized to ``crop_size`` and flips horizontally, identically for every frame and flow
 of the item (a flip negates the x flow channels, and a crop rescales flow by the resize factor);
-validation and test take the centre crop.
+validation and test take the centre box at the middle training scale (``EVAL_SCALE``), resized
+to ``crop_size`` the same way.
 
 Bad videos (unreadable, corrupt, or with fewer frames than a flow needs) are probed once at
 setup and skipped with a warning naming each file; a video that still fails while decoding is
@@ -45,6 +46,7 @@ MODES = ("rgb", "flow", "two_stream")
 FLOW_SOURCES = ("cache", "online")
 CACHE_MISSING = ("compute", "error")
 DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
+EVAL_SCALE = 0.875  # box side (fraction of the largest box) that validation and test crop
 
 
 class DataConfigError(ValueError):
@@ -152,18 +154,21 @@ class VideoClips(Dataset):
         """Same crop (and flip) for every tensor of the item; flow rescaled / negated to match."""
         H, W = self.size
         h, w = self.crop_size
+        # TSN's multi-scale crop: sides are fractions of the largest box of the crop's aspect ratio
+        base_h = min(H, W * h / w)
         if self.phase == "train":
             i, j = rng.integers(len(self.scales), size=2)
             if abs(i - j) > 1:  # TSN's max distortion of 1 between the two sides' scales
                 j = i
-            # TSN's multi-scale crop: sides are fractions of the largest box of the crop's aspect ratio
-            base_h = min(H, W * h / w)
             bh = max(1, min(H, round(base_h * self.scales[i])))
             bw = max(1, min(W, round(base_h * w / h * self.scales[j])))
             top, left = int(rng.integers(H - bh + 1)), int(rng.integers(W - bw + 1))
             flip = self.flip and bool(rng.integers(2))
         else:
-            bh, bw = min(h, H), min(w, W)
+            # the centre box at the middle training scale, resized like training boxes: the same
+            # zoom as training whatever crop_size/size is (for 224 of 256 this is the usual centre crop)
+            bh = max(1, min(H, round(base_h * EVAL_SCALE)))
+            bw = max(1, min(W, round(base_h * w / h * EVAL_SCALE)))
             top, left, flip = (H - bh) // 2, (W - bw) // 2, False
         out = {}
         for key, x in item.items():

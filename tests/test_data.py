@@ -9,7 +9,7 @@ import torch
 from tiny_videos import make_dataset, render, write_mp4
 
 from actionflow.annotations import Sample
-from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, collate
+from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate
 from actionflow.video import VideoError
 
 
@@ -59,10 +59,16 @@ def test_crop_resize_scales_flow_with_the_resize_factor():
     torch.testing.assert_close(out["flow"][:, 1::2], torch.full((2, 2, 8, 8), -2.0))
 
 
-def test_eval_takes_the_centre_crop():
+def test_eval_takes_the_centre_box_at_the_middle_training_scale():
+    # size 8x8, crop 4x6: largest box of the crop's aspect is 5.33x8; at scale 0.875 -> 5x7,
+    # centred at rows 1..5, cols 0..6, then resized to 4x6 like a training box
     ds = VideoClips([], "val", mode="rgb", size=(8, 8), crop_size=(4, 6))
     out = ds._augment(_item(), np.random.default_rng(0))
-    assert torch.equal(out["rgb"], _item()["rgb"][..., 2:6, 1:7])
+    assert torch.equal(out["rgb"], _crop_resize(_item()["rgb"][..., 1:6, 0:7], (4, 6)))
+    # the usual TSN case is unchanged: 224 of 256 is a plain centre crop
+    ds = VideoClips([], "val", mode="rgb", size=(256, 256), crop_size=(224, 224))
+    rgb = torch.randint(0, 255, (1, 3, 256, 256), dtype=torch.uint8)
+    assert torch.equal(ds._augment({"rgb": rgb}, np.random.default_rng(0))["rgb"], rgb[..., 16:240, 16:240])
 
 
 def test_online_item_holds_snippet_frames(tiny):
