@@ -265,6 +265,9 @@ class ActionDataModule(pl.LightningDataModule):
         batch_size: videos per batch.
         num_workers: DataLoader worker processes.
         strict: bad videos raise instead of being skipped.
+        demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
+            instant when it is already there), so the default run needs no data. ``true`` for the
+            generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
     """
 
     def __init__(
@@ -295,9 +298,18 @@ class ActionDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 2,
         strict: bool = False,
+        demo: bool | dict = False,
     ):
         super().__init__()
         self.save_hyperparameters()
+        if demo:
+            # here rather than in prepare_data: the splits (and so num_classes, linked into the
+            # model when it is built) are read below
+            from actionflow.demo_data import generate_demo_dataset
+
+            if root is None:
+                raise DataConfigError("data.demo needs data.root: the folder to write the demo dataset into")
+            generate_demo_dataset(root, **(demo if isinstance(demo, dict) else {}))
         for name, value, allowed in (
             ("mode", mode, MODES), ("flow_source", flow_source, FLOW_SOURCES), ("cache_missing", cache_missing, CACHE_MISSING)
         ):

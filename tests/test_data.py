@@ -121,3 +121,14 @@ def test_bad_settings_fail_before_any_decoding(tiny):
         ActionDataModule(train_list=str(tiny / "nope.txt"))
     with pytest.raises(DataConfigError, match="crop_size"):
         ActionDataModule(train_list=str(tiny / "train.txt"), size=(32, 32), crop_size=(64, 64))
+
+
+def test_demo_option_generates_the_bundled_dataset_first(tmp_path):
+    root = tmp_path / "demo"
+    dm = ActionDataModule(root=str(root), train_list=str(root / "train.txt"), val_list=str(root / "val.txt"),
+                          test_list=str(root / "test.txt"), mode="rgb", size=(48, 48), crop_size=(48, 48),
+                          demo={"clips_per_class": 5, "frames": 6, "size": 48, "workers": 1})
+    assert dm.class_names == ["arm_wave", "spin", "jump", "side_step", "kick", "sway"]
+    assert len(dm.splits.train) + len(dm.splits.val) + len(dm.splits.test) == 30
+    with pytest.raises(DataConfigError, match="data.demo needs data.root"):
+        ActionDataModule(root=None, demo=True)
