@@ -94,12 +94,38 @@ def read_frames(
     """
     try:
         return _read_frames(path, indices, size)
-    except VideoError:
-        if size is None:
+    except VideoError as exc:
+        if not _decord_size_bug(exc):
             raise
-    # decord's resize-on-decode fails for some output widths (8, 12, 16, 24, 48, 72 ... px:
-    # "from_size == to_size" in DECORDArrayCopyFromTo): decode at full size, resize with OpenCV.
-    return _resize(_read_frames(path, indices, None), size)
+    frames = np.concatenate(list(_pyav_chunks(path, 256, size)))
+    idx = np.arange(len(frames)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or idx.min() < 0 or idx.max() >= len(frames):
+        raise VideoError(path, f"frame index out of range or empty: video has {len(frames)} frames")
+    return frames[idx]
+
+
+def _decord_size_bug(exc: VideoError) -> bool:
+    # decord mis-sizes frames of some widths (8, 12, 16, 24, 48, 72 ... px, at their native size
+    # too: "from_size == to_size" in DECORDArrayCopyFromTo); such files decode fine with PyAV.
+    return "DECORDArrayCopyFromTo" in exc.reason
+
+
+def _pyav_chunks(path: str | os.PathLike, chunk: int, size: tuple[int, int] | None) -> Iterator[np.ndarray]:
+    """Sequential decoding with PyAV (the fallback for what decord cannot decode), ``chunk`` frames at a time."""
+    import av
+
+    buf: list[np.ndarray] = []
+    try:
+        with av.open(os.fspath(path)) as container:
+            for frame in container.decode(video=0):
+                buf.append(frame.to_ndarray(format="rgb24"))
+                if len(buf) == chunk:
+                    yield _resize(np.stack(buf), size) if size else np.stack(buf)
+                    buf = []
+    except av.FFmpegError as exc:
+        raise VideoError(path, f"decoding failed ({_short(exc)})") from None
+    if buf:
+        yield _resize(np.stack(buf), size) if size else np.stack(buf)
 
 
 def _read_frames(path, indices, size) -> np.ndarray:
@@ -132,11 +158,9 @@ def iter_frames(
         yield from _iter_frames(path, chunk, size)
         return
     except VideoError as exc:
-        if size is None or not exc.reason.startswith("decoding failed at frames 0.."):
+        if not (_decord_size_bug(exc) and exc.reason.startswith("decoding failed at frames 0..")):
             raise
-    # same decord resize bug as in read_frames: resize with OpenCV instead
-    for frames in _iter_frames(path, chunk, None):
-        yield _resize(frames, size)
+    yield from _pyav_chunks(path, chunk, size)
 
 
 def _iter_frames(path, chunk, size) -> Iterator[np.ndarray]:
