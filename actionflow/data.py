@@ -65,6 +65,11 @@ class Clip:
     num_frames: int
 
 
+def _holds_other_data(root: Path) -> bool:
+    """``root`` exists with files in it, and they are not a demo dataset (whose meta.json names its generator)."""
+    return root.is_dir() and any(root.iterdir()) and not (root / "meta.json").is_file()
+
+
 def _pair(value: Sequence[int] | int | None, name: str) -> tuple[int, int] | None:
     if value is None:
         return None
@@ -268,6 +273,7 @@ class ActionDataModule(pl.LightningDataModule):
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
+            A ``root`` that already holds other files (your own dataset) is used as it is.
     """
 
     def __init__(
@@ -309,7 +315,10 @@ class ActionDataModule(pl.LightningDataModule):
 
             if root is None:
                 raise DataConfigError("data.demo needs data.root: the folder to write the demo dataset into")
-            generate_demo_dataset(root, **(demo if isinstance(demo, dict) else {}))
+            if _holds_other_data(Path(root)):  # e.g. `python train.py --data.root MY_DATA` over the default config
+                logger.info("data.root %s holds a dataset that is not the demo: using it, not generating the demo", root)
+            else:
+                generate_demo_dataset(root, **(demo if isinstance(demo, dict) else {}))
         for name, value, allowed in (
             ("mode", mode, MODES), ("flow_source", flow_source, FLOW_SOURCES), ("cache_missing", cache_missing, CACHE_MISSING)
         ):

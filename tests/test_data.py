@@ -132,3 +132,10 @@ def test_demo_option_generates_the_bundled_dataset_first(tmp_path):
     assert len(dm.splits.train) + len(dm.splits.val) + len(dm.splits.test) == 30
     with pytest.raises(DataConfigError, match="data.demo needs data.root"):
         ActionDataModule(root=None, demo=True)
+
+
+def test_demo_option_leaves_a_folder_of_other_data_alone(tiny):
+    before = sorted(p.name for p in tiny.rglob("*"))
+    dm = ActionDataModule(root=str(tiny), train_list=str(tiny / "train.txt"), val_list=str(tiny / "val.txt"),
+                          test_list=str(tiny / "test.txt"), mode="rgb", size=(32, 32), crop_size=(32, 32), demo=True)
+    assert sorted(p.name for p in tiny.rglob("*")) == before and "arm_wave" not in dm.class_names
