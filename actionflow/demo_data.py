@@ -30,6 +30,7 @@ import argparse
 import functools
 import json
 import logging
+import multiprocessing
 import os
 import sys
 import time
@@ -521,7 +522,6 @@ def _is_complete(out: Path, meta: dict) -> bool:
 def _write_dataset(out: Path, meta: dict, workers: int | None) -> int:
     """Render and write every clip, then the lists, then meta.json; returns the number of clips."""
     classes, clips_per_class, seed = meta["classes"], meta["clips_per_class"], meta["seed"]
-    import flow_engine.viz  # noqa: F401  (slow: torch) imported once here, so forked workers inherit it
 
     (out / "meta.json").unlink(missing_ok=True)  # until the end, the folder does not claim to be complete
     params = RenderParams(frames=meta["frames"], size=meta["size"], distractors=meta["distractors"])
@@ -534,7 +534,10 @@ def _write_dataset(out: Path, meta: dict, workers: int | None) -> int:
         jobs += [_Job(str(folder / f"{name}_{i}.mp4"), name, i, seed, params, meta["fps"]) for i in range(clips_per_class)]
     workers = workers or min(4, os.cpu_count() or 1)
     if workers > 1 and len(jobs) > 1:
-        with ProcessPoolExecutor(workers, initializer=_init_worker) as pool:
+        # forkserver, not fork: the caller may already run threads (data loaders, OpenMP, W&B) whose
+        # locks a forked child inherits held, and then waits on forever
+        ctx = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
             list(pool.map(_make_clip, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
     else:
         for job in jobs:
