@@ -247,16 +247,19 @@ def test_configs_load_and_bad_keys_fail():
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped weights yet")
-def test_shipped_weights_beat_zero_flow(shared_flow_cases):
+def test_shipped_weights_beat_zero_flow_and_point_the_right_way(shared_flow_cases):
     from flow_engine.datasets import FlowCases
 
-    torch.set_num_threads(2)
     model = PWCNet.from_weights(WEIGHTS).eval()
     cases = FlowCases(shared_flow_cases, names=["chairs_0000001", "chairs_0000003", "chairs_0000007"])
-    ours, zero = [], []
+    ours, zero, cosines = [], [], []
     for img1, img2, flow, valid in cases:
         with torch.no_grad():
             pred = model.predict(img1[None].float() / 255, img2[None].float() / 255)[0]
         ours.append((pred - flow).norm(dim=0)[valid].mean().item())
         zero.append(flow.norm(dim=0)[valid].mean().item())
-    assert sum(ours) < 0.8 * sum(zero), (ours, zero)
+        moving = valid & (flow.norm(dim=0) > 1)
+        cosines.append(F.cosine_similarity(pred, flow, dim=0)[moving].mean().item())
+    # Measured at commit time: EPE 3.68, 3.81, 7.84 vs zero flow 4.51, 6.00, 9.34; cosines 0.70, 0.85, 0.62.
+    assert sum(ours) < 0.85 * sum(zero), (ours, zero)
+    assert min(cosines) > 0.5, cosines
