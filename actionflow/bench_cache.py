@@ -1,6 +1,6 @@
 """Benchmark the flow cache on real clips: size, round-trip error, read speed, precompute speed.
 
-``python -m actionflow bench-cache [--videos ../shared/data/video] [--size 256x340] [--engine dis] [--json OUT]``
+``python -m actionflow bench-cache [--videos ../shared/data/video] [--size 340x256] [--engine dis] [--json OUT]``
 
 For every video of ``--videos`` the engine's flow (default DIS on CPU: real, noisy flow,
 harder to compress than PWC-Net's smooth flow) is computed at ``--size`` and measured as:
@@ -53,7 +53,7 @@ TARGETS = {"ratio_vs_flo": 50.0, "epe": 0.1, "read_frames_per_s": 2000.0}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder or list of videos (default ../shared/data/video)")
-    parser.add_argument("--size", type=parse_size, default=(256, 340), help="HxW of the flow (default 256x340)")
+    parser.add_argument("--size", type=parse_size, default=(256, 340), help="WIDTHxHEIGHT of the flow (default 340x256)")
     parser.add_argument("--engine", default="dis", choices=["dis", "pwcnet", "farneback", "tvl1"], help="flow engine (default dis)")
     parser.add_argument("--weights", default=None, help="PWC-Net weights (with --engine pwcnet)")
     parser.add_argument("--device", default="auto", help="engine device (default auto)")

@@ -1,6 +1,6 @@
 """Compute optical flow for many videos and store it in the compressed flow cache.
 
-``python -m actionflow precompute --videos DIR|LIST --cache DIR [--engine pwcnet] [--size 256x340] ...``
+``python -m actionflow precompute --videos DIR|LIST --cache DIR [--engine pwcnet] [--size 340x256] ...``
 
 Pipeline: decord decodes chunks of frames, resized on decode to ``--size``, in background
 threads (``--decoders`` videos at once: the one in the engine and the next); the engine
@@ -52,6 +52,7 @@ from actionflow.flow_cache import (
     quantize,
 )
 from actionflow.video import VideoError, iter_frames
+from flow_engine.estimate import parse_size as _parse_wxh
 
 log = logging.getLogger(__name__)
 
@@ -91,11 +92,8 @@ def shard(videos: list[Path], index: int, count: int) -> list[Path]:
 
 
 def parse_size(text: str) -> tuple[int, int]:
-    """``"256x340"`` -> (256, 340) = (H, W) in pixels."""
-    try:
-        h, w = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size {text!r} must be HxW, e.g. 256x340") from None
+    """``"340x256"`` (WIDTHxHEIGHT, as in every command line of the project) -> (256, 340) = (H, W) in pixels."""
+    h, w = _parse_wxh(text)
     if h < 8 or w < 8:
         raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 8x8)")
     return h, w
@@ -446,7 +444,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", required=True, type=Path, help="cache folder (one per engine/size/bound)")
     parser.add_argument("--engine", default="pwcnet", choices=["pwcnet", "dis", "farneback", "tvl1"], help="flow engine (default pwcnet)")
     parser.add_argument("--weights", default=None, help="PWC-Net weights file (default: the shipped ones)")
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="HxW the flow is computed at (default 256x340)")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at (default 340x256)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
     parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
     parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="encoding threads (default min(8, cores))")

@@ -98,7 +98,7 @@ def args_for(videos, cache, *extra: str):
 
     parser = argparse.ArgumentParser()
     pc.add_arguments(parser)
-    return parser.parse_args(["--videos", str(videos), "--cache", str(cache), "--size", f"{SIZE[0]}x{SIZE[1]}",
+    return parser.parse_args(["--videos", str(videos), "--cache", str(cache), "--size", f"{SIZE[1]}x{SIZE[0]}",
                               "--batch", "4", "--workers", "2", "--no-progress", *extra])
 
 
@@ -289,7 +289,7 @@ def test_cli_with_the_real_dis_engine(mixed_folder, tmp_path, capsys):
     folder, good, bad = mixed_folder
     cache_dir = tmp_path / "cache"
     rc = cli(["precompute", "--videos", str(folder), "--cache", str(cache_dir), "--engine", "dis",
-              "--size", "48x64", "--batch", "4", "--workers", "2", "--no-progress"])
+              "--size", "64x48", "--batch", "4", "--workers", "2", "--no-progress"])
     out = capsys.readouterr().out
     assert rc == 1, out  # the bad files fail, the run goes on
     assert f"2 computed, 0 skipped (already cached), {len(bad)} failed" in out
@@ -305,7 +305,7 @@ def test_cli_with_the_real_dis_engine(mixed_folder, tmp_path, capsys):
 def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
     pytest.importorskip("flow_engine.engine", reason="flow_engine.engine (FlowEngine) has not landed yet")
     out = tmp_path / "bench.json"
-    rc = cli(["bench-cache", "--videos", str(good_videos[0].parent), "--size", "48x64", "--engine", "dis",
+    rc = cli(["bench-cache", "--videos", str(good_videos[0].parent), "--size", "64x48", "--engine", "dis",
               "--seconds", "0.2", "--codecs", "png", "--json", str(out)])
     r = json.loads(out.read_text())
     assert rc == (0 if all(r["targets_met"].values()) else 1)
@@ -316,3 +316,9 @@ def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
     assert r["codecs"][0]["codec"] == "png" and r["codecs"][0]["epe"] <= 20 / 255 * np.sqrt(2)
     assert r["single_process_frames_per_s"] > 0 and r["2_workers_frames_per_s"] > 0
     assert "this cache (.afc)" in capsys.readouterr().out
+
+
+def test_size_is_width_x_height_like_every_other_command():
+    from flow_engine.estimate import parse_size as engine_size
+
+    assert pc.parse_size("340x256") == engine_size("340x256") == (256, 340)
