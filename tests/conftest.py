@@ -32,6 +32,17 @@ def shared_videos() -> Path:
     return path
 
 
+@pytest.fixture
+def one_thread():
+    """One torch thread for tests of tiny tensors: avoids OpenMP contention on a busy machine (several times faster)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def pytest_collection_modifyitems(config, items):
     if not any(item.get_closest_marker("gpu") for item in items):
         return

@@ -6,13 +6,7 @@ import torch.nn.functional as F
 from flow_engine.synthetic import SyntheticFlow, SyntheticFlowDataset, gaussian_blur
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """These tensors are tiny: one thread avoids OpenMP contention on a busy machine (several times faster)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def backward_warp(img2: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
