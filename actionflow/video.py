@@ -97,11 +97,22 @@ def read_frames(
     except VideoError as exc:
         if not _decord_size_bug(exc):
             raise
-    frames = np.concatenate(list(_pyav_chunks(path, 256, size)))
-    idx = np.arange(len(frames)) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.size == 0 or idx.min() < 0 or idx.max() >= len(frames):
-        raise VideoError(path, f"frame index out of range or empty: video has {len(frames)} frames")
-    return frames[idx]
+    if indices is None:
+        return np.concatenate(list(_pyav_chunks(path, 256, size)))
+    idx = np.asarray(indices, dtype=np.int64).reshape(-1)
+    if idx.size == 0 or idx.min() < 0:
+        raise VideoError(path, "frame indices must be non-negative and not empty")
+    wanted, inverse = np.unique(idx, return_inverse=True)
+    kept, seen = [], 0  # stream, keeping only the frames asked for: memory stays bounded on long videos
+    for chunk in _pyav_chunks(path, 64, size):
+        local = wanted[(wanted >= seen) & (wanted < seen + len(chunk))] - seen
+        kept += list(chunk[local])
+        seen += len(chunk)
+        if seen > wanted[-1]:
+            break
+    if len(kept) < len(wanted):
+        raise VideoError(path, f"frame index out of range: asked for up to {wanted[-1]}, video has {seen} frames")
+    return np.stack(kept)[inverse]
 
 
 def _decord_size_bug(exc: VideoError) -> bool:

@@ -39,7 +39,8 @@ def test_unreadable_files_raise_video_error_naming_the_file(tmp_path, content):
         probe(tmp_path / "missing.mp4")
 
 
-def test_out_of_range_index_is_a_clear_error(tmp_path):
-    _ramp_video(tmp_path / "v.mp4", width=64)
+@pytest.mark.parametrize("width", [48, 64])
+def test_out_of_range_index_is_a_clear_error(tmp_path, width):
+    _ramp_video(tmp_path / "v.mp4", width=width)
     with pytest.raises(VideoError, match="out of range"):
         read_frames(tmp_path / "v.mp4", [0, 6])
