@@ -25,7 +25,7 @@ from pathlib import Path
 # ResNet-18 training step 3-5x faster. Must be set before torch loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from pytorch_lightning.callbacks import ModelCheckpoint
+from pytorch_lightning.callbacks import LearningRateMonitor, ModelCheckpoint
 from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
@@ -74,6 +74,8 @@ def start_loggers(trainer) -> None:
                 lg = CSVLogger(trainer.default_root_dir, name="csv")
         loggers.append(lg)
     trainer.loggers = loggers
+    if not loggers:  # `--trainer.logger false`: the config's LearningRateMonitor would refuse to start
+        trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
 
 
 def finish_loggers(trainer) -> None:

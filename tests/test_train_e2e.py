@@ -31,9 +31,9 @@ def tiny(tmp_path_factory):
     return make_dataset(tmp_path_factory.mktemp("tiny"), per_class=4, frames=12, size=32, classes=("right", "left"))
 
 
-def fit(tiny: Path, run: Path, capsys, *extra: str, csv: bool = True, folders: bool = False) -> tuple[list[str], dict]:
+def fit(tiny: Path, run: Path, capsys, *extra: str, logger: str = "csv", folders: bool = False) -> tuple[list[str], dict]:
     """Run train.main on the tiny data (its lists, or ``folders``: a folder per class, split by
-    train.py); returns stdout lines and the test metrics JSON."""
+    train.py) with ``logger`` csv | wandb (the config's) | none; returns stdout lines and the test metrics JSON."""
     data = ["--data.root", str(tiny / "videos")] if folders else [
         "--data.root", str(tiny),
         "--data.train_list", str(tiny / "train.txt"),
@@ -50,10 +50,11 @@ def fit(tiny: Path, run: Path, capsys, *extra: str, csv: bool = True, folders: b
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--checkpoint.save_last", "false",
     ]
-    if csv:
-        argv += ["--trainer.logger", "CSVLogger", "--trainer.logger.init_args.save_dir", str(run)]
-    else:
-        argv += ["--trainer.logger.init_args.save_dir", str(run)]
+    argv += {
+        "csv": ["--trainer.logger", "CSVLogger", "--trainer.logger.init_args.save_dir", str(run)],
+        "wandb": ["--trainer.logger.init_args.save_dir", str(run)],
+        "none": ["--trainer.logger", "false"],
+    }[logger]
     capsys.readouterr()
     assert train.main(argv + list(extra)) == 0
     lines = capsys.readouterr().out.strip().splitlines()
@@ -108,13 +109,20 @@ def test_two_stream_with_wandb_offline_and_a_corrupt_video(tiny, tmp_path, capsy
     train_list.write_text((tiny / "train.txt").read_text() + "videos/left/broken.mp4 1\n")
     with caplog.at_level(logging.WARNING):
         lines, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", "two_stream",
-                             "--data.train_list", str(train_list), csv=False)
+                             "--data.train_list", str(train_list), logger="wandb")
     _check_metrics(metrics, {"rgb", "flow", "two_stream"})
     assert "skipping bad video" in caplog.text and str(broken) in caplog.text
     assert any(line.startswith("skipped 1 bad video(s)") for line in lines)
     assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline W&B run written"
     result = classify_json(lines[-2].removeprefix("checkpoint: "), tiny / "videos/right/right_0.mp4", capsys)
     assert set(result["streams"]) == {"rgb", "flow"}
+
+
+def test_without_a_logger(tiny, tmp_path, capsys):
+    # the default config's LearningRateMonitor needs a logger; with none it is left out, not fatal
+    _, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", "rgb", logger="none")
+    _check_metrics(metrics, {"rgb"})
+    assert not list((tmp_path / "run").rglob("*.csv")) and not (tmp_path / "run" / "wandb").exists()
 
 
 def test_wandb_failure_falls_back_to_csv(tmp_path, monkeypatch, caplog):
