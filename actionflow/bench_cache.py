@@ -44,6 +44,7 @@ from actionflow.flow_cache import (
 )
 from actionflow.precompute import list_videos, parse_size, precompute
 from actionflow.video import iter_frames
+from flow_engine.engine import MODELS
 
 log = logging.getLogger(__name__)
 
@@ -54,7 +55,7 @@ TARGETS = {"ratio_vs_flo": 50.0, "epe": 0.1, "read_frames_per_s": 2000.0}
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder or list of videos (default ../shared/data/video)")
     parser.add_argument("--size", type=parse_size, default=(256, 340), help="WIDTHxHEIGHT of the flow (default 340x256)")
-    parser.add_argument("--engine", default="dis", choices=["dis", "pwcnet", "farneback", "tvl1"], help="flow engine (default dis)")
+    parser.add_argument("--engine", default="dis", choices=MODELS, help="flow engine (default dis)")
     parser.add_argument("--weights", default=None, help="PWC-Net weights (with --engine pwcnet)")
     parser.add_argument("--device", default="auto", help="engine device (default auto)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")

@@ -257,7 +257,7 @@ class ActionDataModule(pl.LightningDataModule):
         flow_source: cache (compressed flow cache in cache_dir) | online (the model computes flow).
         cache_dir: flow cache folder (use one per flow engine and size).
         cache_missing: compute (missing cache entries are computed before training) | error.
-        flow_model: flow engine (flow_engine.FlowEngine): pwcnet | dis | farneback | tvl1.
+        flow_model: flow engine (flow_engine.FlowEngine): pwcnet | dis | dis_fine | farneback | tvl1.
         flow_weights: PWC-Net weights file; None for the shipped ones.
         flow_device: device of the engine filling the cache: auto | cpu | cuda | cuda:N.
         num_segments: TSN segments K per video.

@@ -52,6 +52,7 @@ from actionflow.flow_cache import (
     quantize,
 )
 from actionflow.video import VideoError, iter_frames
+from flow_engine.engine import MODELS
 from flow_engine.estimate import parse_size as _parse_wxh
 
 log = logging.getLogger(__name__)
@@ -442,7 +443,7 @@ def print_summary(summary: Summary, out=None) -> None:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", required=True, type=Path, help="folder of videos (recursive) or a list file (path [label] per line)")
     parser.add_argument("--cache", required=True, type=Path, help="cache folder (one per engine/size/bound)")
-    parser.add_argument("--engine", default="pwcnet", choices=["pwcnet", "dis", "farneback", "tvl1"], help="flow engine (default pwcnet)")
+    parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
     parser.add_argument("--weights", default=None, help="PWC-Net weights file (default: the shipped ones)")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at (default 340x256)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")

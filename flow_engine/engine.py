@@ -5,7 +5,7 @@
     flows = engine.clip_flow(clip)              # [T,3,H,W] -> [T-1,2,H,W] forward flows
     engine.config()                             # {"name", "weights_hash", "dtype"}: a cache key
 
-Classical OpenCV methods ("dis", "farneback", "tvl1") sit behind the same interface (CPU).
+Classical OpenCV methods ("dis", "dis_fine", "farneback", "tvl1") sit behind the same interface (CPU).
 For end-to-end fine-tuning use ``engine.model`` (the :class:`PWCNet`) or
 :meth:`FlowEngine.flow_with_grad`, which keeps the autograd graph.
 """
@@ -18,12 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flow_engine.classical import CLASSICAL_METHODS
 from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, WeightsError, padded_size
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pwcnet_actionflow.pt"
-MODELS = ("pwcnet", "dis", "farneback", "tvl1")
+MODELS = ("pwcnet",) + CLASSICAL_METHODS
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rough peak activation memory of PWC-Net inference is ~1-2 KB per (padded) input pixel in
 # fp32; the defaults keep a sub-batch well inside a GPU's memory and a few GB on CPU.
@@ -74,7 +75,7 @@ class FlowEngine:
     """Optical flow for batches of RGB frame pairs (see module docstring).
 
     Args:
-        model: "pwcnet" or a classical OpenCV method ("dis", "farneback", "tvl1").
+        model: "pwcnet" or a classical OpenCV method ("dis", "dis_fine", "farneback", "tvl1").
         weights: PWC-Net checkpoint (any layout ``load_pwcnet_state_dict`` reads). ``None`` means
             :data:`DEFAULT_WEIGHTS`; when that file is absent the network is randomly initialised
             (deterministically, seed 0) and a warning says the flow will be noise.
