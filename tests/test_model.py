@@ -59,7 +59,7 @@ def test_bad_pretrained_file_and_settings_are_clear_errors(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(ModelConfigError, match="do not fit resnet18"):
         TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(tmp_path / "wrong.pth"))
-    with pytest.raises(ModelConfigError, match="unknown torchvision backbone"):
+    with pytest.raises(ModelConfigError, match="unknown backbone 'resnet19'"):
         TwoStreamNet(num_classes=3, backbone="resnet19")
     with pytest.raises(ModelConfigError, match="model.mode"):
         TwoStreamNet(num_classes=3, mode="depth")
@@ -111,6 +111,36 @@ def test_learned_fusion_weights_get_gradients():
 def test_other_torchvision_backbones_take_the_flow_stack():
     net = TwoStreamNet(num_classes=4, mode="flow", backbone="mobilenet_v3_small", flow_length=5)
     assert net(flow=torch.randn(1, 2, 10, 32, 32))["flow"].shape == (1, 4)
+
+
+@pytest.mark.parametrize("size", [(56, 56), (37, 61), (8, 8)])
+def test_small_cnn_takes_any_size(size):
+    net = TwoStreamNet(num_classes=4, mode="two_stream", backbone="small_cnn", flow_length=5)
+    out = net(torch.randn(2, 3, 3, *size), torch.randn(2, 3, 10, *size))
+    assert out["rgb"].shape == out["flow"].shape == out["two_stream"].shape == (2, 4)
+
+
+def test_small_cnn_learns_the_direction_of_motion():
+    # a known answer: flow stacks moving right (class 0) or left (class 1) under noise
+    torch.manual_seed(0)
+    net = TwoStreamNet(num_classes=2, mode="flow", backbone="small_cnn", flow_length=2, dropout=0.0)
+    opt = torch.optim.Adam(net.parameters(), 1e-2)
+    labels = torch.arange(16) % 2
+    flow = torch.randn(16, 1, 4, 24, 24)
+    flow[:, :, 0::2] += (1 - 2 * labels.float()).view(-1, 1, 1, 1, 1)
+    for _ in range(20):
+        loss = torch.nn.functional.cross_entropy(net(flow=flow)["flow"], labels)
+        opt.zero_grad(), loss.backward(), opt.step()
+    net.eval()
+    test = torch.randn(8, 1, 4, 24, 24)
+    test_labels = torch.arange(8) % 2
+    test[:, :, 0::2] += (1 - 2 * test_labels.float()).view(-1, 1, 1, 1, 1)
+    assert (net(flow=test)["flow"].argmax(-1) == test_labels).all()
+
+
+def test_small_cnn_has_no_imagenet_weights():
+    with pytest.raises(ModelConfigError, match="small_cnn has no ImageNet weights"):
+        TwoStreamNet(num_classes=3, backbone="small_cnn", pretrained=True)
 
 
 def test_input_normalisation():
