@@ -126,7 +126,7 @@ class ActionRecognizer(pl.LightningModule):
         """The flow engine for online flow, on this module's device (built on first use)."""
         if self._engine is None:
             self._engine = self._make_engine(self.device)
-            logger.info("online flow with %s on %s", self._engine.name, self.device)
+            logger.info("flow engine: %s on %s", self._engine.name, self.device)
         return self._engine
 
     def compute_flow(self, frames: torch.Tensor) -> torch.Tensor:
