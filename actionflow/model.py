@@ -13,7 +13,8 @@
   ``softmax``, ``argmax`` and ``cross_entropy`` apply to it exactly as to the streams' logits.
 
 Inputs are normalised tensors: RGB by ImageNet mean/std (:func:`normalize_rgb`), flow in pixels
-divided by ``flow_scale`` (20 px, the flow cache's bound) (:func:`normalize_flow`).
+less the camera's motion (each field's median) and divided by ``flow_scale`` (20 px, the flow
+cache's bound) (:func:`normalize_flow`).
 """
 from __future__ import annotations
 
@@ -44,9 +45,17 @@ def normalize_rgb(frames: torch.Tensor) -> torch.Tensor:
     return (frames.float() / 255.0 - mean) / std
 
 
-def normalize_flow(flow_px: torch.Tensor, scale: float = 20.0) -> torch.Tensor:
-    """Flow in pixels -> network input: divided by ``scale`` (the cache bound, 20 px) so |x| <~ 1."""
-    return flow_px.float() / scale
+def normalize_flow(flow_px: torch.Tensor, scale: float = 20.0, subtract_camera: bool = False) -> torch.Tensor:
+    """Flow in pixels ``[..., 2L, H, W]`` -> network input: divided by ``scale`` (the cache bound, 20 px) so |x| <~ 1.
+
+    ``subtract_camera``: first subtract from every flow field its median x and y displacement, the
+    camera's motion wherever the moving subject covers less than half the frame (the two-stream
+    paper's mean flow subtraction; the median is not pulled by the dancer's own motion).
+    """
+    x = flow_px.float()
+    if subtract_camera:
+        x = x - x.flatten(-2).median(dim=-1).values[..., None, None]
+    return x / scale
 
 
 def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:

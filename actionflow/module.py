@@ -58,6 +58,7 @@ class ActionRecognizer(pl.LightningModule):
         finetune_flow: train PWC-Net end to end with the classifier (data.flow_source: online).
         flow_lr_scale: learning-rate factor of the flow network when fine-tuned.
         flow_scale: flow input normalisation in px (flow / flow_scale; 20 = the flow cache's bound).
+        subtract_camera: subtract each flow field's median displacement (camera motion) from the flow input.
         log_clips: validation clips (frame + colour-coded flow) logged to W&B per epoch.
     """
 
@@ -85,6 +86,7 @@ class ActionRecognizer(pl.LightningModule):
         finetune_flow: bool = False,
         flow_lr_scale: float = 0.1,
         flow_scale: float = 20.0,
+        subtract_camera: bool = True,
         log_clips: int = 4,
     ):
         super().__init__()
@@ -156,7 +158,7 @@ class ActionRecognizer(pl.LightningModule):
         """uint8 RGB and flow in px -> ``{stream: [B, C]}`` logits (``two_stream``: fused log-probabilities)."""
         return self.net(
             normalize_rgb(rgb) if rgb is not None else None,
-            normalize_flow(flow, self.hparams.flow_scale) if flow is not None else None,
+            normalize_flow(flow, self.hparams.flow_scale, self.hparams.subtract_camera) if flow is not None else None,
         )
 
     @torch.no_grad()

@@ -143,6 +143,19 @@ def test_small_cnn_has_no_imagenet_weights():
         TwoStreamNet(num_classes=3, backbone="small_cnn", pretrained=True)
 
 
+def test_camera_motion_is_subtracted_per_flow_field():
+    # camera pans (3, -1) px in field 0 and (-2, 0) px in field 1; a dancer's arm (a tenth of the frame) moves
+    # a further (4, 4) px: what is left is the arm's own motion, the background is still
+    flow = torch.zeros(2, 4, 20, 20)
+    flow[:, 0:2] += torch.tensor([3.0, -1.0]).view(2, 1, 1)
+    flow[:, 2:4] += torch.tensor([-2.0, 0.0]).view(2, 1, 1)
+    flow[:, :, 5:7, 5:25] += 4.0
+    out = normalize_flow(flow, 20.0, subtract_camera=True)
+    assert out[:, :, 0, 0].abs().max() == 0
+    torch.testing.assert_close(out[:, :, 6, 10], torch.full((2, 4), 0.2))
+    torch.testing.assert_close(normalize_flow(flow, 20.0), flow / 20)  # off: only scaled
+
+
 def test_input_normalisation():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     torch.testing.assert_close(normalize_rgb(x)[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
