@@ -6,9 +6,9 @@ The parameters of ``dis``, ``farneback`` and ``tvl1`` are those of
 
 ``dis_fine`` is DIS's MEDIUM preset refined down to full resolution (finest scale 0 instead of
 1). MEDIUM stops at half resolution with 8-px patches, which blurs the motion of parts a few
-pixels wide in small frames (limbs of a dancer 60 px tall); ``dis_fine`` keeps it, at about
-2-3x the time. Use it for frames up to a few hundred pixels; for large frames ``dis`` is the
-better trade.
+pixels wide in small frames (limbs of a dancer 60 px tall); ``dis_fine`` keeps it, at 2-4x
+the time (it is also more accurate on every shared Sintel and Chairs case; ``dis`` stays the
+faster choice for large frames).
 """
 from __future__ import annotations
 
