@@ -20,7 +20,7 @@ def test_walkthrough_executes(tmp_path, monkeypatch):
          "--data.num_segments", "2", "--data.flow_length", "3", "--data.test_clips", "1", "--data.num_workers", "0",
          "--trainer.max_epochs", "1", "--trainer.default_root_dir", str(run), "--trainer.logger", "CSVLogger",
          "--trainer.logger.init_args.save_dir", str(run), "--trainer.enable_progress_bar", "false",
-         "--checkpoint.save_last", "false", "--model.backbone", "resnet18"],
+         "--checkpoint.save_last", "false"],  # the default config's model (small_cnn, dis_fine flow)
         cwd=ROOT, capture_output=True, text=True, timeout=600,
     )
     assert out.returncode == 0, out.stderr[-3000:]
