@@ -15,6 +15,7 @@ The last two lines printed are ``checkpoint: PATH`` and ``test metrics: PATH``.
 """
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
@@ -78,13 +79,21 @@ def start_loggers(trainer) -> None:
         trainer.callbacks[:] = [c for c in trainer.callbacks if not isinstance(c, LearningRateMonitor)]
 
 
-def finish_loggers(trainer) -> None:
+def finish_loggers(trainer) -> list[str]:
+    """Finish the loggers; returns where each one wrote ("W&B offline run: DIR", ...)."""
+    places = []
     for lg in trainer.loggers:
         if isinstance(lg, WandbLogger) and trainer.is_global_zero:
             try:
-                lg.experiment.finish()
+                run = lg.experiment
+                mode = "offline" if run.settings.mode == "offline" else "online"
+                places.append(f"W&B {mode} run: {Path(run.dir).parent}" + (f" ({run.url})" if mode == "online" else ""))
+                run.finish()
             except Exception as exc:
                 log.warning("W&B did not finish cleanly: %s", exc)
+        elif isinstance(lg, CSVLogger):
+            places.append(f"CSV log: {lg.log_dir}")
+    return places
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -101,13 +110,19 @@ def main(argv: list[str] | None = None) -> int:
         trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
         ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
         trainer.test(model, datamodule=data, ckpt_path=ckpt)
-        finish_loggers(trainer)
+        places = finish_loggers(trainer)
     except (AnnotationError, DataConfigError, BadVideo, ModelConfigError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_global_zero:
         if data.skipped:
             print(f"skipped {len(data.skipped)} bad video(s):\n  " + "\n  ".join(data.skipped))
+        test_dir = Path(model.test_metrics_path).parent
+        for line in [f"run: {trainer.default_root_dir}", *places,
+                     f"confusion matrices and per-class reports: {test_dir}"]:
+            print(line)
+        metrics = json.loads(Path(model.test_metrics_path).read_text())
+        print("test top-1: " + " | ".join(f"{stream} {m['top1']:.3f}" for stream, m in metrics.items()))
         print(f"checkpoint: {ckpt}")
         print(f"test metrics: {model.test_metrics_path}", flush=True)
     return 0

@@ -113,7 +113,13 @@ def test_two_stream_with_wandb_offline_and_a_corrupt_video(tiny, tmp_path, capsy
     _check_metrics(metrics, {"rgb", "flow", "two_stream"})
     assert "skipping bad video" in caplog.text and str(broken) in caplog.text
     assert any(line.startswith("skipped 1 bad video(s)") for line in lines)
-    assert list((tmp_path / "run" / "wandb").glob("offline-run-*")), "no offline W&B run written"
+    runs = list((tmp_path / "run" / "wandb").glob("offline-run-*"))
+    assert runs, "no offline W&B run written"
+    # the summary names the run, the W&B run and the test folder, and gives each stream's test top-1
+    assert f"run: {tmp_path / 'run'}" in lines and f"W&B offline run: {runs[0]}" in lines
+    assert f"confusion matrices and per-class reports: {tmp_path / 'run' / 'test'}" in lines
+    top1 = next(line for line in lines if line.startswith("test top-1: "))
+    assert top1 == "test top-1: " + " | ".join(f"{k} {metrics[k]['top1']:.3f}" for k in ("rgb", "flow", "two_stream"))
     result = classify_json(lines[-2].removeprefix("checkpoint: "), tiny / "videos/right/right_0.mp4", capsys)
     assert set(result["streams"]) == {"rgb", "flow"}
 
