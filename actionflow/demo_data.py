@@ -132,11 +132,11 @@ def _kick(theta: np.ndarray, rng: np.random.Generator) -> Offsets:
     side = "l" if rng.random() < 0.5 else "r"
     lift = rng.uniform(1.1, 1.5)
     chamber = rng.uniform(0.5, 0.9)
-    lean = rng.uniform(0.2, 0.3)
+    max_lean = rng.uniform(0.2, 0.3)
     up = (1 - np.cos(theta)) / 2
     # the upper body leans away from the kicking leg: a counter-motion of the torso and arms that
     # tells a kick from an arm wave in the flow at any yaw (a leg raised sideways seen alone looks like an arm)
-    lean = lean * up * (1.0 if side == "l" else -1.0)
+    lean = max_lean * up * (1.0 if side == "l" else -1.0)
     return {f"hip_{side}": lift * up, f"knee_{side}": chamber * np.maximum(0.0, np.sin(theta)), "tilt": lean}
 
 
