@@ -24,9 +24,10 @@ from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
+from flow_engine.video import VIDEO_EXTENSIONS, ListFileError, is_video_path, read_list_lines, split_list_line
+
 logger = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv", ".3gp")
 CLASS_INDEX_NAMES = ("classInd.txt", "classes.txt", "class_index.txt", "labels.txt")
 
 
@@ -68,10 +69,11 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], int]:
         raise AnnotationError(f"{path}: class-index file not found")
     numbered: dict[int, str] = {}
     names: list[str] = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
+    try:
+        lines = read_list_lines(path)
+    except ListFileError as exc:
+        raise AnnotationError(str(exc)) from None
+    for lineno, line in lines:
         parts = line.split(maxsplit=1)
         if len(parts) == 2 and parts[0].lstrip("-").isdigit():
             index, name = int(parts[0]), parts[1].strip()
@@ -100,17 +102,11 @@ def _read_list(path: str | os.PathLike) -> list[_Entry]:
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation list not found")
-    entries = []
-    for lineno, line in enumerate(path.read_text().splitlines(), 1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        parts = line.rsplit(maxsplit=1)
-        # "path label" when the last token is not itself the video file (paths may contain spaces)
-        if len(parts) == 2 and not parts[1].lower().endswith(VIDEO_EXTENSIONS):
-            entries.append(_Entry(parts[0], parts[1], f"{path}:{lineno}"))
-        else:
-            entries.append(_Entry(line, None, f"{path}:{lineno}"))
+    try:
+        lines = read_list_lines(path)
+    except ListFileError as exc:
+        raise AnnotationError(str(exc)) from None
+    entries = [_Entry(*split_list_line(line), f"{path}:{lineno}") for lineno, line in lines]
     if not entries:
         raise AnnotationError(f"{path}: no videos listed")
     return entries
@@ -170,7 +166,7 @@ def scan_folder(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
     samples = []
     for label, name in enumerate(classes):
         for f in sorted((root / name).rglob("*")):
-            if f.is_file() and f.suffix.lower() in VIDEO_EXTENSIONS:
+            if f.is_file() and is_video_path(f):
                 samples.append(Sample(str(f.resolve()), label))
     if not samples:
         raise AnnotationError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class sub-folders")

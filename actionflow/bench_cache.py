@@ -42,8 +42,8 @@ from actionflow.flow_cache import (
     parse_codec,
     quantize,
 )
-from actionflow.precompute import list_videos, parse_size, precompute
-from actionflow.video import iter_frames
+from actionflow.precompute import parse_size, precompute
+from flow_engine.video import iter_frames, list_videos
 from flow_engine.engine import MODELS
 
 log = logging.getLogger(__name__)

@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from actionflow.annotations import Sample
-from actionflow.video import VideoError, iter_frames, probe
+from flow_engine.video import VideoError, iter_frames, probe
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from actionflow.annotations import Sample, load_splits
 from actionflow.sampling import snippet_frames, snippet_starts
-from actionflow.video import VideoError, probe, read_frames
+from flow_engine.video import VideoError, probe, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -257,8 +257,11 @@ class ActionDataModule(pl.LightningDataModule):
         flow_source: cache (compressed flow cache in cache_dir) | online (the model computes flow).
         cache_dir: flow cache folder (use one per flow engine and size).
         cache_missing: compute (missing cache entries are computed before training) | error.
-        flow_model: flow engine (flow_engine.FlowEngine): pwcnet | dis | dis_fine | farneback | tvl1.
-        flow_weights: PWC-Net weights file; None for the shipped ones.
+        flow_model: flow engine (flow_engine.FlowEngine): pwcnet | raft_small | raft_large | dis |
+            dis_fine | farneback | tvl1.
+        flow_weights: weights file of a learned engine; None for PWC-Net's shipped ones (RAFT:
+            torchvision's pretrained weights).
+        flow_updates: RAFT's refinements per pair (None: 12).
         flow_device: device of the engine filling the cache: auto | cpu | cuda | cuda:N.
         num_segments: TSN segments K per video.
         flow_length: flows L per snippet (2L channels), 1..10.
@@ -293,6 +296,7 @@ class ActionDataModule(pl.LightningDataModule):
         cache_missing: Literal["compute", "error"] = "compute",
         flow_model: str = "dis",
         flow_weights: str | None = None,
+        flow_updates: int | None = None,
         flow_device: str = "auto",
         num_segments: int = 3,
         flow_length: int = 5,
@@ -369,7 +373,8 @@ class ActionDataModule(pl.LightningDataModule):
             from flow_engine.engine import FlowEngine
 
             h = self.hparams
-            self._engine = FlowEngine(model=h.flow_model, weights=h.flow_weights, device=h.flow_device)
+            self._engine = FlowEngine(model=h.flow_model, weights=h.flow_weights, device=h.flow_device,
+                                      flow_updates=h.flow_updates)
         return self._engine
 
     def prepare_data(self) -> None:

@@ -54,7 +54,8 @@ class ActionRecognizer(pl.LightningModule):
         step_size: epochs between learning-rate drops (scheduler: step).
         gamma: learning-rate factor per drop (scheduler: step).
         flow_model: flow engine for online flow (linked from data.flow_model).
-        flow_weights: PWC-Net weights file, None for the shipped ones (linked from data.flow_weights).
+        flow_weights: weights of a learned flow engine, None for the default ones (linked from data.flow_weights).
+        flow_updates: RAFT's refinements per pair, None for 12 (linked from data.flow_updates).
         finetune_flow: train PWC-Net end to end with the classifier (data.flow_source: online).
         flow_lr_scale: learning-rate factor of the flow network when fine-tuned.
         flow_scale: flow input normalisation in px (flow / flow_scale; 20 = the flow cache's bound).
@@ -83,6 +84,7 @@ class ActionRecognizer(pl.LightningModule):
         gamma: float = 0.1,
         flow_model: str = "dis",
         flow_weights: str | None = None,
+        flow_updates: int | None = None,
         finetune_flow: bool = False,
         flow_lr_scale: float = 0.1,
         flow_scale: float = 20.0,
@@ -121,7 +123,8 @@ class ActionRecognizer(pl.LightningModule):
     def _make_engine(self, device):
         from flow_engine.engine import FlowEngine
 
-        return FlowEngine(model=self.hparams.flow_model, weights=self.hparams.flow_weights, device=str(device))
+        h = self.hparams
+        return FlowEngine(model=h.flow_model, weights=h.flow_weights, device=str(device), flow_updates=h.flow_updates)
 
     @property
     def flow_engine(self):

@@ -51,38 +51,14 @@ from actionflow.flow_cache import (
     flo_bytes,
     quantize,
 )
-from actionflow.video import VideoError, iter_frames
 from flow_engine.engine import MODELS
 from flow_engine.estimate import parse_size as _parse_wxh
+from flow_engine.video import ListFileError, VideoError, iter_frames, list_videos
 
 log = logging.getLogger(__name__)
 
-VIDEO_EXTENSIONS = frozenset({".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts"})
-
 
 # ------------------------------------------------------------------------ video lists
-
-
-def list_videos(spec: str | os.PathLike) -> list[Path]:
-    """Videos named by ``spec``: a folder (searched recursively for video extensions) or a
-    text list with one path per line, optionally followed by a label; relative paths are
-    relative to the list's folder, blank lines and ``#`` comments are skipped. Sorted, unique."""
-    spec = Path(spec)
-    if spec.is_dir():
-        found = [p for p in spec.rglob("*") if p.suffix.lower() in VIDEO_EXTENSIONS and p.is_file()]
-    elif spec.is_file():
-        found = []
-        for line in spec.read_text(encoding="utf-8", errors="replace").splitlines():
-            line = line.strip()
-            if not line or line.startswith("#"):
-                continue
-            path = Path(line)
-            if not (path if path.is_absolute() else spec.parent / path).exists() and len(line.split()) > 1:
-                path = Path(line.rsplit(maxsplit=1)[0])  # "path label"
-            found.append(path if path.is_absolute() else spec.parent / path)
-    else:
-        raise FileNotFoundError(f"{spec}: no such folder or list file")
-    return sorted(set(found), key=str)
 
 
 def shard(videos: list[Path], index: int, count: int) -> list[Path]:
@@ -444,7 +420,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", required=True, type=Path, help="folder of videos (recursive) or a list file (path [label] per line)")
     parser.add_argument("--cache", required=True, type=Path, help="cache folder (one per engine/size/bound)")
     parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
-    parser.add_argument("--weights", default=None, help="PWC-Net weights file (default: the shipped ones)")
+    parser.add_argument("--weights", default=None, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
+    parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at (default 340x256)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
     parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
@@ -477,7 +454,8 @@ def make_engine(args: argparse.Namespace):
     """The real ``FlowEngine`` the arguments ask for."""
     from flow_engine.engine import FlowEngine
 
-    return FlowEngine(model=args.engine, weights=args.weights, device=_device(args.device), dtype=args.dtype)
+    return FlowEngine(model=args.engine, weights=args.weights, device=_device(args.device), dtype=args.dtype,
+                      flow_updates=args.flow_updates)
 
 
 def run(args: argparse.Namespace, engine=None) -> int:
@@ -485,7 +463,7 @@ def run(args: argparse.Namespace, engine=None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
         videos = list_videos(args.videos)
-    except (FileNotFoundError, OSError) as exc:
+    except (FileNotFoundError, OSError, ListFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     if not videos:

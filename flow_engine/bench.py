@@ -27,7 +27,7 @@ from typing import Callable
 import torch
 
 from flow_engine.correlation import correlation, cupy_usable
-from flow_engine.engine import DTYPES, FlowEngine, FlowEngineError
+from flow_engine.engine import DTYPES, MODELS, FlowEngine, FlowEngineError
 from flow_engine.estimate import parse_size
 from flow_engine.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, WeightsError, padded_size
 
@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default auto)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
-    parser.add_argument("--weights", type=Path, help="PWC-Net checkpoint (default: shipped weights or random)")
+    parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
+    parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
+    parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--skip-engine", action="store_true", help="benchmark the cost volume only")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON")
 
@@ -146,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         print("error: --batch and --iters must be at least 1, --warmup at least 0", file=sys.stderr)
         return 2
     try:
-        engine = FlowEngine(weights=args.weights, device=args.device, dtype=args.dtype)
+        engine = FlowEngine(model=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
+                            flow_updates=args.flow_updates)
     except (FlowEngineError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -155,7 +158,8 @@ def run(args: argparse.Namespace) -> int:
     result: dict = {
         "size": f"{W}x{H}", "batch": args.batch, "dtype": engine.dtype, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
-        "cpu_threads": torch.get_num_threads(), "iters": args.iters, "weights_hash": engine.weights_hash,
+        "cpu_threads": torch.get_num_threads(), "iters": args.iters, "engine_config": engine.config(),
+        "weights_hash": engine.weights_hash,
         "torch": torch.__version__,
     }
     print(f"flow_engine bench: {W}x{H}, batch {args.batch}, {engine.dtype}, {result['device_name']} ({device})")

@@ -5,8 +5,9 @@
     flows = engine.clip_flow(clip)              # [T,3,H,W] -> [T-1,2,H,W] forward flows
     engine.config()                             # {"name", "weights_hash", "dtype"}: a cache key
 
-Classical OpenCV methods ("dis", "dis_fine", "farneback", "tvl1") sit behind the same interface (CPU).
-For end-to-end fine-tuning use ``engine.model`` (the :class:`PWCNet`) or
+RAFT from torchvision ("raft_small", "raft_large"; :mod:`flow_engine.raft`) and the classical
+OpenCV methods ("dis", "dis_fine", "farneback", "tvl1", CPU) sit behind the same interface.
+For end-to-end fine-tuning use ``engine.model`` (the :class:`PWCNet` or :class:`RAFT`) or
 :meth:`FlowEngine.flow_with_grad`, which keeps the autograd graph.
 """
 from __future__ import annotations
@@ -20,16 +21,21 @@ import torch
 
 from flow_engine.classical import CLASSICAL_METHODS
 from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, WeightsError, padded_size
+from flow_engine.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
 
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pwcnet_actionflow.pt"
-MODELS = ("pwcnet",) + CLASSICAL_METHODS
+LEARNED_MODELS = ("pwcnet",) + RAFT_VARIANTS
+MODELS = LEARNED_MODELS + CLASSICAL_METHODS
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rough peak activation memory of PWC-Net inference is ~1-2 KB per (padded) input pixel in
 # fp32; the defaults keep a sub-batch well inside a GPU's memory and a few GB on CPU.
 CPU_MAX_PIXELS = 2_000_000
 GPU_BYTES_PER_PIXEL = 4096
+# RAFT also holds an all-pairs correlation pyramid: (HW/64)^2 fp32 values at level 0 and
+# 1/4 + 1/16 + 1/64 of that below, i.e. ~5.3 bytes per pair of 1/8-resolution pixels.
+RAFT_CORR_BYTES = 4 * (1 + 1 / 4 + 1 / 16 + 1 / 64)
 
 _warned_random = False
 
@@ -75,18 +81,24 @@ class FlowEngine:
     """Optical flow for batches of RGB frame pairs (see module docstring).
 
     Args:
-        model: "pwcnet" or a classical OpenCV method ("dis", "dis_fine", "farneback", "tvl1").
-        weights: PWC-Net checkpoint (any layout ``load_pwcnet_state_dict`` reads). ``None`` means
-            :data:`DEFAULT_WEIGHTS`; when that file is absent the network is randomly initialised
-            (deterministically, seed 0) and a warning says the flow will be noise.
+        model: "pwcnet", "raft_small", "raft_large" or a classical OpenCV method ("dis",
+            "dis_fine", "farneback", "tvl1").
+        weights: PWC-Net: a checkpoint in any layout ``load_pwcnet_state_dict`` reads; ``None``
+            means :data:`DEFAULT_WEIGHTS` (when that file is absent the network is randomly
+            initialised, deterministically, seed 0, and a warning says the flow will be noise).
+            RAFT: a local file in torchvision's or the authors' layout; ``None`` asks torchvision
+            for its pretrained weights (torch hub cache, downloaded once).
         device: "auto" (cuda if available, else cpu), "cpu", "cuda", "cuda:1" ...
         dtype: "auto" (bf16 autocast on a CUDA device that supports it, else fp32), "fp32",
             "bf16" (CPU too) or "fp16" (CUDA only: an error on CPU).
         max_pixels_per_batch: padded pixels per frame pair times pairs allowed in one forward
             pass; larger batches are split. Default: 2 M on CPU, GPU memory / 4 KB on CUDA.
-    Attributes: ``name``, ``weights_hash`` (sha256[:16] of the weights file, "random", or
-        "opencv-<version>"), ``device`` (torch.device), ``dtype`` (str), ``model`` (the
-        :class:`PWCNet`, ``None`` for classical methods).
+            RAFT's correlation volume counts as extra pixels (it grows with the square of the size).
+        flow_updates: RAFT's recurrent refinements per pair (default 12); part of the cache key.
+    Attributes: ``name``, ``weights_hash`` (sha256[:16] of the weights file, "random",
+        "torchvision-<file>" or "opencv-<version>"), ``device`` (torch.device), ``dtype`` (str),
+        ``flow_updates`` (RAFT, else ``None``), ``model`` (the :class:`PWCNet` or
+        :class:`RAFT`, ``None`` for classical methods).
     """
 
     def __init__(
@@ -96,12 +108,20 @@ class FlowEngine:
         device: str = "auto",
         dtype: str = "auto",
         max_pixels_per_batch: int | None = None,
+        flow_updates: int | None = None,
     ):
         if model not in MODELS:
             raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
         self.name = model
-        self.model: PWCNet | None = None
-        if model != "pwcnet":
+        self.model: PWCNet | RAFT | None = None
+        self.flow_updates: int | None = None
+        if model in RAFT_VARIANTS:
+            self.flow_updates = DEFAULT_FLOW_UPDATES if flow_updates is None else int(flow_updates)
+            if self.flow_updates < 1:
+                raise FlowEngineError(f"flow_updates must be at least 1, got {flow_updates}")
+        elif flow_updates is not None:
+            raise FlowEngineError(f"flow_updates applies to RAFT only, not to {model!r}")
+        if model not in LEARNED_MODELS:
             import cv2
 
             if weights is not None:
@@ -114,7 +134,11 @@ class FlowEngine:
 
         self.device = _resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
-        self.model, self.weights_hash = self._load(weights)
+        if model in RAFT_VARIANTS:
+            net, self.weights_hash = load_raft(model, weights)
+            self.model = RAFT(net, self.flow_updates)
+        else:
+            self.model, self.weights_hash = self._load(weights)
         self.model.to(self.device).eval()
         if max_pixels_per_batch is None:
             if self.device.type == "cuda":
@@ -145,15 +169,25 @@ class FlowEngine:
         return PWCNet.from_weights(path), file_hash(path)
 
     def config(self) -> dict:
-        """What determines the flow this engine computes: name, weights_hash, dtype (a cache key)."""
-        return {"name": self.name, "weights_hash": self.weights_hash, "dtype": self.dtype}
+        """What determines the flow this engine computes: name, weights_hash, dtype, and for RAFT
+        flow_updates (a cache key)."""
+        out = {"name": self.name, "weights_hash": self.weights_hash, "dtype": self.dtype}
+        if self.flow_updates is not None:
+            out["flow_updates"] = self.flow_updates
+        return out
 
     def __repr__(self) -> str:
-        return f"FlowEngine(name={self.name!r}, weights_hash={self.weights_hash!r}, device={self.device}, dtype={self.dtype!r})"
+        updates = f", flow_updates={self.flow_updates}" if self.flow_updates is not None else ""
+        return (f"FlowEngine(name={self.name!r}, weights_hash={self.weights_hash!r}, device={self.device}, "
+                f"dtype={self.dtype!r}{updates})")
 
     # --- inference -------------------------------------------------------------------------
     def pairs_per_batch(self, height: int, width: int) -> int:
         """How many frame pairs of ``height`` x ``width`` go through one forward pass."""
+        if isinstance(self.model, RAFT):
+            Hp, Wp = (max(RAFT_MIN_SIDE, s) for s in padded_size(height, width, 8))
+            corr_pixels = RAFT_CORR_BYTES * (Hp * Wp / 64) ** 2 / GPU_BYTES_PER_PIXEL
+            return max(1, int(self.max_pixels_per_batch // (Hp * Wp + corr_pixels)))
         Hp, Wp = padded_size(height, width, MULTIPLE)
         return max(1, self.max_pixels_per_batch // (Hp * Wp))
 
@@ -161,7 +195,8 @@ class FlowEngine:
         """Flow [B,2,H,W] float32 in pixels from ``frames1`` to ``frames2`` (RGB [B,3,H,W]).
 
         Frames are uint8 (0..255) or float in [0,1]; a single pair [3,H,W] gives [1,2,H,W].
-        Any H, W (padded to multiples of 64 inside). The result is on the frames' device.
+        Any H, W (padded inside to multiples of 64 for PWC-Net, 8 for RAFT). The result is on
+        the frames' device.
         """
         frames1, frames2 = _check_frames(frames1, frames2)
         B, _, H, W = frames1.shape
@@ -190,7 +225,7 @@ class FlowEngine:
         return self(clip[:-1], clip[1:]).to(home)
 
     def flow_with_grad(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
-        """Flow [B,2,H,W] in pixels with the autograd graph kept, for fine-tuning PWC-Net end to end.
+        """Flow [B,2,H,W] in pixels with the autograd graph kept, for fine-tuning the network end to end.
 
         Frames: float RGB in [0,1] (or uint8) on the engine's device. No inference mode and no
         autocast here: the caller owns train/eval mode, precision (e.g. Lightning's) and the

@@ -62,7 +62,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to WIDTHxHEIGHT before the flow")
     parser.add_argument("--max-frames", type=int, metavar="N", help="use only the first N frames of a sequence")
     parser.add_argument("--model", default="pwcnet", choices=MODELS, help="flow method (default pwcnet)")
-    parser.add_argument("--weights", type=Path, help="PWC-Net checkpoint (default: the shipped weights)")
+    parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
+    parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="inference precision")
 
@@ -74,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        engine = FlowEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype)
+        engine = FlowEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
+                            flow_updates=args.flow_updates)
         if args.video is None and args.frames is None:
             return _run_pair(engine, args)
         return _run_sequence(engine, args)

@@ -24,13 +24,13 @@ import torch
 from tqdm import tqdm
 
 from flow_engine.classical import CLASSICAL_METHODS, classical_flow
+from flow_engine.engine import LEARNED_MODELS
 from flow_engine.io import FlowFileError, read_flow, read_image, tensor_to_flow
 from flow_engine.metrics import flow_metrics
 
 log = logging.getLogger(__name__)
 
-LEARNED_METHODS = ("pwcnet",)  # served by flow_engine.engine.FlowEngine
-METHODS = ("zero",) + CLASSICAL_METHODS + LEARNED_METHODS
+METHODS = ("zero",) + CLASSICAL_METHODS + LEARNED_MODELS
 METRICS = ("epe", "ae", "fl", "seconds")
 
 MethodFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (img1, img2 uint8 RGB [H,W,3]) -> flow [H,W,2] px
@@ -93,16 +93,19 @@ def evaluate(method_fn: MethodFn, cases: list[Case], progress: bool = True) -> d
     return {"cases": results, "mean": mean}
 
 
-def make_method(name: str, weights: str | None = None, device: str = "auto") -> MethodFn:
-    """The flow method called ``name`` as ``fn(img1, img2) -> flow [H,W,2]`` (uint8 RGB in, pixels out)."""
+def make_method(name: str, weights: str | None = None, device: str = "auto", flow_updates: int | None = None) -> MethodFn:
+    """The flow method called ``name`` as ``fn(img1, img2) -> flow [H,W,2]`` (uint8 RGB in, pixels out).
+
+    ``weights`` and (RAFT) ``flow_updates`` go to :class:`FlowEngine` for the learned methods.
+    """
     if name == "zero":
         return lambda img1, img2: np.zeros(img1.shape[:2] + (2,), np.float32)
     if name in CLASSICAL_METHODS:
         return lambda img1, img2: classical_flow(name, img1, img2)
-    if name in LEARNED_METHODS:
-        from flow_engine.engine import FlowEngine  # heavy (model, CuPy): only when asked for
+    if name in LEARNED_MODELS:
+        from flow_engine.engine import FlowEngine
 
-        engine = FlowEngine(model=name, weights=weights, device=device)
+        engine = FlowEngine(model=name, weights=weights, device=device, flow_updates=flow_updates)
 
         def learned(img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
             t1 = torch.from_numpy(img1).permute(2, 0, 1)[None]
@@ -128,7 +131,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--limit", type=int, metavar="N", help="only the first N pairs of a benchmark")
     method = parser.add_argument_group("method")
     method.add_argument("--method", default="dis", metavar="NAME", help=f"one of {', '.join(METHODS)} (default dis)")
-    method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: the shipped ones)")
+    method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: PWC-Net's shipped ones, torchvision's for RAFT)")
+    method.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     method.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for a learned method")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -179,7 +183,7 @@ def format_table(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         cases = cases_from_args(args)
-        method_fn = make_method(args.method, args.weights, args.device)
+        method_fn = make_method(args.method, args.weights, args.device, args.flow_updates)
         result = evaluate(method_fn, cases, progress=not args.no_progress)
     except (FlowFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

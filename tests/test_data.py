@@ -10,7 +10,7 @@ from tiny_videos import make_dataset, render, write_mp4
 
 from actionflow.annotations import Sample
 from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate
-from actionflow.video import VideoError
+from flow_engine.video import VideoError
 
 
 @pytest.fixture(scope="module")

@@ -9,7 +9,7 @@ import pytest
 
 from actionflow.__main__ import main
 from actionflow.demo_data import MOVES, DemoDataError, RenderParams, generate_demo_dataset, render_clip
-from actionflow.video import probe
+from flow_engine.video import probe
 
 PLAIN = RenderParams(frames=16, size=96, background="plain", jitter=0.0, noise=0.0)
 

@@ -116,7 +116,7 @@ def test_default_codec_adds_little_to_the_quantisation_error(tmp_path, video):
 
 def test_default_codec_meets_the_epe_target_on_real_flow(tmp_path, video, shared_videos):
     """The target: round-trip EPE <= 0.1 px inside the bound, on real DIS flow at 340x256."""
-    from actionflow.video import read_frames
+    from flow_engine.video import read_frames
     from flow_engine.classical import classical_flow
 
     frames = read_frames(shared_videos / "ucf101_ApplyEyeMakeup.avi", range(0, 40, 5), size=(256, 340))

@@ -17,7 +17,7 @@ import torch
 from actionflow import precompute as pc
 from actionflow.__main__ import main as cli
 from actionflow.flow_cache import CachedFlow, FlowCache, dequantize, quantize
-from actionflow.video import VideoError, read_frames
+from flow_engine.video import VideoError, list_videos, read_frames
 
 SIZE = (48, 64)  # (H, W) the tests compute flow at (the videos are 64x80: resized on decode)
 BOUND = 20.0
@@ -183,12 +183,12 @@ def test_list_files_and_shards(good_videos, tmp_path, monkeypatch, capsys):
     lines = [f"{os.path.relpath(good_videos[0], listing.parent)} dance", str(good_videos[1]), "", "# comment",
              f"{os.path.relpath(good_videos[2], listing.parent)}"]
     listing.write_text("\n".join(lines) + "\n")
-    assert pc.list_videos(listing) == sorted([listing.parent / os.path.relpath(good_videos[0], listing.parent),
+    assert list_videos(listing) == sorted([listing.parent / os.path.relpath(good_videos[0], listing.parent),
                                               good_videos[1], listing.parent / os.path.relpath(good_videos[2], listing.parent)], key=str)
     folder = good_videos[0].parent
-    assert [v.name for v in pc.list_videos(folder)] == ["a.mp4", "c.mp4", "d.mp4", "e.mp4", "f.mp4", "b.mp4"]
+    assert [v.name for v in list_videos(folder)] == ["a.mp4", "c.mp4", "d.mp4", "e.mp4", "f.mp4", "b.mp4"]
 
-    videos = pc.list_videos(folder)
+    videos = list_videos(folder)
     for n in (1, 2, 4):
         parts = [pc.shard(videos, i, n) for i in range(n)]
         assert sorted(sum(parts, []), key=str) == videos  # every video in exactly one shard

@@ -1,8 +1,8 @@
-"""actionflow.video: decord reading with clear errors, and the PyAV fallback for widths decord mis-sizes."""
+"""flow_engine.video: decord reading with clear errors, and the PyAV fallback for widths decord mis-sizes."""
 import numpy as np
 import pytest
 
-from actionflow.video import VideoError, iter_frames, probe, read_frames
+from flow_engine.video import VideoError, iter_frames, probe, read_frames
 from flow_engine.viz import write_video
 
 

@@ -1,17 +1,96 @@
-"""Video decoding with decord, with every failure turned into one clear ``VideoError``.
+"""Video decoding with decord, with every failure turned into one clear ``VideoError``, and the
+lists that name videos.
 
 decord keeps decoder state (and, on long videos, memory) alive for as long as a
 ``VideoReader`` lives, and seeking far back and forth on variable-frame-rate files is
 slow and occasionally inexact. So readers here are short-lived (one per call), frame
-indices are read in ascending order and then put back in the order asked for.
+indices are read in ascending order and then put back in the order asked for. PyAV decodes
+what decord mis-sizes.
+
+:func:`list_videos` turns a folder, a list file or a single video into paths;
+:func:`read_list_lines` is the one reader of list files (UTF-8, BOM stripped, comments skipped).
 """
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+
+VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
+MAX_LIST_BYTES = 256 << 20  # a list file larger than this is not a list of videos
+
+
+class ListFileError(ValueError):
+    """A list file that cannot be read as text: missing, not UTF-8, too large (names the file)."""
+
+
+def read_list_lines(path: str | os.PathLike) -> list[tuple[int, str]]:
+    """``(line number, stripped text)`` of a list file's lines, blank lines and ``#`` comments skipped.
+
+    The file must be UTF-8 (a byte-order mark is stripped); anything else (UTF-16, a binary
+    file given by mistake) is a :class:`ListFileError` naming the file.
+    """
+    path = Path(path)
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):
+            raise ListFileError(f"{path}: not a regular file")
+        if path.stat().st_size > MAX_LIST_BYTES:
+            raise ListFileError(f"{path}: {path.stat().st_size} bytes is too large for a list file")
+        data = path.read_bytes()
+    except OSError as exc:
+        raise ListFileError(f"{path}: cannot read ({exc.strerror or exc})") from None
+    if data.startswith((b"\xff\xfe", b"\xfe\xff")):
+        raise ListFileError(f"{path}: the list is UTF-16; save it as UTF-8")
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError as exc:
+        raise ListFileError(f"{path}: not a UTF-8 text list (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); "
+                            "save it as UTF-8") from None
+    if "\x00" in text:
+        raise ListFileError(f"{path}: contains NUL bytes: not a text list")
+    out = []
+    for number, line in enumerate(text.splitlines(), 1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            out.append((number, line))
+    return out
+
+
+def is_video_path(path: str | os.PathLike) -> bool:
+    """Whether the name ends in one of :data:`VIDEO_EXTENSIONS` (case-insensitive)."""
+    return str(path).lower().endswith(VIDEO_EXTENSIONS)
+
+
+def split_list_line(line: str) -> tuple[str, str | None]:
+    """``"path label"`` -> (path, label); a line that is one path (it may hold spaces and ends
+    in a video extension) -> (line, None)."""
+    parts = line.rsplit(maxsplit=1)
+    if len(parts) == 2 and not is_video_path(parts[1]):
+        return parts[0], parts[1]
+    return line, None
+
+
+def list_videos(spec: str | os.PathLike) -> list[Path]:
+    """Videos named by ``spec``, sorted and unique: a folder (searched recursively for
+    :data:`VIDEO_EXTENSIONS`), a single video file, or a text list with one path per line,
+    optionally followed by a label (paths relative to the list's folder)."""
+    spec = Path(spec)
+    if spec.is_dir():
+        found = [p for p in spec.rglob("*") if is_video_path(p) and p.is_file()]
+    elif spec.is_file() and is_video_path(spec):
+        found = [spec]
+    elif spec.is_file():
+        found = []
+        for _, line in read_list_lines(spec):
+            path = Path(split_list_line(line)[0])
+            found.append(path if path.is_absolute() else spec.parent / path)
+    else:
+        raise FileNotFoundError(f"{spec}: no such folder, video or list file")
+    return sorted(set(found), key=str)
 
 
 class VideoError(RuntimeError):
