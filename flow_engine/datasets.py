@@ -270,8 +270,13 @@ DATASETS: dict[str, type[FlowPairs]] = {
 }
 
 
-def make_dataset(name: str, root: str | Path, **kwargs) -> FlowPairs:
-    """The dataset ``name`` (chairs, things, sintel, kitti, cases) at ``root``; kwargs go to its class."""
+def make_dataset(name: str, root: str | Path, **kwargs) -> Dataset:
+    """The dataset ``name`` (chairs, things, sintel, kitti, cases, or teacher: the labels of
+    :mod:`flow_engine.distill`) at ``root``; kwargs go to its class."""
+    if name == "teacher":
+        from flow_engine.distill import TeacherLabels  # imports this module
+
+        return TeacherLabels(root, **kwargs)
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, teacher")
     return DATASETS[name](root, **kwargs)

@@ -49,7 +49,8 @@ DEFAULTS: dict[str, Any] = {
     "out": "runs/flow/synthetic",
     "threads": None,  # torch.set_num_threads; None leaves torch's default
     "data": {
-        "train": [{"name": "synthetic"}],  # or datasets: {name: chairs|things|sintel|kitti, root: ..., repeat: 1, ...}
+        "train": [{"name": "synthetic"}],  # and/or datasets: {name: chairs|things|sintel|kitti|teacher, root: ..., repeat: 1, ...}
+        "synthetic_fraction": 0.5,  # share of each batch rendered procedurally when synthetic is mixed with datasets
         "crop": [384, 448],  # (h, w), multiples of 64
         "batch_size": 8,
         "num_workers": 4,
@@ -60,6 +61,21 @@ DEFAULTS: dict[str, Any] = {
         "val_cases": "../shared/data/flow",  # the cases layout; skipped with a log line when absent
         "val_scale": 1.0,  # frames resized by this before the network, flow scored at full size
         "val_limit": None,  # evaluate only this many cases (spread over the list)
+        "num_threads_label": None,  # torch threads while the teacher labels (None: unchanged)
+    },
+    # Distillation: a teacher engine labels pairs of real videos once (flow_engine.distill); the
+    # labels join data.train as {name: teacher, root: labels}. Off while teacher is null.
+    "distill": {
+        "teacher": None,  # raft_small | raft_large | pwcnet | dis_fine | ...
+        "teacher_weights": None,  # the teacher's weights file (RAFT: None = torchvision's download)
+        "flow_updates": None,  # RAFT teacher refinements (None: 12)
+        "device": "auto",
+        "videos": [],  # folders, list files or video files
+        "labels": None,  # label folder; default OUT/labels
+        "pairs_per_video": 48,
+        "gaps": [1, 2],  # frames between the two frames of a pair
+        "short_sides": [256, 320, 384],  # decode scales, px (capped at the video's own)
+        "batch": 4,  # pairs per teacher call (both directions)
     },
     "model": {"init": None, "corr_backend": "auto", "zero_flow_init": True},
     "loss": {"weights": list(LEVEL_WEIGHTS), "norm": "l2", "reduction": "sum", "q": 0.4, "eps": 0.01,
@@ -452,25 +468,60 @@ def _seed(*parts: int) -> int:
 class FlowDataModule(pl.LightningDataModule):
     """Training pairs (procedural on the device, or datasets with augmentation) and validation cases."""
 
-    def __init__(self, data: dict, seed: int = 0):
+    def __init__(self, data: dict, seed: int = 0, distill: dict | None = None):
         super().__init__()
         self.cfg = data
         self.seed = int(seed)
-        entries = data["train"]
+        self.distill = dict(distill or {})
+        entries = list(data["train"])
+        if self.distill.get("teacher"):
+            if not self.distill.get("labels"):
+                raise ConfigError("distill.labels: the label folder is not set")
+            if not any(e.get("name") == "teacher" for e in entries):
+                entries.append({"name": "teacher", "root": self.distill["labels"]})
+        self.entries = entries
         self.synthetic = any(e.get("name") == "synthetic" for e in entries)
-        if self.synthetic and len(entries) > 1:
-            raise ConfigError("data.train: the synthetic generator cannot be mixed with datasets in one run")
+        self.datasets = [e for e in entries if e.get("name") != "synthetic"]
+        fraction = float(data.get("synthetic_fraction", 0.5))
+        if self.synthetic and self.datasets and not 0 < fraction < 1:
+            raise ConfigError(f"data.synthetic_fraction must be in (0, 1) when synthetic pairs are mixed with datasets, got {fraction}")
+        batch = int(data["batch_size"])
+        # Per batch: how many pairs are rendered on the device and how many come from the datasets.
+        self.n_synthetic = batch if not self.datasets else (round(batch * fraction) if self.synthetic else 0)
+        if self.synthetic and self.datasets and not 0 < self.n_synthetic < batch:
+            raise ConfigError(f"data.batch_size {batch} with synthetic_fraction {fraction} leaves no room for both kinds of pairs")
         self._generator = None
         self._micro = (-1, 0)  # (global step, micro-batch within it) for gradient accumulation
 
     # -- training
+    def prepare_data(self) -> None:
+        """Labels the distillation videos with the teacher (what is not labelled yet)."""
+        d = self.distill
+        if not d.get("teacher") or not d.get("videos"):
+            return
+        from flow_engine.distill import label_videos
+        from flow_engine.engine import FlowEngine
+
+        teacher = FlowEngine(model=d["teacher"], weights=d.get("teacher_weights"), device=d.get("device", "auto"),
+                             flow_updates=d.get("flow_updates"))
+        threads = torch.get_num_threads()
+        if self.cfg.get("num_threads_label"):
+            torch.set_num_threads(int(self.cfg["num_threads_label"]))
+        try:
+            summary = label_videos(d["videos"], d["labels"], teacher, pairs_per_video=d["pairs_per_video"],
+                                   gaps=d["gaps"], short_sides=d["short_sides"], seed=self.seed, batch=d["batch"])
+        finally:
+            torch.set_num_threads(threads)
+        log.info("teacher labels in %s: %d pairs of %d videos (%d new, %d already there), %d videos skipped",
+                 d["labels"], summary["pairs"], summary["videos"], summary["labelled"], summary["existing"], len(summary["skipped"]))
+
     def train_dataloader(self) -> DataLoader:
-        if self.synthetic:
+        if not self.datasets:
             return DataLoader(_Ticks(), batch_size=None)
         from flow_engine.datasets import make_dataset
 
         parts = []
-        for entry in self.cfg["train"]:
+        for entry in self.datasets:
             entry = dict(entry)
             name, root, repeat = entry.pop("name"), entry.pop("root", None), int(entry.pop("repeat", 1))
             if root is None:
@@ -479,7 +530,7 @@ class FlowDataModule(pl.LightningDataModule):
             log.info("training data: %s at %s, %d pairs x %d", name, root, len(ds), repeat)
             parts += [_Cropped(ds, tuple(self.cfg["crop"]), self.cfg["spatial"], ds.sparse)] * repeat
         return DataLoader(
-            ConcatDataset(parts), batch_size=self.cfg["batch_size"], shuffle=True, drop_last=True,
+            ConcatDataset(parts), batch_size=int(self.cfg["batch_size"]) - self.n_synthetic, shuffle=True, drop_last=True,
             num_workers=self.cfg["num_workers"], persistent_workers=self.cfg["num_workers"] > 0, pin_memory=torch.cuda.is_available(),
         )
 
@@ -500,7 +551,7 @@ class FlowDataModule(pl.LightningDataModule):
         self._micro = (step, micro)
         seed = _seed(self.seed, step, rank, micro)
         if self.synthetic:
-            device = batch.device
+            device = batch.device if torch.is_tensor(batch) else batch[0].device
             if self._generator is None or self._generator.device != device:
                 from flow_engine.synthetic import SyntheticFlow
 
@@ -508,7 +559,8 @@ class FlowDataModule(pl.LightningDataModule):
                 h, w = self.cfg["crop"]
                 self._generator = SyntheticFlow(h, w, device, self.seed, **kwargs)
             self._generator.max_displacement = self.max_displacement(step)
-            batch = self._generator.sample(self.cfg["batch_size"], seed=seed)
+            rendered = self._generator.sample(self.n_synthetic, seed=seed)
+            batch = rendered if not self.datasets else tuple(torch.cat((a, b.to(a.dtype))) for a, b in zip(batch, rendered))
         img1, img2, flow, valid = batch
         if self.cfg.get("photometric") is not None:
             g = torch.Generator(img1.device)
@@ -636,7 +688,10 @@ def build(config: dict) -> tuple[FlowModule, FlowDataModule, pl.Trainer]:
     pl.seed_everything(int(config["seed"]), workers=True)
     t = config["trainer"]
     module = FlowModule(config["model"], config["loss"], config["optim"], t["max_steps"], config["data"]["val_scale"], str(out))
-    data = FlowDataModule(config["data"], config["seed"])
+    distill = dict(config["distill"])
+    if distill.get("teacher") and not distill.get("labels"):
+        distill["labels"] = str(out / "labels")
+    data = FlowDataModule(config["data"], config["seed"], distill)
     callbacks: list[pl.Callback] = [StepLog(t["log_every_steps"])]
     ckpt_dir = out / "checkpoints"
     every_minutes = t.get("ckpt_every_minutes")
@@ -710,6 +765,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--init", help="model.init: PWC-Net weights to start from")
     parser.add_argument("--logger", choices=["wandb", "csv", "none"], help="logger.kind")
     parser.add_argument("--threads", type=int, help="torch.set_num_threads")
+    parser.add_argument("--teacher", help="distill.teacher: label --videos with this engine (raft_small, raft_large, pwcnet, dis_fine ...)")
+    parser.add_argument("--teacher-weights", help="distill.teacher_weights: the teacher's weights file")
+    parser.add_argument("--videos", action="append", metavar="DIR|LIST|VIDEO", help="distill.videos (repeatable): videos to label")
+    parser.add_argument("--labels", help="distill.labels: the label folder (default OUT/labels)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key, dotted (e.g. optim.schedule=onecycle); repeatable")
     parser.add_argument("--export", nargs="?", const=str(DEFAULT_WEIGHTS_OUT), metavar="PATH",
                         help=f"after training, write the best checkpoint's fp16 weights to PATH (default {DEFAULT_WEIGHTS_OUT.relative_to(ROOT)})")
@@ -722,7 +781,8 @@ def run(args: argparse.Namespace) -> int:
     for flag, key in (("max_steps", "trainer.max_steps"), ("devices", "trainer.devices"), ("num_nodes", "trainer.num_nodes"),
                       ("strategy", "trainer.strategy"), ("precision", "trainer.precision"), ("out", "out"),
                       ("batch_size", "data.batch_size"), ("lr", "optim.lr"), ("crop", "data.crop"), ("init", "model.init"),
-                      ("logger", "logger.kind"), ("threads", "threads")):
+                      ("logger", "logger.kind"), ("threads", "threads"), ("teacher", "distill.teacher"),
+                      ("teacher_weights", "distill.teacher_weights"), ("videos", "distill.videos"), ("labels", "distill.labels")):
         value = getattr(args, flag)
         if value is not None:
             overrides[key] = _parse_value(value) if flag == "devices" else value
