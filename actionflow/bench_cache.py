@@ -72,25 +72,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def compute_flows(engine, video: Path, size: tuple[int, int], max_frames: int = 0, batch: int = 16) -> tuple[np.ndarray, float, float]:
     """The engine's float flow of ``video`` (its first ``max_frames`` frames; 0: all) at ``size``:
     (float32 ``[T-1,2,H,W]`` pixels, seconds decoding, seconds in the engine)."""
-    import torch
+    decode_s, used = 0.0, 0
 
-    out, prev, used = [], None, 0
-    engine_s, t0 = 0.0, time.perf_counter()
-    for frames in iter_frames(video, chunk=batch, size=size):
-        if max_frames:
-            frames = frames[: max_frames - used]
-        used += len(frames)
-        seq = torch.from_numpy(frames).permute(0, 3, 1, 2)
-        if prev is not None:
-            seq = torch.cat([prev, seq])
-        if seq.shape[0] >= 2:
+    def chunks():
+        nonlocal decode_s, used
+        frames_iter = iter_frames(video, chunk=batch, size=size)
+        while not (max_frames and used >= max_frames):
             t = time.perf_counter()
-            out.append(engine(seq[:-1], seq[1:]).cpu().numpy())
-            engine_s += time.perf_counter() - t
-        prev = seq[-1:]
-        if max_frames and used >= max_frames:
-            break
-    return np.concatenate(out), time.perf_counter() - t0 - engine_s, engine_s
+            frames = next(frames_iter, None)
+            decode_s += time.perf_counter() - t
+            if frames is None:
+                return
+            if max_frames:
+                frames = frames[: max_frames - used]
+            used += len(frames)
+            yield frames
+
+    t0 = time.perf_counter()
+    out = [f.cpu().numpy() for f in engine.stream(chunks(), batch)]
+    return np.concatenate(out), decode_s, time.perf_counter() - t0 - decode_s
 
 
 def epe_inside(got: np.ndarray, want: np.ndarray, bound: float) -> tuple[float, int]:

@@ -104,15 +104,7 @@ def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str |
     """The whole video's flow (model's engine, at ``size``) colour-coded into an MP4; returns frames written."""
     from flow_engine.viz import flow_to_color_torch, write_video
 
-    engine = model.flow_engine
-    flows, previous = [], None
-    for frames in iter_frames(video, chunk, size):
-        clip = torch.from_numpy(frames).permute(0, 3, 1, 2).to(model.device)
-        if previous is not None:
-            clip = torch.cat([previous, clip])
-        if len(clip) >= 2:
-            flows.append(engine.clip_flow(clip).half().cpu())
-        previous = clip[-1:]
+    flows = [f.half().cpu() for f in model.flow_engine.stream(iter_frames(video, chunk, size), chunk)]
     if not flows:
         log.warning("%s has a single frame: no flow video written", video)
         return 0

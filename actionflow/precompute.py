@@ -184,28 +184,22 @@ def write_video_entry(
             for payload, c in zip(fut.result(), clipped):
                 writer.add(payload, int(c))
 
+    def checked(chunks):
+        for chunk in chunks:
+            if chunk.shape[1:3] != (h, w):
+                raise VideoError(video, f"decoded frames are {chunk.shape[1]}x{chunk.shape[2]}, not {h}x{w}")
+            yield _frames_to_tensor(chunk, device)
+
     try:
         with CacheWriter(cache.path_for(video), header) as writer:
-            previous = None
-            for chunk in frames:
-                if chunk.shape[1:3] != (h, w):
-                    raise VideoError(video, f"decoded frames are {chunk.shape[1]}x{chunk.shape[2]}, not {h}x{w}")
-                seq = _frames_to_tensor(chunk, device)
-                if previous is not None:
-                    seq = torch.cat([previous, seq])
-                previous = seq[-1:]
-                for s in range(0, seq.shape[0] - 1, batch):
-                    f1, f2 = seq[s: s + batch], seq[s + 1: s + batch + 1]
-                    f1 = f1[: f2.shape[0]]
-                    with torch.inference_mode():
-                        flow = engine(f1, f2)
-                    if tuple(flow.shape) != (f1.shape[0], 2, h, w):
-                        raise RuntimeError(f"engine {getattr(engine, 'name', engine)!r} returned flow of shape "
-                                           f"{tuple(flow.shape)} for {f1.shape[0]} pairs of {h}x{w} frames")
-                    # uint8 on the engine's device: a quarter of the bytes cross to the host
-                    q, clipped = quantize(flow, cache.bound)
-                    pending.append((pool.submit(encode_frames, q.cpu().numpy(), cache.codec), clipped.cpu().numpy()))
-                    drain(max_pending)
+            for flow in engine.stream(checked(frames), batch):
+                if tuple(flow.shape[1:]) != (2, h, w):
+                    raise RuntimeError(f"engine {getattr(engine, 'name', engine)!r} returned flow of shape "
+                                       f"{tuple(flow.shape)} for pairs of {h}x{w} frames")
+                # uint8 on the engine's device: a quarter of the bytes cross to the host
+                q, clipped = quantize(flow, cache.bound)
+                pending.append((pool.submit(encode_frames, q.cpu().numpy(), cache.codec), clipped.cpu().numpy()))
+                drain(max_pending)
             drain(0)
             if writer.num_flows == 0:
                 raise VideoError(video, "fewer than 2 frames: no flow to compute")

@@ -4,7 +4,9 @@
 
 1. Engine: pairs/s of ``FlowEngine`` on ``--batch`` random uint8 frame pairs already on the
    engine's device (warm-up, then timed with CUDA events / perf_counter), and peak memory
-   (``torch.cuda.max_memory_allocated`` on GPU, the process's peak RSS on CPU).
+   (``torch.cuda.max_memory_allocated`` on GPU, the process's peak RSS on CPU). With
+   ``--clip T``: T-frame clips, timed in the same run as T-1 separate pairs (``pairs``) and
+   through ``FlowEngine.clip_flow`` (``clip``: each frame's features computed once).
 2. Cost volume alone on the pyramid shapes PWC-Net sees at that size (levels 6..2, d=4):
    median ms of forward and forward+backward for each backend. On GPU also the kernel's
    bytes-moved floor (read f1 and f2 once, write the volume once, at the card's measured
@@ -42,7 +44,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
     parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
+    parser.add_argument("--clip", type=int, metavar="T", help="also time T-frame clips: pair path vs clip path (features once)")
     parser.add_argument("--skip-engine", action="store_true", help="benchmark the cost volume only")
+    parser.add_argument("--skip-cost-volume", action="store_true", help="benchmark the engine only")
     parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON")
 
 
@@ -98,6 +102,19 @@ def bench_engine(engine: FlowEngine, size: tuple[int, int], batch: int, iters: i
     return out
 
 
+def bench_clip(engine: FlowEngine, size: tuple[int, int], frames: int, iters: int, warmup: int) -> dict:
+    """pairs/s on a ``frames``-frame clip, as separate pairs and through the clip path, in one run."""
+    H, W = size
+    g = torch.Generator().manual_seed(0)
+    clip = torch.randint(0, 256, (frames, 3, H, W), dtype=torch.uint8, generator=g).to(engine.device)
+    out = {}
+    for mode, fn in (("pairs", lambda: engine(clip[:-1], clip[1:])), ("clip", lambda: engine.clip_flow(clip))):
+        times = _timer(engine.device, fn, iters, warmup)
+        out[mode] = {"pairs_per_s": (frames - 1) * iters / (sum(times) / 1000), "ms_per_clip_median": statistics.median(times)}
+    out["speedup"] = out["clip"]["pairs_per_s"] / out["pairs"]["pairs_per_s"]
+    return out
+
+
 def pyramid_shapes(size: tuple[int, int], batch: int) -> list[tuple[int, tuple[int, int, int, int]]]:
     """(level, [B,C,h,w]) of the features PWC-Net correlates at each level, coarsest first."""
     Hp, Wp = padded_size(*size)
@@ -144,8 +161,8 @@ def bench_cost_volume(device: torch.device, dtype: torch.dtype, size: tuple[int,
 
 
 def run(args: argparse.Namespace) -> int:
-    if args.batch < 1 or args.iters < 1 or args.warmup < 0:
-        print("error: --batch and --iters must be at least 1, --warmup at least 0", file=sys.stderr)
+    if args.batch < 1 or args.iters < 1 or args.warmup < 0 or (args.clip is not None and args.clip < 2):
+        print("error: --batch and --iters must be at least 1, --warmup at least 0, --clip at least 2", file=sys.stderr)
         return 2
     try:
         engine = FlowEngine(model=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
@@ -170,6 +187,14 @@ def run(args: argparse.Namespace) -> int:
         mem = f"peak GPU memory {e['peak_memory_mib']:.0f} MiB" if "peak_memory_mib" in e else f"peak RSS {e['peak_rss_mib']:.0f} MiB"
         print(f"engine: {e['pairs_per_s']:.2f} pairs/s ({e['ms_per_batch_median']:.1f} ms per batch of {args.batch}), {mem}")
 
+    if args.clip:
+        c = bench_clip(engine, args.size, args.clip, args.iters, args.warmup)
+        result["pairs"], result["clip"], result["clip_speedup"] = c["pairs"], c["clip"], c["speedup"]
+        print(f"{args.clip}-frame clips: {c['pairs']['pairs_per_s']:.2f} pairs/s as pairs, "
+              f"{c['clip']['pairs_per_s']:.2f} pairs/s as a clip ({c['speedup']:.2f}x)")
+    if args.skip_cost_volume:
+        return _write_json(args.json, result)
+
     rows, note = bench_cost_volume(device, DTYPES[engine.dtype], args.size, args.batch, args.iters, args.warmup)
     result["cost_volume"] = rows
     result["cost_volume_note"] = note
@@ -182,8 +207,12 @@ def run(args: argparse.Namespace) -> int:
         shape = "x".join(str(v) for v in r["shape"])
         print(f"{r['level']:>5} {shape:>20} " + " ".join(f"{r[c]:>22.3f}" for c in cols))
 
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result, indent=2))
-        print(f"\nwrote {args.json}")
+    return _write_json(args.json, result)
+
+
+def _write_json(path: Path | None, result: dict) -> int:
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(result, indent=2))
+        print(f"\nwrote {path}")
     return 0

@@ -3,6 +3,7 @@
     engine = FlowEngine()                       # PWC-Net, shipped weights, cuda if available, bf16 there
     flow = engine(frames1, frames2)             # [B,3,H,W] uint8 or float [0,1] -> [B,2,H,W] float32 px
     flows = engine.clip_flow(clip)              # [T,3,H,W] -> [T-1,2,H,W] forward flows
+    for flows in engine.stream(chunks): ...     # a video in chunks of frames -> its flows, in order
     engine.config()                             # {"name", "weights_hash", "dtype"}: a cache key
 
 RAFT from torchvision ("raft_small", "raft_large"; :mod:`flow_engine.raft`) and the classical
@@ -14,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import numpy as np
@@ -212,17 +214,60 @@ class FlowEngine:
                 out[i : i + step] = self.model.predict(a, b).float()
         return out
 
-    def clip_flow(self, clip: torch.Tensor) -> torch.Tensor:
+    def clip_flow(self, clip: torch.Tensor, batch: int | None = None) -> torch.Tensor:
         """Forward flows [T-1,2,H,W] (pixels) between consecutive frames of ``clip`` [T,3,H,W].
 
-        The clip crosses to the engine's device once; the result comes back to the clip's device.
+        PWC-Net and RAFT compute each frame's features once (see :meth:`windows`). The clip
+        crosses to the engine's device once; the result comes back to the clip's device.
         """
-        if clip.dim() != 4 or clip.shape[0] < 2:
-            raise FlowInputError(f"clip must be [T,3,H,W] with T >= 2, got shape {tuple(clip.shape)}")
         home = clip.device
-        if self.model is not None:
-            clip = clip.to(self.device, non_blocking=True)
-        return self(clip[:-1], clip[1:]).to(home)
+        return torch.cat([f.to(home) for f in self.windows(clip, batch)])
+
+    def windows(self, clip: torch.Tensor, batch: int | None = None) -> Iterator[torch.Tensor]:
+        """Flows of consecutive frames of ``clip`` [T,3,H,W] (uint8 or float [0,1]), ``batch`` pairs
+        at a time (default: as many as fit the memory budget), on the engine's device.
+
+        A window of n pairs runs the network's feature extractor on its n+1 frames once.
+        """
+        if not torch.is_tensor(clip) or clip.dim() != 4 or clip.shape[0] < 2 or clip.shape[1] not in (1, 3):
+            raise FlowInputError(f"clip must be a tensor [T,3,H,W] with T >= 2, got {tuple(getattr(clip, 'shape', ()))}")
+        if batch is not None and batch < 1:
+            raise FlowEngineError(f"batch must be at least 1, got {batch}")
+        H, W = clip.shape[-2:]
+        step = self.pairs_per_batch(H, W) if self.model is not None else len(clip)
+        step = min(step, batch or step)
+        if self.model is None:
+            for s in range(0, len(clip) - 1, step):
+                n = min(step, len(clip) - 1 - s)
+                yield self(clip[s : s + n], clip[s + 1 : s + n + 1])
+            return
+        autocast = self.dtype != "fp32"
+        clip = clip.to(self.device, non_blocking=True)
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
+            for s in range(0, len(clip) - 1, step):
+                yield self.model.predict_clip(_to_unit_float(clip[s : s + step + 1])).float()
+
+    def stream(self, chunks: Iterable[torch.Tensor | np.ndarray], batch: int | None = None) -> Iterator[torch.Tensor]:
+        """Flows between consecutive frames of a video given in chunks, on the engine's device.
+
+        ``chunks``: uint8 RGB frames, each chunk a numpy [t,H,W,3] (as decoders return them) or a
+        tensor [t,3,H,W]. The last frame of a chunk is carried over, so the flows are those of
+        the whole sequence: n frames in all give n-1 flows, yielded ``batch`` pairs at a time.
+        """
+        previous = None
+        for chunk in chunks:
+            if isinstance(chunk, np.ndarray):
+                if chunk.ndim != 4 or chunk.shape[-1] != 3:
+                    raise FlowInputError(f"frame chunks must be [t,H,W,3] arrays, got shape {chunk.shape}")
+                chunk = torch.from_numpy(chunk).permute(0, 3, 1, 2)
+            if len(chunk) == 0:
+                continue
+            if self.model is not None:
+                chunk = chunk.to(self.device, non_blocking=True)
+            seq = chunk if previous is None else torch.cat([previous, chunk])
+            previous = seq[-1:]
+            if len(seq) >= 2:
+                yield from self.windows(seq, batch)
 
     def flow_with_grad(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
         """Flow [B,2,H,W] in pixels with the autograd graph kept, for fine-tuning the network end to end.

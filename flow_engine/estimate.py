@@ -23,6 +23,7 @@ import torch
 from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
 from flow_engine.io import FlowFileError, read_image, write_flow, write_image
 from flow_engine.pwcnet import FlowInputError, WeightsError
+from flow_engine.video import VideoError, iter_frames, probe, resize_frames
 from flow_engine.viz import flow_to_color, write_video
 
 log = logging.getLogger(__name__)
@@ -107,11 +108,7 @@ def _check_args(args: argparse.Namespace) -> None:
 
 
 def _resize(img: np.ndarray, size: tuple[int, int] | None) -> np.ndarray:
-    import cv2
-
-    if size is None or img.shape[:2] == size:
-        return img
-    return cv2.resize(img, (size[1], size[0]), interpolation=cv2.INTER_AREA if size[0] < img.shape[0] else cv2.INTER_LINEAR)
+    return img if size is None else resize_frames(img[None], size)[0]
 
 
 def _to_tensor(frames: np.ndarray) -> torch.Tensor:
@@ -132,31 +129,27 @@ def _run_pair(engine: FlowEngine, args: argparse.Namespace) -> int:
 
 # --- sequences -------------------------------------------------------------------------------------
 def _video_source(path: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None):
-    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of a video decoded with decord."""
-    if not path.is_file():
-        raise EstimateError(f"{path}: no such video file")
+    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of a video (flow_engine.video)."""
     try:
-        from decord import VideoReader, cpu
-
-        h, w = size if size is not None else (-1, -1)
-        vr = VideoReader(str(path), ctx=cpu(0), width=w, height=h)
-        n = len(vr)
-        fps = float(vr.get_avg_fps() or 30.0)
-    except Exception as e:  # decord raises its own DECORDError (and others) for unreadable files
-        raise EstimateError(f"{path}: cannot open video ({type(e).__name__}: {e})") from None
-    if max_frames is not None:
-        n = min(n, max_frames)
+        info = probe(path)
+    except VideoError as e:
+        raise EstimateError(str(e)) from None
+    n = info.num_frames if max_frames is None else min(info.num_frames, max_frames)
     if n < 2:
         raise EstimateError(f"{path}: {n} decodable frame(s); need at least 2")
 
     def chunks() -> Iterator[np.ndarray]:
-        for s in range(0, n, chunk):
-            try:
-                yield vr.get_batch(list(range(s, min(n, s + chunk)))).asnumpy()
-            except Exception as e:
-                raise EstimateError(f"{path}: cannot decode frames {s}..{min(n, s + chunk) - 1} ({type(e).__name__}: {e})") from None
+        seen = 0
+        try:
+            for frames in iter_frames(path, chunk, size):
+                yield frames[: n - seen]
+                seen += len(frames)
+                if seen >= n:
+                    return
+        except VideoError as e:
+            raise EstimateError(str(e)) from None
 
-    return [f"{i:06d}" for i in range(n)], fps, chunks()
+    return [f"{i:06d}" for i in range(n)], info.fps or 30.0, chunks()
 
 
 def _frames_source(folder: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None):
@@ -201,16 +194,9 @@ def _run_sequence(engine: FlowEngine, args: argparse.Namespace) -> int:
 
     def colour_frames() -> Iterator[np.ndarray]:
         """Computes the flows chunk by chunk, writes .flo/.png, yields MP4 colour frames."""
-        prev = None  # last frame of the previous chunk: the first frame of the next pair
         with tqdm(total=len(names) - 1, unit="pair", desc="flow", disable=None) as bar:
-            for frames in chunks:
-                clip = _to_tensor(frames)
-                if prev is not None:
-                    clip = torch.cat([prev, clip])
-                prev = clip[-1:]
-                if len(clip) < 2:
-                    continue
-                flows = engine.clip_flow(clip).permute(0, 2, 3, 1).cpu().numpy()  # [t,H,W,2]
+            for flows in engine.stream(chunks, args.batch):
+                flows = flows.permute(0, 2, 3, 1).cpu().numpy()  # [t,H,W,2]
                 if args.mp4 is not None and state["max_flow"] is None:
                     state["max_flow"] = max(float(np.linalg.norm(flows, axis=-1).max()), 1e-6)
                 for flow in flows:

@@ -177,9 +177,11 @@ class PWCNet(nn.Module):
         # One pass through the shared pyramid for both frames.
         pyr = self.feature_pyramid(torch.cat((img1, img2), dim=0))
         B = img1.shape[0]
-        feats1 = [p[:B] for p in pyr]
-        feats2 = [p[B:] for p in pyr]
+        return self.decode([p[:B] for p in pyr], [p[B:] for p in pyr])
 
+    def decode(self, feats1: list[torch.Tensor], feats2: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Flows [flow6 .. flow2] (pixels / 20) from the two frames' pyramids (levels 1..6, as
+        :meth:`feature_pyramid` returns them): cost volumes, warping, estimators, context."""
         flows = []
         x = self.cost_volume(feats1[5], feats2[5])
         flow, x = self.flow_estimator(6, x)
@@ -217,6 +219,25 @@ class PWCNet(nn.Module):
         flow2 = self(x1, x2)[-1].float()
         flow = self.FLOW_SCALE * F.interpolate(flow2, scale_factor=4, mode="bilinear", align_corners=False)
         return unpad(flow, (H, W)) if size_mode == "pad" else resize_flow(flow, (H, W))
+
+    def predict_clip(self, frames: torch.Tensor) -> torch.Tensor:
+        """Flows [T-1,2,H,W] px between consecutive RGB [0,1] frames [T,3,H,W] of any size.
+
+        Each frame's feature pyramid is computed once and serves as frame 2 of one pair and
+        frame 1 of the next: the same numbers as :meth:`predict` on the pairs, with about half
+        the pyramid work.
+        """
+        frames = as_rgb(frames)
+        if frames.dim() != 4 or frames.shape[0] < 2:
+            raise FlowInputError(f"a clip must be [T,3,H,W] with T >= 2, got shape {tuple(frames.shape)}")
+        H, W = frames.shape[-2:]
+        x = pad_to_multiple(frames)
+        if self.bgr:
+            x = x.flip(1)
+        pyr = self.feature_pyramid(x)
+        flow2 = self.decode([p[:-1] for p in pyr], [p[1:] for p in pyr])[-1].float()
+        flow = self.FLOW_SCALE * F.interpolate(flow2, scale_factor=4, mode="bilinear", align_corners=False)
+        return unpad(flow, (H, W))
 
     @classmethod
     def from_weights(cls, path: str | Path, **kwargs) -> "PWCNet":

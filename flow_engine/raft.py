@@ -205,6 +205,15 @@ class RAFT(nn.Module):
         check_pair(img1, img2)
         return self.flow_from_features(*self.encode(torch.cat((img1, img2))).split(img1.shape[0]), img1)
 
+    def predict_clip(self, frames: torch.Tensor) -> torch.Tensor:
+        """Flows [T-1,2,H,W] px between consecutive RGB [0,1] frames [T,3,H,W]; each frame is
+        encoded once (the same numbers as :meth:`predict` on the pairs)."""
+        frames = as_rgb(frames)
+        if frames.dim() != 4 or frames.shape[0] < 2:
+            raise FlowInputError(f"a clip must be [T,3,H,W] with T >= 2, got shape {tuple(frames.shape)}")
+        fmaps = self.encode(frames)
+        return self.flow_from_features(fmaps[:-1], fmaps[1:], frames[:-1])
+
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Feature-encoder output [N,C,H/8,W/8] (of the padded frames) for RGB [0,1] frames [N,3,H,W]."""
         x, _ = self._pad(as_rgb(frames).float() * 2 - 1)

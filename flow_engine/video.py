@@ -153,11 +153,14 @@ def _frame_shape(reader, path) -> tuple[int, int]:
     return int(h), int(w)
 
 
-def _resize(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """uint8 ``[T,h,w,3]`` -> ``[T,H,W,3]`` with OpenCV (area when shrinking, bilinear when growing)."""
+def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """uint8 ``[T,h,w,3]`` -> ``[T,H,W,3]`` (``size`` = (H, W)) with OpenCV (area when shrinking,
+    bilinear when growing); unchanged when already that size."""
     import cv2
 
     H, W = int(size[0]), int(size[1])
+    if frames.shape[1:3] == (H, W):
+        return frames
     interp = cv2.INTER_AREA if H * W < frames.shape[1] * frames.shape[2] else cv2.INTER_LINEAR
     return np.stack([cv2.resize(f, (W, H), interpolation=interp) for f in frames])
 
@@ -210,12 +213,12 @@ def _pyav_chunks(path: str | os.PathLike, chunk: int, size: tuple[int, int] | No
             for frame in container.decode(video=0):
                 buf.append(frame.to_ndarray(format="rgb24"))
                 if len(buf) == chunk:
-                    yield _resize(np.stack(buf), size) if size else np.stack(buf)
+                    yield resize_frames(np.stack(buf), size) if size else np.stack(buf)
                     buf = []
     except av.FFmpegError as exc:
         raise VideoError(path, f"decoding failed ({_short(exc)})") from None
     if buf:
-        yield _resize(np.stack(buf), size) if size else np.stack(buf)
+        yield resize_frames(np.stack(buf), size) if size else np.stack(buf)
 
 
 def _read_frames(path, indices, size) -> np.ndarray:

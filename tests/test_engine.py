@@ -81,6 +81,17 @@ def test_clip_flow(engine, frames, reference):
         engine.clip_flow(frames[:1])
 
 
+def test_stream_of_chunks_gives_the_pair_flows(engine, frames, reference):
+    # Chunks of 1, 2 and 1 frames (decoders' numpy layout): the frame at each boundary is carried over.
+    chunks = [frames[i:j].permute(0, 2, 3, 1).numpy() for i, j in ((0, 1), (1, 3), (3, 4))]
+    flows = list(engine.stream(chunks, batch=2))
+    assert [len(f) for f in flows] == [2, 1]  # the first chunk alone has no pair
+    torch.testing.assert_close(torch.cat(flows), reference, rtol=1e-4, atol=1e-4)
+    # Windows of one pair each compute the same numbers as one window of all three.
+    torch.testing.assert_close(torch.cat(list(engine.windows(frames, batch=1))), reference, rtol=1e-4, atol=1e-4)
+    assert list(engine.stream([frames[:1].permute(0, 2, 3, 1).numpy()])) == []
+
+
 def test_flow_with_grad_keeps_the_graph(engine, frames, reference):
     f = frames[:2].float() / 255
     flow = engine.flow_with_grad(f[:1], f[1:])
@@ -163,6 +174,14 @@ def test_bench_cli_runs_and_writes_json(tmp_path, capsys):
     assert result["cost_volume"][-1]["shape"] == [1, 32, 16, 16]
     assert all(r["torch_fwd_ms"] > 0 and r["torch_fwd_bwd_ms"] > 0 for r in result["cost_volume"])
     assert "PyTorch path only" in capsys.readouterr().out
+    # Clip mode: the pair path and the clip path timed in one run, reported side by side.
+    args = ["bench", "--engine", "dis", "--size", "64x64", "--clip", "4", "--iters", "1", "--warmup", "0",
+            "--skip-cost-volume", "--skip-engine", "--json", str(out)]
+    assert main(args) == 0
+    result = json.loads(out.read_text())
+    assert result["pairs"]["pairs_per_s"] > 0 and result["clip"]["pairs_per_s"] > 0 and "cost_volume" not in result
+    assert result["engine_config"]["name"] == "dis"
+    assert main(["bench", "--clip", "1"]) == 2
 
 
 @pytest.mark.gpu

@@ -95,7 +95,7 @@ def test_bad_input_gives_clear_errors(pair, tmp_path, capsys):
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00" * 1000)
     assert main(["estimate", "--video", str(video), "-o", str(tmp_path / "o"), "--flo", "--model", "dis"]) == 1
-    assert "broken.mp4: cannot open video" in capsys.readouterr().err
+    assert "broken.mp4: cannot open as a video" in capsys.readouterr().err
 
     small = tmp_path / "small.png"
     write_image(small, textured(32, 40))

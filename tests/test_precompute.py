@@ -17,16 +17,19 @@ import torch
 from actionflow import precompute as pc
 from actionflow.__main__ import main as cli
 from actionflow.flow_cache import CachedFlow, FlowCache, dequantize, quantize
+from flow_engine.engine import FlowEngine
 from flow_engine.video import VideoError, list_videos, read_frames
 
 SIZE = (48, 64)  # (H, W) the tests compute flow at (the videos are 64x80: resized on decode)
 BOUND = 20.0
 
 
-class StandInEngine:
+class StandInEngine(FlowEngine):
     """A fast engine with a known answer: u = red change / 2 (often beyond the bound:
-    exercises clipping), v = red of frame 1 * 30/255 - 15. Counts its calls."""
+    exercises clipping), v = red of frame 1 * 30/255 - 15. Counts its calls. FlowEngine's
+    ``stream`` serves it, as it serves the classical engines (``model`` None: pairs one call each)."""
 
+    model = None
     name = "standin"
     weights_hash = "0123abcd"
     device = torch.device("cpu")

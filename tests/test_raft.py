@@ -182,3 +182,17 @@ def test_raft_wrapper_takes_greyscale_and_rejects_mismatched_pairs(raft_small_fi
         model.predict(torch.rand(1, 3, 40, 48), torch.rand(1, 3, 40, 56))
     with pytest.raises(ValueError, match="flow_updates"):
         RAFT(model.net, flow_updates=0)
+
+
+def test_clip_path_encodes_each_frame_once_with_the_pair_numbers(raft_small_file):
+    engine = FlowEngine("raft_small", weights=raft_small_file, device="cpu", flow_updates=4)
+    a, b = _shifted_pair(72, 88, dx=2, dy=1)
+    c, _ = _shifted_pair(72, 88, dx=4, dy=2)
+    clip = torch.cat([a, b, c])
+    calls = []
+    hook = engine.model.net.feature_encoder.register_forward_hook(lambda m, i, o: calls.append(len(i[0])))
+    flows = engine.clip_flow(clip)
+    hook.remove()
+    assert calls == [3]  # three frames through the encoder once, not four
+    pairs = engine(clip[:-1], clip[1:])
+    torch.testing.assert_close(flows, pairs, rtol=1e-4, atol=1e-3)
