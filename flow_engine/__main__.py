@@ -16,6 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("flow_engine.evaluate", "Score a flow method (EPE, angular error, Fl-all) on ground-truth cases or a benchmark."),
     "bench": ("flow_engine.bench", "Benchmark the engine (pairs/s, memory) and the cost volume (CuPy vs PyTorch)."),
     "train": ("flow_engine.train", "Train or fine-tune PWC-Net from a YAML config (PyTorch Lightning)."),
+    "doctor": ("flow_engine.doctor", "Say what works on this machine (CUDA, CuPy kernels, engines, weights, video) and why not."),
 }
 
 
