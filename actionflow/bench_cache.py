@@ -64,7 +64,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-frames", type=int, default=0, help="use at most this many frames per video (0: all)")
     parser.add_argument("--clip", type=int, default=5, help="flows per random read (L, default 5)")
     parser.add_argument("--seconds", type=float, default=3.0, help="how long each read-throughput run lasts (default 3)")
-    parser.add_argument("--workers", type=int, default=2, help="worker processes in the parallel read test (default 2)")
+    parser.add_argument("--workers", type=int, default=2,
+                        help="worker processes in the parallel read test, and a classical engine's flow processes "
+                             "(precompute is timed with 1 and with this many; default 2)")
     parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="build the caches in this folder and keep them")
 
@@ -195,16 +197,20 @@ def run(args: argparse.Namespace) -> int:
     h, w = args.size
     with tempfile.TemporaryDirectory(prefix="bench-cache-") as tmp:
         work = args.keep or Path(tmp)
-        # 1. precompute end to end (decode, flow, quantise, encode, write)
-        cache = FlowCache(work / "precompute", engine.config(), size=args.size, bound=args.bound, codec=codec)
+        # 1. precompute end to end (decode, flow, quantise, encode, write); a classical engine
+        #    with 1 and with --workers processes, in this one run
         if args.max_frames:
             log.info("--max-frames limits only the size/EPE/read figures; precompute timing uses whole videos")
-        summary = precompute(videos, cache, engine, batch=16, workers=2, progress=False)
-        if summary.failed:
-            for v, reason in summary.failed:
-                print(f"FAILED {v}: {reason}", file=sys.stderr)
-            return 2
-        precompute_fps = summary.flows / summary.seconds
+        precompute_fps = {}
+        for n in ([1, args.workers] if engine.model is None and args.workers > 1 else [engine.workers]):
+            eng = engine if n == engine.workers else FlowEngine(model=args.engine, workers=n)
+            cache = FlowCache(work / f"precompute_{n}", eng.config(), size=args.size, bound=args.bound, codec=codec)
+            summary = precompute(videos, cache, eng, batch=16, workers=max(2, n), progress=False)
+            if summary.failed:
+                for v, reason in summary.failed:
+                    print(f"FAILED {v}: {reason}", file=sys.stderr)
+                return 2
+            precompute_fps[n] = summary.flows / summary.seconds
 
         # 2. float flow once per video, written to a cache of its own for exact error measurement
         exact = FlowCache(work / "exact", engine.config(), size=args.size, bound=args.bound, codec=codec)
@@ -268,7 +274,8 @@ def run(args: argparse.Namespace) -> int:
         "epe_quantisation_bound": args.bound / (2 * LEVELS) * np.sqrt(2),
         "read_clip_length": args.clip,
         **reads,
-        "precompute_frames_per_s": precompute_fps,
+        "precompute_frames_per_s": max(precompute_fps.values()),
+        "precompute_frames_per_s_by_workers": {str(k): v for k, v in precompute_fps.items()},
         "precompute_frames": summary.flows,
         "decode_frames_per_s": (frames + len(videos)) / decode_s,
         "engine_frames_per_s": frames / engine_s,
@@ -313,3 +320,7 @@ def print_report(r: dict, workers: int) -> None:
     print(f"precompute end to end (decode, flow, encode, write): {r['precompute_frames_per_s']:.1f} flow frames/s "
           f"({r['precompute_frames']} frames); parts alone: decode {r['decode_frames_per_s']:.0f} frames/s, "
           f"engine {r['engine_frames_per_s']:.1f} flows/s, encode {r['encode_frames_per_s_one_thread']:.0f} frames/s per thread")
+    by = r["precompute_frames_per_s_by_workers"]
+    if len(by) > 1:
+        one, (n, many) = by["1"], max(((int(k), v) for k, v in by.items()), key=lambda kv: kv[0])
+        print(f"precompute with 1 flow worker: {one:.1f} flow frames/s; with {n}: {many:.1f} ({many / one:.2f}x)")

@@ -373,8 +373,13 @@ class ActionDataModule(pl.LightningDataModule):
             from flow_engine.engine import FlowEngine
 
             h = self.hparams
+            from actionflow.precompute import available_cores
+            from flow_engine.engine import LEARNED_MODELS
+
+            # A classical engine fills the cache on every core; learned engines use their device.
+            workers = 1 if h.flow_model in LEARNED_MODELS else available_cores()
             self._engine = FlowEngine(model=h.flow_model, weights=h.flow_weights, device=h.flow_device,
-                                      flow_updates=h.flow_updates)
+                                      flow_updates=h.flow_updates, workers=workers)
         return self._engine
 
     def prepare_data(self) -> None:

@@ -4,7 +4,8 @@
 
 Pipeline: decord decodes chunks of frames, resized on decode to ``--size``, in background
 threads (``--decoders`` videos at once: the one in the engine and the next); the engine
-computes flow for ``--batch`` consecutive pairs at a time on its device; the flow is
+computes flow for ``--batch`` consecutive pairs at a time on its device (a classical OpenCV
+engine spreads those pairs over ``--workers`` processes, in order); the flow is
 quantised to uint8 *on that device* (a quarter of the float bytes cross to the host); a
 pool of ``--workers`` threads encodes frames (OpenCV releases the GIL, so threads run in
 parallel without pickling frames to processes) while the next batch is computed; the main
@@ -51,7 +52,7 @@ from actionflow.flow_cache import (
     flo_bytes,
     quantize,
 )
-from flow_engine.engine import MODELS
+from flow_engine.engine import LEARNED_MODELS, MODELS
 from flow_engine.estimate import parse_size as _parse_wxh
 from flow_engine.video import ListFileError, VideoError, iter_frames, list_videos
 
@@ -59,6 +60,14 @@ log = logging.getLogger(__name__)
 
 
 # ------------------------------------------------------------------------ video lists
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask: what a batch scheduler granted)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
 
 
 def shard(videos: list[Path], index: int, count: int) -> list[Path]:
@@ -419,7 +428,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at (default 340x256)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
     parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
-    parser.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1), help="encoding threads (default min(8, cores))")
+    parser.add_argument("--workers", type=int, default=available_cores(),
+                        help="processes for a classical engine's flow, and threads encoding frames (default: the cores available)")
     parser.add_argument("--batch", type=int, default=32, help="frame pairs per engine call (default 32)")
     parser.add_argument("--decoders", type=int, default=2, help="videos decoded at once, each in a thread (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto uses LOCAL_RANK under torchrun)")
@@ -448,8 +458,9 @@ def make_engine(args: argparse.Namespace):
     """The real ``FlowEngine`` the arguments ask for."""
     from flow_engine.engine import FlowEngine
 
+    classical = args.engine not in LEARNED_MODELS
     return FlowEngine(model=args.engine, weights=args.weights, device=_device(args.device), dtype=args.dtype,
-                      flow_updates=args.flow_updates)
+                      flow_updates=args.flow_updates, workers=args.workers if classical else 1)
 
 
 def run(args: argparse.Namespace, engine=None) -> int:

@@ -63,3 +63,8 @@ def classical_flow(method: str, img1: np.ndarray, img2: np.ndarray) -> np.ndarra
             solver.setFinestScale(_DIS_FINEST_SCALE[method])
         flow = solver.calc(g1, g2, None)
     return np.asarray(flow, dtype=np.float32)
+
+
+def one_thread() -> None:
+    """OpenCV on one thread: for worker processes that each take one pair (no oversubscription)."""
+    cv2.setNumThreads(1)

@@ -97,6 +97,8 @@ class FlowEngine:
             pass; larger batches are split. Default: 2 M on CPU, GPU memory / 4 KB on CUDA.
             RAFT's correlation volume counts as extra pixels (it grows with the square of the size).
         flow_updates: RAFT's recurrent refinements per pair (default 12); part of the cache key.
+        workers: processes a classical engine spreads the pairs of a batch over (default 1: in
+            this process); the flows come back in order. Learned engines use their device.
     Attributes: ``name``, ``weights_hash`` (sha256[:16] of the weights file, "random",
         "torchvision-<file>" or "opencv-<version>"), ``device`` (torch.device), ``dtype`` (str),
         ``flow_updates`` (RAFT, else ``None``), ``model`` (the :class:`PWCNet` or
@@ -111,12 +113,17 @@ class FlowEngine:
         dtype: str = "auto",
         max_pixels_per_batch: int | None = None,
         flow_updates: int | None = None,
+        workers: int = 1,
     ):
         if model not in MODELS:
             raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
         self.name = model
         self.model: PWCNet | RAFT | None = None
         self.flow_updates: int | None = None
+        self.workers = int(workers)
+        self._pool = None
+        if self.workers < 1:
+            raise FlowEngineError(f"workers must be at least 1, got {workers}")
         if model in RAFT_VARIANTS:
             self.flow_updates = DEFAULT_FLOW_UPDATES if flow_updates is None else int(flow_updates)
             if self.flow_updates < 1:
@@ -290,9 +297,28 @@ class FlowEngine:
             return x.permute(0, 2, 3, 1).cpu().numpy()
 
         a, b = to_numpy(frames1), to_numpy(frames2)
-        flows = np.stack([classical_flow(self.name, a[i], b[i]) for i in range(len(a))])
+        if self.workers > 1 and len(a) > 1:
+            flows = np.stack(list(self._process_pool().map(classical_flow, [self.name] * len(a), a, b)))
+        else:
+            flows = np.stack([classical_flow(self.name, a[i], b[i]) for i in range(len(a))])
         out.copy_(torch.from_numpy(flows).permute(0, 3, 1, 2))
         return out
+
+    def _process_pool(self):
+        """The worker processes of a classical engine (started on first use, stopped with the engine)."""
+        if self._pool is None:
+            import multiprocessing
+            import weakref
+            from concurrent.futures import ProcessPoolExecutor
+
+            from flow_engine.classical import one_thread
+
+            # forkserver, not fork: the caller may run threads (decoders, encoders, OpenMP) whose
+            # locks a forked child would inherit held.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
+                                             initializer=one_thread)
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+        return self._pool
 
 
 def _check_frames(frames1: torch.Tensor, frames2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

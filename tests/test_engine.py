@@ -199,3 +199,13 @@ def test_gpu_engine_devices_and_precisions(frames):
     low = auto.clip_flow(frames.cuda())
     assert low.dtype == torch.float32 and low.device.type == "cuda"
     assert (low.cpu() - host).abs().mean() < 0.1 * host.abs().mean() + 0.05
+
+
+def test_classical_workers_give_the_same_flows_in_order():
+    frames = drifting(6, 48, 64)
+    one = FlowEngine(model="dis_fine")
+    two = FlowEngine(model="dis_fine", workers=2)
+    torch.testing.assert_close(two(frames[:-1], frames[1:]), one(frames[:-1], frames[1:]), rtol=0, atol=1e-4)
+    torch.testing.assert_close(two.clip_flow(frames), one.clip_flow(frames), rtol=0, atol=1e-4)
+    with pytest.raises(FlowEngineError, match="workers"):
+        FlowEngine(model="dis", workers=0)

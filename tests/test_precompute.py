@@ -288,7 +288,6 @@ def test_two_processes_on_one_cache_compute_each_video_once(good_videos, tmp_pat
 
 
 def test_cli_with_the_real_dis_engine(mixed_folder, tmp_path, capsys):
-    pytest.importorskip("flow_engine.engine", reason="flow_engine.engine (FlowEngine) has not landed yet")
     folder, good, bad = mixed_folder
     cache_dir = tmp_path / "cache"
     rc = cli(["precompute", "--videos", str(folder), "--cache", str(cache_dir), "--engine", "dis",
@@ -306,7 +305,6 @@ def test_cli_with_the_real_dis_engine(mixed_folder, tmp_path, capsys):
 
 
 def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
-    pytest.importorskip("flow_engine.engine", reason="flow_engine.engine (FlowEngine) has not landed yet")
     out = tmp_path / "bench.json"
     rc = cli(["bench-cache", "--videos", str(good_videos[0].parent), "--size", "64x48", "--engine", "dis",
               "--seconds", "0.2", "--codecs", "png", "--json", str(out)])
@@ -318,7 +316,9 @@ def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
     assert r["epe_cache"] < 0.15 and r["epe_two_jpeg"] < 0.15
     assert r["codecs"][0]["codec"] == "png" and r["codecs"][0]["epe"] <= 20 / 255 * np.sqrt(2)
     assert r["single_process_frames_per_s"] > 0 and r["2_workers_frames_per_s"] > 0
-    assert "this cache (.afc)" in capsys.readouterr().out
+    assert set(r["precompute_frames_per_s_by_workers"]) == {"1", "2"}  # a classical engine: 1 and 2 flow processes
+    text = capsys.readouterr().out
+    assert "this cache (.afc)" in text and "precompute with 1 flow worker" in text
 
 
 def test_size_is_width_x_height_like_every_other_command():
