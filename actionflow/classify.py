@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from actionflow.annotations import Sample
+from flow_engine.pwcnet import WeightsError, load_weights_only
 from flow_engine.video import VideoError, iter_frames, probe
 
 log = logging.getLogger(__name__)
@@ -32,19 +33,25 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or not one written by train.py."""
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """The contents of a train.py checkpoint, read with ``torch.load(weights_only=True)`` (a crafted
+    pickle is refused, never run); :class:`CheckpointError` naming the file otherwise."""
+    try:
+        ckpt = load_weights_only(path, what="checkpoint")
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
+            or not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint of train.py (no state_dict / hyper_parameters)")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(ActionRecognizer in eval mode on ``device``, data hyperparameters dict) from a train.py checkpoint."""
     from actionflow.module import ActionRecognizer
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot load as a checkpoint ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint of train.py (no state_dict / hyper_parameters)")
+    ckpt = read_checkpoint(path)
     accepted = inspect.signature(ActionRecognizer.__init__).parameters
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
     hparams["pretrained"] = False  # the weights come from the checkpoint...

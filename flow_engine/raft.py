@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flow_engine.pwcnet import FlowInputError, WeightsError, as_rgb, check_pair
+from flow_engine.pwcnet import FlowInputError, WeightsError, as_rgb, check_pair, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,7 @@ def princeton_to_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def _read_state_dict(path: Path, expected: dict[str, torch.Size], variant: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # refused pickle, truncated or foreign file
-        raise WeightsError(f"{path}: cannot be read as a PyTorch state dict with weights_only=True ({type(e).__name__}: {e})") from None
+    obj = load_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):

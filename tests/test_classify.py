@@ -105,6 +105,16 @@ def test_bad_checkpoint_is_a_clear_error(video, tmp_path, capsys):
     assert code == 2 and "not a Lightning checkpoint" in err
 
 
+def test_crafted_checkpoint_is_refused_never_run(video, tmp_path, capsys):
+    from hostile_files import code_running_checkpoint
+
+    marker = tmp_path / "pwned"
+    evil = code_running_checkpoint(tmp_path / "evil.ckpt", marker)
+    code, out, err = run(capsys, video, "--ckpt", evil)
+    assert code == 2 and out == "" and f"{evil}: cannot be read" in err and "weights_only=True" in err
+    assert not marker.exists()
+
+
 @pytest.mark.gpu
 def test_classify_on_gpu(ckpt, video, capsys):
     code, out, err = run(capsys, video, "--ckpt", ckpt, "--json", "--device", "cuda")

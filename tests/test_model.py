@@ -59,6 +59,12 @@ def test_bad_pretrained_file_and_settings_are_clear_errors(tmp_path):
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(ModelConfigError, match="do not fit resnet18"):
         TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(tmp_path / "wrong.pth"))
+    from hostile_files import code_running_checkpoint
+
+    evil = code_running_checkpoint(tmp_path / "evil.pth", tmp_path / "pwned")
+    with pytest.raises(ModelConfigError, match=r"evil\.pth: cannot be read .*weights_only=True"):
+        TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(evil))
+    assert not (tmp_path / "pwned").exists()
     with pytest.raises(ModelConfigError, match="unknown backbone 'resnet19'"):
         TwoStreamNet(num_classes=3, backbone="resnet19")
     with pytest.raises(ModelConfigError, match="model.mode"):
