@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from flow_engine.video import VIDEO_EXTENSIONS, ListFileError, is_video_path, re
 logger = logging.getLogger(__name__)
 
 CLASS_INDEX_NAMES = ("classInd.txt", "classes.txt", "class_index.txt", "labels.txt")
+# Integer labels without a class-index file make max(label) + 1 classes: a bound keeps a typo or a
+# crafted label (99999999999) from allocating a class list of gigabytes. Larger sets need the file.
+MAX_CLASSES = 100_000
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 
 
 class AnnotationError(ValueError):
@@ -58,6 +63,16 @@ class _Entry:
     source: str  # "file:line", for error messages
 
 
+def _int_label(token: str) -> int | None:
+    """The integer a label token spells, or None for a class name. Tokens too long for any class
+    index come back as +-10**18 (out of every range) without converting thousands of digits."""
+    if not _INTEGER.fullmatch(token):
+        return None
+    if len(token) > 18:
+        return -(10**18) if token.startswith("-") else 10**18
+    return int(token)
+
+
 def read_class_index(path: str | os.PathLike) -> tuple[list[str], int]:
     """Class names in index order and the file's index base (0 or 1).
 
@@ -75,8 +90,8 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], int]:
         raise AnnotationError(str(exc)) from None
     for lineno, line in lines:
         parts = line.split(maxsplit=1)
-        if len(parts) == 2 and parts[0].lstrip("-").isdigit():
-            index, name = int(parts[0]), parts[1].strip()
+        if len(parts) == 2 and _int_label(parts[0]) is not None:
+            index, name = _int_label(parts[0]), parts[1].strip()
             if index in numbered:
                 raise AnnotationError(f"{path}:{lineno}: class index {index} appears twice")
             numbered[index] = name
@@ -123,11 +138,11 @@ def _resolve(entries: list[_Entry], base_dir: Path, classes: list[str], label_ba
                     f"{e.source}: no label, and the parent folder {name!r} of {e.path!r} is not a known class"
                 )
             label = index[name]
-        elif e.label.lstrip("-").isdigit():
-            label = int(e.label) - label_base
+        elif _int_label(e.label) is not None:
+            label = _int_label(e.label) - label_base
             if not 0 <= label < len(classes):
                 raise AnnotationError(
-                    f"{e.source}: label {e.label} out of range for {len(classes)} classes "
+                    f"{e.source}: label {e.label[:30]} out of range for {len(classes)} classes "
                     f"({label_base}-based: {label_base}..{len(classes) - 1 + label_base})"
                 )
         elif e.label in index:
@@ -144,16 +159,18 @@ def _classes_from_labels(entries: list[_Entry], label_base: int) -> list[str]:
     if any(t is None for t in tokens):
         bad = next(e for e in entries if e.label is None)
         raise AnnotationError(f"{bad.source}: a line without a label needs a class-index file (classInd.txt)")
-    ints = [t for t in tokens if t.lstrip("-").isdigit()]
-    if ints and len(ints) != len(tokens):
-        bad = next(e for e in entries if not e.label.lstrip("-").isdigit())
+    ints = [_int_label(t) for t in tokens]
+    if any(v is not None for v in ints) and None in ints:
+        bad = next(e for e, v in zip(entries, ints) if v is None)
         raise AnnotationError(f"{bad.source}: label {bad.label!r} is a name but others are integers; add a class-index file")
-    if ints:
-        values = [int(t) - label_base for t in ints]
-        if min(values) < 0:
-            bad = next(e for e in entries if int(e.label) - label_base < 0)
-            raise AnnotationError(f"{bad.source}: label {bad.label} below the index base {label_base}")
-        return [str(i + label_base) for i in range(max(values) + 1)]
+    if ints and ints[0] is not None:
+        for e, v in zip(entries, ints):
+            if v - label_base < 0:
+                raise AnnotationError(f"{e.source}: label {e.label[:30]} below the index base {label_base}")
+            if v - label_base >= MAX_CLASSES:  # checked before the class list is allocated
+                raise AnnotationError(f"{e.source}: label {e.label[:30]} would make more than {MAX_CLASSES} classes; "
+                                      "a list with so many needs a class-index file (classInd.txt or classes.txt)")
+        return [str(i + label_base) for i in range(max(ints) - label_base + 1)]
     return sorted(set(tokens))
 
 

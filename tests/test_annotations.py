@@ -164,3 +164,29 @@ def test_lists_in_root_are_found_when_none_given(tmp_path):
     assert s.classes == ["spin", "jump"]
     assert len(s.train) == 1 and len(s.val) == 1  # no val.txt: split off train.txt
     assert s.test == [Sample(str((tmp_path / "v/c.mp4").resolve()), 1)]
+
+
+# ----------------------------------------------------------------------------- hostile lists
+
+
+@pytest.mark.parametrize("label", ["100000", "99999999999", "9" * 5000])
+def test_huge_integer_labels_are_an_error_before_any_class_list_is_built(tmp_path, label):
+    # 100000 would make 100001 classes, one beyond MAX_CLASSES; the others would allocate gigabytes
+    # (or, with 5000 digits, fail inside int()) without the bound.
+    (tmp_path / "train.txt").write_text(f"a.mp4 0\nb.mp4 {label}\n")
+    with pytest.raises(AnnotationError, match=r"train.txt:2: label \d+ would make more than 100000 classes"):
+        load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+    # the largest allowed label still works, and a class-index file bounds labels by itself
+    (tmp_path / "ok.txt").write_text("a.mp4 0\nb.mp4 99999\n")
+    s = load_splits(train_list=tmp_path / "ok.txt", val_list=tmp_path / "ok.txt", test_list=tmp_path / "ok.txt")
+    assert len(s.classes) == 100_000 and [x.label for x in s.train] == [0, 99999]
+    (tmp_path / "classes.txt").write_text("spin\njump\n")
+    with pytest.raises(AnnotationError, match="train.txt:2: label .* out of range for 2 classes"):
+        load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+
+
+def test_superscript_digits_are_a_class_name_not_an_integer(tmp_path):
+    # "²".isdigit() is True but int("²") raises: such a token is a name (and mixing it with integers is an error)
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 ²\n")
+    with pytest.raises(AnnotationError, match=r"train.txt:2: label '²' is a name but others are integers"):
+        load_splits(train_list=tmp_path / "train.txt")
