@@ -149,7 +149,9 @@ def _resolve(entries: list[_Entry], base_dir: Path, classes: list[str], label_ba
             label = index[e.label]
         else:
             raise AnnotationError(f"{e.source}: unknown class {e.label!r}")
-        samples.append(Sample(str((base_dir / e.path).resolve()), label))
+        # realpath, not Path.resolve(): a symlink loop must reach the video reader (a named skip),
+        # not raise RuntimeError here and end the run
+        samples.append(Sample(os.path.realpath(base_dir / e.path), label))
     return samples
 
 

@@ -55,6 +55,7 @@ import json
 import logging
 import os
 import secrets
+import stat
 import struct
 import sys
 import zlib
@@ -228,14 +229,16 @@ class CachedFlow:
     # -- opening
     def _load(self) -> None:
         path = self.path
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:  # O_NONBLOCK: opening a FIFO planted at this path would otherwise wait for a writer for ever
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise CacheError(path, "no such cache file") from None
         except OSError as exc:
             raise CacheError(path, f"cannot open ({exc.strerror})") from None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CacheError(path, "not a regular file")
             size = st.st_size
             if size < len(MAGIC) + FOOTER.size:
                 raise CacheCorrupt(path, f"too short ({size} bytes) to be a cache file")
@@ -540,7 +543,7 @@ class VideoLock:
 def lock_is_held(lock_path: str | os.PathLike) -> bool:
     """Whether some live process holds the lock at ``lock_path`` (False when there is no lock file)."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO must not block
     except FileNotFoundError:
         return False
     try:
@@ -562,7 +565,7 @@ def _normalise(config: dict) -> dict:
 
 def video_identity(video: str | os.PathLike) -> dict:
     """Absolute path, size in bytes and mtime (ns) of a video: what a cache entry was built from."""
-    path = Path(video).resolve()
+    path = Path(os.path.realpath(video))  # not Path.resolve(): it raises RuntimeError on a symlink loop
     st = os.stat(path)
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -608,7 +611,7 @@ class FlowCache:
 
     def path_for(self, video: str | os.PathLike) -> Path:
         """Where the entry of ``video`` lives (whether or not it exists)."""
-        absolute = Path(video).resolve()
+        absolute = Path(os.path.realpath(video))  # as video_identity: a symlink loop is the video's error, later
         digest = hashlib.sha1(str(absolute).encode("utf-8")).hexdigest()[:10]
         return self.root / f"{absolute.stem}-{digest}{SUFFIX}"
 

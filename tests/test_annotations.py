@@ -190,3 +190,22 @@ def test_superscript_digits_are_a_class_name_not_an_integer(tmp_path):
     (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 ²\n")
     with pytest.raises(AnnotationError, match=r"train.txt:2: label '²' is a name but others are integers"):
         load_splits(train_list=tmp_path / "train.txt")
+
+
+def test_lists_are_utf8_a_bom_keeps_the_first_entry_utf16_is_an_error(tmp_path):
+    (tmp_path / "train.txt").write_bytes("\ufeffv/a.mp4 spin\nv/b.mp4 jump\n".encode("utf-8"))
+    (tmp_path / "classes.txt").write_bytes("\ufeffspin\njump\n".encode("utf-8"))
+    s = load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+    assert s.classes == ["spin", "jump"] and [(Path(x.path).name, x.label) for x in s.train] == [("a.mp4", 0), ("b.mp4", 1)]
+    (tmp_path / "utf16.txt").write_bytes("v/a.mp4 spin\n".encode("utf-16"))
+    with pytest.raises(AnnotationError, match="utf16.txt: the list is UTF-16; save it as UTF-8"):
+        load_splits(train_list=tmp_path / "utf16.txt")
+
+
+def test_a_symlink_loop_in_a_list_is_left_to_the_video_reader(tmp_path):
+    # Path.resolve() raised RuntimeError on it and ended the run; the reader skips it by name instead
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "loop.mp4").symlink_to("loop.mp4")
+    (tmp_path / "train.txt").write_text("v/loop.mp4 0\nv/b.mp4 1\n")
+    s = load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+    assert [x.path for x in s.train] == [str(tmp_path / "v" / "loop.mp4"), str(tmp_path / "v" / "b.mp4")]

@@ -114,6 +114,19 @@ def test_setup_skips_bad_and_too_short_videos(tiny, caplog):
         strict.setup("fit")
 
 
+def test_a_symlink_loop_in_a_list_is_a_named_skip(tiny, tmp_path, caplog):
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop.name)
+    lists = tmp_path / "train.txt"
+    lists.write_text((tiny / "train.txt").read_text().replace("videos/", f"{tiny}/videos/") + f"{loop} 0\n")
+    dm = ActionDataModule(root=None, train_list=str(lists), val_list=str(tiny / "val.txt"),
+                          test_list=str(tiny / "test.txt"), mode="rgb", num_workers=0, size=(32, 32), crop_size=(32, 32))
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert dm.skipped == [f"{loop}: cannot open (Too many levels of symbolic links)"]
+    assert len(dm.clips["train"]) == 4 and str(loop) in caplog.text
+
+
 def test_bad_settings_fail_before_any_decoding(tiny):
     with pytest.raises(DataConfigError, match="data.flow_source must be one of"):
         ActionDataModule(root=str(tiny), flow_source="disk")
