@@ -53,6 +53,7 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
 import stat
@@ -76,6 +77,7 @@ SUFFIX = ".afc"
 DEFAULT_BOUND = 20.0
 LEVELS = 127  # quantisation steps on each side of zero: q in [0, 254], zero exact
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
+MAX_SIDE = 8192  # px: flow of 8K video fits; a larger side in a header is crafted, not computed
 FOOTER = struct.Struct("<QIIII8s")
 INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc32", "<u4"), ("clipped", "<u4")])
 TAIL_READ = 1 << 16  # one read of the file's last 64 KB holds header + index of ~3000 flows
@@ -212,6 +214,34 @@ def _pread_exact(fd: int, n: int, offset: int, path: Path) -> bytes:
     return data
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_header(header: Any, path: Path, num_flows: int) -> None:
+    """Raise :class:`CacheError` (unknown format or version) or :class:`CacheCorrupt` unless
+    ``header`` is a JSON object whose fields have this format's types and sane ranges: every open
+    goes through here, so verify, stats and training never act on a crafted header."""
+    if not isinstance(header, dict):
+        raise CacheCorrupt(path, f"header is not a JSON object (a JSON {type(header).__name__})")
+    version = header.get("version")
+    if header.get("format") != FORMAT or not (_number(version) and version == int(version)) or version > FORMAT_VERSION:
+        raise CacheError(path, f"unsupported format {header.get('format')!r} version {version!r} "
+                               f"(this reader knows {FORMAT} version {FORMAT_VERSION})")
+    if header.get("num_flows") != num_flows or not _number(header.get("num_flows")):
+        raise CacheCorrupt(path, f"header says {header.get('num_flows')!r} flows, index has {num_flows}")
+    for key in ("height", "width"):
+        side = header.get(key)
+        if not (_number(side) and side == int(side) and 1 <= side <= MAX_SIDE):
+            raise CacheCorrupt(path, f"header {key} {side!r} is not a whole number of pixels in 1..{MAX_SIDE}")
+    bound = header.get("bound")
+    if not (_number(bound) and math.isfinite(bound) and bound > 0):
+        raise CacheCorrupt(path, f"header bound {bound!r} is not a positive, finite number of pixels")
+    for key in ("engine", "codec", "video"):
+        if not isinstance(header.get(key, {}), dict):
+            raise CacheCorrupt(path, f"header {key} is not a JSON object")
+
+
 class CachedFlow:
     """One cache file, opened for reading: ``num_flows`` flows of ``[2,H,W]`` pixels.
 
@@ -267,19 +297,17 @@ class CachedFlow:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             os.close(fd)
             raise CacheCorrupt(path, f"header is not valid JSON ({exc})") from None
-        if header.get("format") != FORMAT or int(header.get("version", 0)) > FORMAT_VERSION:
+        try:
+            check_header(header, path, n)
+        except CacheError:
             os.close(fd)
-            raise CacheError(path, f"unsupported format {header.get('format')!r} version {header.get('version')!r} "
-                                   f"(this reader knows {FORMAT} version {FORMAT_VERSION})")
+            raise
         index = np.frombuffer(meta, dtype=INDEX_DTYPE, offset=header_len, count=n)
         ends = index["offset"].astype(np.int64) + index["length"]
         starts = np.concatenate([[len(MAGIC)], ends[:-1]]) if n else np.zeros(0, np.int64)
         if n and (np.any(index["offset"] != starts) or ends[-1] != meta_offset) or (not n and meta_offset != len(MAGIC)):
             os.close(fd)
             raise CacheCorrupt(path, "index offsets are not contiguous")
-        if int(header.get("num_flows", -1)) != n:
-            os.close(fd)
-            raise CacheCorrupt(path, f"header says {header.get('num_flows')} flows, index has {n}")
         previous = getattr(self, "header", None)
         if previous is not None and any(previous[k] != header[k] for k in ("num_flows", "height", "width", "bound")):
             os.close(fd)
@@ -603,8 +631,10 @@ class FlowCache:
         self.bound = float(bound)
         self.codec = parse_codec(codec)
         self.check_video = check_video
-        if self.bound <= 0:
-            raise ValueError(f"bound must be positive, got {bound}")
+        if not (math.isfinite(self.bound) and self.bound > 0):  # NaN passes a plain <= 0 test
+            raise ValueError(f"bound must be a positive, finite number of pixels, got {bound}")
+        if not all(1 <= side <= MAX_SIDE for side in self.size):
+            raise ValueError(f"size {self.size[1]}x{self.size[0]}: each side must be 1..{MAX_SIDE} px")
 
     def __repr__(self) -> str:
         return f"FlowCache({str(self.root)!r}, engine={self.engine_config.get('name', self.engine_config.get('model'))!r}, size={self.size}, bound={self.bound})"
