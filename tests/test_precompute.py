@@ -362,3 +362,26 @@ def test_symlink_loops_and_fifos_are_named_skips_that_never_block(good_videos, t
     assert f"FAILED {folder / 'fifo.mp4'}: not a regular file" in out
     with cache.open(good_videos[0]) as c:  # the FIFO was replaced by a good entry
         assert c.num_flows == 11 and c.verify() == []
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--bound", "nan", "must be a positive, finite number of pixels, got 'nan'"),
+    ("--bound", "inf", "must be a positive, finite number of pixels"),
+    ("--bound", "0", "must be a positive, finite number of pixels"),
+    ("--bound", "-1", "must be a positive, finite number of pixels"),
+    ("--bound", "wide", "'wide' is not a number"),
+    ("--batch", "0", "must be at least 1, got 0"),
+    ("--batch", "-1", "must be at least 1, got -1"),
+    ("--workers", "0", "must be at least 1"),
+    ("--decoders", "0", "must be at least 1"),
+    ("--flow-updates", "0", "must be at least 1"),
+])
+def test_numeric_arguments_are_checked_before_any_work(good_videos, tmp_path, capsys, flag, value, words):
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(SystemExit) as info:
+        cli(["precompute", "--videos", str(good_videos[0]), "--cache", str(cache_dir), "--engine", "dis", flag, value])
+    assert info.value.code == 2
+    assert f"argument {flag}: {words}" in capsys.readouterr().err
+    assert not cache_dir.exists()  # nothing was computed, not even the folder
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        pc.precompute([good_videos[0]], cache_for(cache_dir), StandInEngine(), batch=0, progress=False)
