@@ -753,17 +753,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="cache_command", metavar="{verify,stats}", required=True)
     v = sub.add_parser("verify", help="Check every checksum of every cache file; exit 1 when any is bad.")
     v.add_argument("dir", type=Path, help="cache folder")
-    v.add_argument("--delete-bad", action="store_true", help="delete bad files (and temp files of dead writers)")
+    v.add_argument("--delete-bad", action="store_true", help="delete bad flow caches (and temp files of dead writers); other .afc files are left alone")
     s = sub.add_parser("stats", help="Videos, flow frames and bytes in a cache, against the same flow as .flo.")
     s.add_argument("dir", type=Path, help="cache folder")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def verify_dir(root: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]]]:
-    """(files checked, flow frames checked, [(bad file, reason)]) for every ``.afc`` under ``root``."""
-    bad, frames = [], 0
+def _carries_magic(path: Path) -> bool:
+    """Whether ``path`` starts or ends with the cache's magic: a flow cache, even a damaged one
+    (``.afc`` is also AIFF-C audio, which must never be taken for a bad cache and deleted)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - len(MAGIC)))
+            return head == MAGIC or f.read() == MAGIC
+    except OSError:
+        return False
+
+
+def verify_dir(root: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]], list[Path]]:
+    """(flow caches checked, flow frames checked, [(bad cache, reason)], [``.afc`` files that are not
+    flow caches]) for every ``.afc`` under ``root``."""
+    bad, foreign, frames = [], [], 0
     files = cache_files(root)
     for path in files:
+        if not _carries_magic(path):
+            foreign.append(path)
+            continue
         try:
             with CachedFlow(path) as cached:
                 problems = cached.verify()
@@ -773,7 +789,7 @@ def verify_dir(root: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             bad.append((path, problems[0] + more))
-    return len(files), frames, bad
+    return len(files) - len(foreign), frames, bad, foreign
 
 
 def stats_dir(root: str | os.PathLike) -> dict:
@@ -821,7 +837,8 @@ def _human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``cache verify``: 0 when every file is good, 1 when any is bad, 2 when DIR is not a folder.
+    """``cache verify``: 0 when every flow cache is good, 1 when any is bad, 2 when DIR is not a folder
+    (``--delete-bad`` deletes only files with the cache's magic; other ``.afc`` files are listed, never deleted).
     ``cache stats``: 0 (2 when DIR is not a folder)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.dir.is_dir():
@@ -841,7 +858,9 @@ def run(args: argparse.Namespace) -> int:
             for u in st["unreadable"]:
                 print(f"unreadable      {u['path']}: {u['reason']}")
         return 0
-    files, frames, bad = verify_dir(args.dir)
+    files, frames, bad, foreign = verify_dir(args.dir)
+    for path in foreign:
+        print(f"not a flow cache, left alone: {path}")
     for path, reason in bad:
         print(f"BAD {path}: {reason}")
         if args.delete_bad:

@@ -419,3 +419,29 @@ def test_bound_and_size_of_a_cache_are_validated(tmp_path):
             make_cache(tmp_path, bound=bound)
     with pytest.raises(ValueError, match="each side must be 1..8192 px"):
         make_cache(tmp_path, size=(100000, 64))
+
+
+def test_verify_delete_bad_deletes_only_damaged_flow_caches(tmp_path, capsys):
+    root = tmp_path / "cache"
+    flows, _ = synthetic_flow(n=3)
+    paths = []
+    for name in ("a", "b", "c"):
+        v = tmp_path / f"{name}.mp4"
+        v.write_bytes(name.encode() * 10)
+        paths.append(write_entry(make_cache(root), v, flows))
+    head, tail = paths[0], paths[1]
+    head.write_bytes(b"\x00" + head.read_bytes()[1:])  # start magic damaged: the footer still says flow cache
+    tail.write_bytes(tail.read_bytes()[:-40])  # footer lost: the start magic still says flow cache
+    song = root / "song.afc"  # AIFF-C audio shares the suffix
+    song.write_bytes(b"FORM\x00\x00\x00\x2eAIFCFVER\x00\x00\x00\x04\xa2\x80\x51\x40COMM" + bytes(30))
+    empty = root / "empty.afc"
+    empty.write_bytes(b"")
+    assert cli(["cache", "verify", str(root), "--delete-bad"]) == 1
+    out = capsys.readouterr().out
+    assert f"not a flow cache, left alone: {song}" in out and f"not a flow cache, left alone: {empty}" in out
+    assert f"BAD {head}: bad magic at start of file" in out and f"BAD {tail}: " in out
+    assert "checked 3 file(s), 3 flow frames: 2 bad" in out
+    assert not head.exists() and not tail.exists() and paths[2].exists()
+    assert song.read_bytes().startswith(b"FORM") and empty.exists()
+    assert cli(["cache", "verify", str(root)]) == 0  # what is left: one good cache and two foreign files
+    assert "checked 1 file(s), 3 flow frames: 0 bad" in capsys.readouterr().out
