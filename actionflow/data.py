@@ -385,13 +385,16 @@ class ActionDataModule(pl.LightningDataModule):
 
         cache = self.flow_cache()
         samples = [s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split]
-        missing = sorted({s.path for s in samples if cache.lookup(s.path) is None})
+        # verify: every frame's crc32 (cheap, as precompute does by default). A corrupt entry then
+        # counts as missing and is recomputed here, instead of failing when read and its video
+        # being dropped from every batch of the run.
+        missing = sorted({s.path for s in samples if cache.lookup(s.path, verify=True) is None})
         if not missing:
             return
         if self.hparams.cache_missing == "error":
             raise DataConfigError(
-                f"{len(missing)} video(s) have no flow in cache {self.hparams.cache_dir} (first: {missing[0]}); "
-                "run `python -m actionflow precompute` or set data.cache_missing: compute"
+                f"{len(missing)} video(s) have no usable flow in cache {self.hparams.cache_dir} (missing, stale or "
+                f"corrupt; first: {missing[0]}); run `python -m actionflow precompute` or set data.cache_missing: compute"
             )
         engine = self.flow_engine()
         cache.root.mkdir(parents=True, exist_ok=True)
