@@ -214,6 +214,37 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     return list(rest), list(held)
 
 
+def _report(problem: str, strict: bool) -> None:
+    """A doubtful annotation: a warning, or with ``strict`` an error."""
+    if strict:
+        raise AnnotationError(f"{problem} (data.strict is true)")
+    logger.warning("%s", problem)
+
+
+def _check_duplicates(entries: list[_Entry], samples: list[Sample], classes: list[str], strict: bool) -> None:
+    """Warn (or, strict, fail) when one list names a video more than once: count and examples with file:line."""
+    where: dict[str, list[str]] = {}
+    for e, s in zip(entries, samples):
+        where.setdefault(s.path, []).append(f"{e.source} ({classes[s.label]})")
+    repeated = {path: places for path, places in where.items() if len(places) > 1}
+    if repeated:
+        examples = "; ".join(f"{path} at {', '.join(places)}" for path, places in list(repeated.items())[:3])
+        listing = entries[0].source.rsplit(":", 1)[0]
+        _report(f"{listing}: {len(repeated)} video(s) listed more than once, e.g. {examples}", strict)
+
+
+def _check_overlap(splits: dict[str, list[Sample]], strict: bool) -> None:
+    """Warn (or, strict, fail) when a video is in more than one split: test scores would be inflated."""
+    seen: dict[str, list[str]] = {}
+    for name, samples in splits.items():
+        for path in dict.fromkeys(s.path for s in samples):
+            seen.setdefault(path, []).append(name)
+    shared = {path: names for path, names in seen.items() if len(names) > 1}
+    if shared:
+        examples = "; ".join(f"{path} in {' and '.join(names)}" for path, names in list(shared.items())[:3])
+        _report(f"{len(shared)} video(s) are in more than one of train/val/test, e.g. {examples}", strict)
+
+
 def find_class_index(*folders: str | os.PathLike | None) -> Path | None:
     """The first ``classInd.txt`` / ``classes.txt`` / ... found in ``folders``, or None."""
     for folder in folders:
@@ -236,6 +267,7 @@ def load_splits(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
+    strict: bool = False,
 ) -> Splits:
     """Train/val/test samples and class names from a class-per-folder ``root`` or annotation lists
 (``root/{train,val,test}.txt`` when no list is given and ``root/train.txt`` exists).
@@ -243,6 +275,8 @@ def load_splits(
     Missing splits are split off stratified with ``seed``: the test split (``test_fraction`` of all)
     from the training list or folder first, then val (``val_fraction`` of all) from what remains.
     A class-index file is looked for next to the training list and in ``root`` when not given.
+    A video listed twice in a list, or found in more than one split, is a warning with a count and
+    examples (an :class:`AnnotationError` with ``strict``).
     """
     if train_list is None and val_list is None and test_list is None and root is not None:
         lists = {k: Path(root) / f"{k}.txt" for k in ("train", "val", "test")}
@@ -275,6 +309,8 @@ def load_splits(
             k: _resolve(entries[k], Path(root) if root is not None else Path(lists[k]).parent, classes, base)
             for k in entries
         }
+        for k in entries:
+            _check_duplicates(entries[k], resolved[k], classes, strict)
         samples = resolved["train"]
         given_val, given_test = resolved.get("val"), resolved.get("test")
 
@@ -287,4 +323,5 @@ def load_splits(
         # val_fraction is of the whole set, so rescale to what is left after the test split
         frac = val_fraction * total / len(samples) if given_test is None else val_fraction
         samples, val = stratified_split(samples, min(frac, 0.9), seed)
+    _check_overlap({"train": samples, "val": val, "test": test}, strict)
     return Splits(samples, val, test, classes)

@@ -209,3 +209,28 @@ def test_a_symlink_loop_in_a_list_is_left_to_the_video_reader(tmp_path):
     (tmp_path / "train.txt").write_text("v/loop.mp4 0\nv/b.mp4 1\n")
     s = load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
     assert [x.path for x in s.train] == [str(tmp_path / "v" / "loop.mp4"), str(tmp_path / "v" / "b.mp4")]
+
+
+def test_duplicates_and_videos_in_two_splits_are_warned_with_a_count_or_errors_when_strict(tmp_path, caplog):
+    (tmp_path / "train.txt").write_text("v/a.mp4 spin\nv/b.mp4 jump\nv/a.mp4 jump\nv/c.mp4 spin\nv/b.mp4 jump\nv/d.mp4 jump\n")
+    (tmp_path / "val.txt").write_text("v/e.mp4 spin\n")
+    (tmp_path / "test.txt").write_text("v/c.mp4 spin\nv/f.mp4 jump\n")
+    lists = dict(train_list=tmp_path / "train.txt", val_list=tmp_path / "val.txt", test_list=tmp_path / "test.txt")
+    a, b, c = (str(tmp_path / "v" / n) for n in ("a.mp4", "b.mp4", "c.mp4"))
+    with caplog.at_level("WARNING"):
+        s = load_splits(**lists)
+    assert len(s.train) == 6  # still accepted as given
+    train = tmp_path / "train.txt"
+    assert (f"{train}: 2 video(s) listed more than once, e.g. {a} at {train}:1 (spin), {train}:3 (jump); "
+            f"{b} at {train}:2 (jump), {train}:5 (jump)") in caplog.text
+    assert f"1 video(s) are in more than one of train/val/test, e.g. {c} in train and test" in caplog.text
+    with pytest.raises(AnnotationError, match=r"train.txt: 2 video\(s\) listed more than once.*\(data.strict is true\)"):
+        load_splits(**lists, strict=True)
+    (tmp_path / "train.txt").write_text("v/a.mp4 spin\nv/b.mp4 jump\nv/c.mp4 spin\n")
+    with pytest.raises(AnnotationError, match=r"1 video\(s\) are in more than one of train/val/test"):
+        load_splits(**lists, strict=True)
+    (tmp_path / "test.txt").write_text("v/f.mp4 jump\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_splits(**lists, strict=True)  # clean lists: no error, no warning
+    assert caplog.text == ""

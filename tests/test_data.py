@@ -9,7 +9,7 @@ import pytest
 import torch
 from tiny_videos import make_dataset, render, write_mp4
 
-from actionflow.annotations import Sample
+from actionflow.annotations import AnnotationError, Sample
 from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate
 from flow_engine.video import VideoError
 
@@ -154,6 +154,16 @@ def test_a_corrupt_cache_entry_is_recomputed_or_an_error_never_dropped(tiny, tmp
     index = [clip.sample.path for clip in dm.clips["train"]].index(video)
     item = dm.dataset("train")[index]
     assert item is not None and item["flow"].shape == (2, 6, 32, 32)
+
+
+def test_data_strict_makes_a_video_in_two_splits_an_error(tiny, caplog):
+    kw = dict(root=str(tiny), train_list=str(tiny / "train.txt"), val_list=str(tiny / "test.txt"),
+              test_list=str(tiny / "test.txt"), mode="rgb", size=(32, 32), crop_size=(32, 32))
+    with caplog.at_level(logging.WARNING):
+        ActionDataModule(**kw)
+    assert "2 video(s) are in more than one of train/val/test" in caplog.text
+    with pytest.raises(AnnotationError, match="in more than one of train/val/test.*data.strict is true"):
+        ActionDataModule(**kw, strict=True)
 
 
 def test_bad_settings_fail_before_any_decoding(tiny):
