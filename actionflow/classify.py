@@ -23,6 +23,7 @@ from pathlib import Path
 import torch
 
 from actionflow.annotations import Sample
+from flow_engine.engine import FlowEngineError
 from flow_engine.pwcnet import WeightsError, load_weights_only
 from flow_engine.video import VideoError, iter_frames, probe
 
@@ -63,6 +64,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: does not fit the recorded model ({str(exc).splitlines()[0][:200]})") from None
     model = model.to(device).eval()
+    if model.hparams.mode != "rgb":
+        try:  # built now, so that an engine this version does not have is named here, not a traceback later
+            model.flow_engine
+        except (FlowEngineError, WeightsError) as exc:
+            raise CheckpointError(f"{path}: its flow engine {model.hparams.flow_model!r} cannot be built here ({exc})") from None
     recorded = ckpt.get("flow_engine")
     if recorded and not (hparams.get("finetune_flow") or model.hparams.mode == "rgb"):
         now = model.flow_engine.config()
@@ -83,6 +89,9 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
     from actionflow.data import Clip, VideoClips, collate
 
     info = probe(video)
+    if info.num_frames < 2 and model.hparams.mode != "rgb":
+        log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
+                    "fused ones rest on appearance alone", video)
     h = data_hparams
     size = tuple(h.get("size") or (128, 128))
     dataset = VideoClips(
