@@ -95,7 +95,8 @@ def pretrained_state(backbone: str, pretrained_path: str | None = None) -> dict[
     import torchvision
 
     try:
-        return torchvision.models.get_model_weights(backbone).DEFAULT.get_state_dict(progress=False)
+        # weights_only=True: torch.hub's default is False, and a file planted in its cache would run code
+        return torchvision.models.get_model_weights(backbone).DEFAULT.get_state_dict(progress=False, weights_only=True)
     except Exception as exc:  # no internet, no cache, or no weights for this architecture
         logger.warning("ImageNet weights for %s unavailable (%s); training from scratch", backbone, str(exc)[:120])
         return None

@@ -149,9 +149,10 @@ def load_raft(variant: str, weights: str | Path | None = None) -> tuple[nn.Modul
     builder, weights_enum = _builder(variant)
     if weights is None:
         chosen = weights_enum.DEFAULT
-        try:
-            model = builder(weights=chosen, progress=False)
-        except Exception as e:  # URLError, socket errors, a truncated download ...
+        model = builder(weights=None)
+        try:  # not builder(weights=chosen): torch.hub would read its cached file with weights_only=False
+            model.load_state_dict(chosen.get_state_dict(progress=False, check_hash=True, weights_only=True))
+        except Exception as e:  # URLError, socket errors, a truncated download, a file refused by weights_only ...
             raise WeightsError(
                 f"{variant}: torchvision's pretrained weights ({chosen.url}) are not in the torch hub cache "
                 f"({torch.hub.get_dir()}) and could not be downloaded ({type(e).__name__}: {e}). Either connect "
