@@ -31,11 +31,13 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from actionflow.annotations import AnnotationError
+from actionflow.classify import CheckpointError, read_checkpoint
 from actionflow.data import ActionDataModule, BadVideo, DataConfigError
 from actionflow.model import ModelConfigError
 from actionflow.module import ActionRecognizer
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself
 log = logging.getLogger("train")
 
 
@@ -57,6 +59,13 @@ class TrainCLI(LightningCLI):
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
+        ckpt_path = self.config.ckpt_path
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS and not ckpt_path.startswith("registry"):
+            # Checked here, before the data module is built (it may generate the demo set and compute
+            # the flow cache): a wrong path fails at once, not after minutes of work. Lightning reads the
+            # file again in fit; reading it first with weights_only=True refuses a crafted pickle before
+            # Lightning's loader, whose weights_only default has changed between versions, ever sees it.
+            read_checkpoint(ckpt_path)
         if self.config.wandb != "auto":
             os.environ["WANDB_MODE"] = self.config.wandb
         elif "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
@@ -107,11 +116,11 @@ def main(argv: list[str] | None = None) -> int:
                        save_config_kwargs={"overwrite": True})
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         start_loggers(trainer)
-        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path)
+        trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path, weights_only=True)
         ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
-        trainer.test(model, datamodule=data, ckpt_path=ckpt)
+        trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
         places = finish_loggers(trainer)
-    except (AnnotationError, DataConfigError, BadVideo, ModelConfigError) as exc:
+    except (AnnotationError, DataConfigError, BadVideo, ModelConfigError, CheckpointError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_global_zero:

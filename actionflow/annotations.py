@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +30,10 @@ from flow_engine.video import VIDEO_EXTENSIONS, ListFileError, is_video_path, re
 logger = logging.getLogger(__name__)
 
 CLASS_INDEX_NAMES = ("classInd.txt", "classes.txt", "class_index.txt", "labels.txt")
+# Integer labels without a class-index file make max(label) + 1 classes: a bound keeps a typo or a
+# crafted label (99999999999) from allocating a class list of gigabytes. Larger sets need the file.
+MAX_CLASSES = 100_000
+_INTEGER = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit() accepts "²", which int() refuses
 
 
 class AnnotationError(ValueError):
@@ -58,6 +63,16 @@ class _Entry:
     source: str  # "file:line", for error messages
 
 
+def _int_label(token: str) -> int | None:
+    """The integer a label token spells, or None for a class name. Tokens too long for any class
+    index come back as +-10**18 (out of every range) without converting thousands of digits."""
+    if not _INTEGER.fullmatch(token):
+        return None
+    if len(token) > 18:
+        return -(10**18) if token.startswith("-") else 10**18
+    return int(token)
+
+
 def read_class_index(path: str | os.PathLike) -> tuple[list[str], int]:
     """Class names in index order and the file's index base (0 or 1).
 
@@ -75,8 +90,8 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], int]:
         raise AnnotationError(str(exc)) from None
     for lineno, line in lines:
         parts = line.split(maxsplit=1)
-        if len(parts) == 2 and parts[0].lstrip("-").isdigit():
-            index, name = int(parts[0]), parts[1].strip()
+        if len(parts) == 2 and _int_label(parts[0]) is not None:
+            index, name = _int_label(parts[0]), parts[1].strip()
             if index in numbered:
                 raise AnnotationError(f"{path}:{lineno}: class index {index} appears twice")
             numbered[index] = name
@@ -123,18 +138,20 @@ def _resolve(entries: list[_Entry], base_dir: Path, classes: list[str], label_ba
                     f"{e.source}: no label, and the parent folder {name!r} of {e.path!r} is not a known class"
                 )
             label = index[name]
-        elif e.label.lstrip("-").isdigit():
-            label = int(e.label) - label_base
+        elif _int_label(e.label) is not None:
+            label = _int_label(e.label) - label_base
             if not 0 <= label < len(classes):
                 raise AnnotationError(
-                    f"{e.source}: label {e.label} out of range for {len(classes)} classes "
+                    f"{e.source}: label {e.label[:30]} out of range for {len(classes)} classes "
                     f"({label_base}-based: {label_base}..{len(classes) - 1 + label_base})"
                 )
         elif e.label in index:
             label = index[e.label]
         else:
             raise AnnotationError(f"{e.source}: unknown class {e.label!r}")
-        samples.append(Sample(str((base_dir / e.path).resolve()), label))
+        # realpath, not Path.resolve(): a symlink loop must reach the video reader (a named skip),
+        # not raise RuntimeError here and end the run
+        samples.append(Sample(os.path.realpath(base_dir / e.path), label))
     return samples
 
 
@@ -144,16 +161,18 @@ def _classes_from_labels(entries: list[_Entry], label_base: int) -> list[str]:
     if any(t is None for t in tokens):
         bad = next(e for e in entries if e.label is None)
         raise AnnotationError(f"{bad.source}: a line without a label needs a class-index file (classInd.txt)")
-    ints = [t for t in tokens if t.lstrip("-").isdigit()]
-    if ints and len(ints) != len(tokens):
-        bad = next(e for e in entries if not e.label.lstrip("-").isdigit())
+    ints = [_int_label(t) for t in tokens]
+    if any(v is not None for v in ints) and None in ints:
+        bad = next(e for e, v in zip(entries, ints) if v is None)
         raise AnnotationError(f"{bad.source}: label {bad.label!r} is a name but others are integers; add a class-index file")
-    if ints:
-        values = [int(t) - label_base for t in ints]
-        if min(values) < 0:
-            bad = next(e for e in entries if int(e.label) - label_base < 0)
-            raise AnnotationError(f"{bad.source}: label {bad.label} below the index base {label_base}")
-        return [str(i + label_base) for i in range(max(values) + 1)]
+    if ints and ints[0] is not None:
+        for e, v in zip(entries, ints):
+            if v - label_base < 0:
+                raise AnnotationError(f"{e.source}: label {e.label[:30]} below the index base {label_base}")
+            if v - label_base >= MAX_CLASSES:  # checked before the class list is allocated
+                raise AnnotationError(f"{e.source}: label {e.label[:30]} would make more than {MAX_CLASSES} classes; "
+                                      "a list with so many needs a class-index file (classInd.txt or classes.txt)")
+        return [str(i + label_base) for i in range(max(ints) - label_base + 1)]
     return sorted(set(tokens))
 
 
@@ -195,6 +214,37 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
     return list(rest), list(held)
 
 
+def _report(problem: str, strict: bool) -> None:
+    """A doubtful annotation: a warning, or with ``strict`` an error."""
+    if strict:
+        raise AnnotationError(f"{problem} (data.strict is true)")
+    logger.warning("%s", problem)
+
+
+def _check_duplicates(entries: list[_Entry], samples: list[Sample], classes: list[str], strict: bool) -> None:
+    """Warn (or, strict, fail) when one list names a video more than once: count and examples with file:line."""
+    where: dict[str, list[str]] = {}
+    for e, s in zip(entries, samples):
+        where.setdefault(s.path, []).append(f"{e.source} ({classes[s.label]})")
+    repeated = {path: places for path, places in where.items() if len(places) > 1}
+    if repeated:
+        examples = "; ".join(f"{path} at {', '.join(places)}" for path, places in list(repeated.items())[:3])
+        listing = entries[0].source.rsplit(":", 1)[0]
+        _report(f"{listing}: {len(repeated)} video(s) listed more than once, e.g. {examples}", strict)
+
+
+def _check_overlap(splits: dict[str, list[Sample]], strict: bool) -> None:
+    """Warn (or, strict, fail) when a video is in more than one split: test scores would be inflated."""
+    seen: dict[str, list[str]] = {}
+    for name, samples in splits.items():
+        for path in dict.fromkeys(s.path for s in samples):
+            seen.setdefault(path, []).append(name)
+    shared = {path: names for path, names in seen.items() if len(names) > 1}
+    if shared:
+        examples = "; ".join(f"{path} in {' and '.join(names)}" for path, names in list(shared.items())[:3])
+        _report(f"{len(shared)} video(s) are in more than one of train/val/test, e.g. {examples}", strict)
+
+
 def find_class_index(*folders: str | os.PathLike | None) -> Path | None:
     """The first ``classInd.txt`` / ``classes.txt`` / ... found in ``folders``, or None."""
     for folder in folders:
@@ -217,6 +267,7 @@ def load_splits(
     val_fraction: float = 0.2,
     test_fraction: float = 0.2,
     seed: int = 0,
+    strict: bool = False,
 ) -> Splits:
     """Train/val/test samples and class names from a class-per-folder ``root`` or annotation lists
 (``root/{train,val,test}.txt`` when no list is given and ``root/train.txt`` exists).
@@ -224,6 +275,8 @@ def load_splits(
     Missing splits are split off stratified with ``seed``: the test split (``test_fraction`` of all)
     from the training list or folder first, then val (``val_fraction`` of all) from what remains.
     A class-index file is looked for next to the training list and in ``root`` when not given.
+    A video listed twice in a list, or found in more than one split, is a warning with a count and
+    examples (an :class:`AnnotationError` with ``strict``).
     """
     if train_list is None and val_list is None and test_list is None and root is not None:
         lists = {k: Path(root) / f"{k}.txt" for k in ("train", "val", "test")}
@@ -256,6 +309,8 @@ def load_splits(
             k: _resolve(entries[k], Path(root) if root is not None else Path(lists[k]).parent, classes, base)
             for k in entries
         }
+        for k in entries:
+            _check_duplicates(entries[k], resolved[k], classes, strict)
         samples = resolved["train"]
         given_val, given_test = resolved.get("val"), resolved.get("test")
 
@@ -268,4 +323,5 @@ def load_splits(
         # val_fraction is of the whole set, so rescale to what is left after the test split
         frac = val_fraction * total / len(samples) if given_test is None else val_fraction
         samples, val = stratified_split(samples, min(frac, 0.9), seed)
+    _check_overlap({"train": samples, "val": val, "test": test}, strict)
     return Splits(samples, val, test, classes)

@@ -23,6 +23,8 @@ from pathlib import Path
 import torch
 
 from actionflow.annotations import Sample
+from flow_engine.engine import FlowEngineError
+from flow_engine.pwcnet import WeightsError, load_weights_only
 from flow_engine.video import VideoError, iter_frames, probe
 
 log = logging.getLogger(__name__)
@@ -32,19 +34,25 @@ class CheckpointError(ValueError):
     """A checkpoint that is missing, unreadable, or not one written by train.py."""
 
 
+def read_checkpoint(path: str | Path) -> dict:
+    """The contents of a train.py checkpoint, read with ``torch.load(weights_only=True)`` (a crafted
+    pickle is refused, never run); :class:`CheckpointError` naming the file otherwise."""
+    try:
+        ckpt = load_weights_only(path, what="checkpoint")
+    except WeightsError as exc:
+        raise CheckpointError(str(exc)) from None
+    if not isinstance(ckpt, dict) or not isinstance(ckpt.get("state_dict"), dict) \
+            or not isinstance(ckpt.get("hyper_parameters"), dict):
+        raise CheckpointError(f"{path}: not a Lightning checkpoint of train.py (no state_dict / hyper_parameters)")
+    return ckpt
+
+
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     """(ActionRecognizer in eval mode on ``device``, data hyperparameters dict) from a train.py checkpoint."""
     from actionflow.module import ActionRecognizer
 
     path = Path(path)
-    if not path.is_file():
-        raise CheckpointError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:
-        raise CheckpointError(f"{path}: cannot load as a checkpoint ({str(exc).splitlines()[0][:200]})") from None
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "hyper_parameters" not in ckpt:
-        raise CheckpointError(f"{path}: not a Lightning checkpoint of train.py (no state_dict / hyper_parameters)")
+    ckpt = read_checkpoint(path)
     accepted = inspect.signature(ActionRecognizer.__init__).parameters
     hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
     hparams["pretrained"] = False  # the weights come from the checkpoint...
@@ -56,6 +64,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: does not fit the recorded model ({str(exc).splitlines()[0][:200]})") from None
     model = model.to(device).eval()
+    if model.hparams.mode != "rgb":
+        try:  # built now, so that an engine this version does not have is named here, not a traceback later
+            model.flow_engine
+        except (FlowEngineError, WeightsError) as exc:
+            raise CheckpointError(f"{path}: its flow engine {model.hparams.flow_model!r} cannot be built here ({exc})") from None
     recorded = ckpt.get("flow_engine")
     if recorded and not (hparams.get("finetune_flow") or model.hparams.mode == "rgb"):
         now = model.flow_engine.config()
@@ -76,6 +89,9 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
     from actionflow.data import Clip, VideoClips, collate
 
     info = probe(video)
+    if info.num_frames < 2 and model.hparams.mode != "rgb":
+        log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
+                    "fused ones rest on appearance alone", video)
     h = data_hparams
     size = tuple(h.get("size") or (128, 128))
     dataset = VideoClips(

@@ -272,7 +272,7 @@ class ActionDataModule(pl.LightningDataModule):
         flip: random horizontal flips (training; the x flow is negated).
         batch_size: videos per batch.
         num_workers: DataLoader worker processes.
-        strict: bad videos raise instead of being skipped.
+        strict: bad videos, and videos listed twice or in two splits, raise instead of being skipped / warned about.
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
@@ -343,7 +343,7 @@ class ActionDataModule(pl.LightningDataModule):
         if self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]:
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
         self.splits = load_splits(root, train_list, val_list, test_list, class_index, label_base,
-                                  val_fraction, test_fraction, split_seed)
+                                  val_fraction, test_fraction, split_seed, strict)
         self.clips: dict[str, list[Clip]] = {}
         self.skipped: list[str] = []  # "path: reason" of videos left out at setup
         self._engine = None
@@ -390,13 +390,16 @@ class ActionDataModule(pl.LightningDataModule):
 
         cache = self.flow_cache()
         samples = [s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split]
-        missing = sorted({s.path for s in samples if cache.lookup(s.path) is None})
+        # verify: every frame's crc32 (cheap, as precompute does by default). A corrupt entry then
+        # counts as missing and is recomputed here, instead of failing when read and its video
+        # being dropped from every batch of the run.
+        missing = sorted({s.path for s in samples if cache.lookup(s.path, verify=True) is None})
         if not missing:
             return
         if self.hparams.cache_missing == "error":
             raise DataConfigError(
-                f"{len(missing)} video(s) have no flow in cache {self.hparams.cache_dir} (first: {missing[0]}); "
-                "run `python -m actionflow precompute` or set data.cache_missing: compute"
+                f"{len(missing)} video(s) have no usable flow in cache {self.hparams.cache_dir} (missing, stale or "
+                f"corrupt; first: {missing[0]}); run `python -m actionflow precompute` or set data.cache_missing: compute"
             )
         engine = self.flow_engine()
         cache.root.mkdir(parents=True, exist_ok=True)

@@ -53,8 +53,10 @@ import fcntl
 import hashlib
 import json
 import logging
+import math
 import os
 import secrets
+import stat
 import struct
 import sys
 import zlib
@@ -75,6 +77,7 @@ SUFFIX = ".afc"
 DEFAULT_BOUND = 20.0
 LEVELS = 127  # quantisation steps on each side of zero: q in [0, 254], zero exact
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
+MAX_SIDE = 8192  # px: flow of 8K video fits; a larger side in a header is crafted, not computed
 FOOTER = struct.Struct("<QIIII8s")
 INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc32", "<u4"), ("clipped", "<u4")])
 TAIL_READ = 1 << 16  # one read of the file's last 64 KB holds header + index of ~3000 flows
@@ -211,6 +214,34 @@ def _pread_exact(fd: int, n: int, offset: int, path: Path) -> bytes:
     return data
 
 
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_header(header: Any, path: Path, num_flows: int) -> None:
+    """Raise :class:`CacheError` (unknown format or version) or :class:`CacheCorrupt` unless
+    ``header`` is a JSON object whose fields have this format's types and sane ranges: every open
+    goes through here, so verify, stats and training never act on a crafted header."""
+    if not isinstance(header, dict):
+        raise CacheCorrupt(path, f"header is not a JSON object (a JSON {type(header).__name__})")
+    version = header.get("version")
+    if header.get("format") != FORMAT or not (_number(version) and version == int(version)) or version > FORMAT_VERSION:
+        raise CacheError(path, f"unsupported format {header.get('format')!r} version {version!r} "
+                               f"(this reader knows {FORMAT} version {FORMAT_VERSION})")
+    if header.get("num_flows") != num_flows or not _number(header.get("num_flows")):
+        raise CacheCorrupt(path, f"header says {header.get('num_flows')!r} flows, index has {num_flows}")
+    for key in ("height", "width"):
+        side = header.get(key)
+        if not (_number(side) and side == int(side) and 1 <= side <= MAX_SIDE):
+            raise CacheCorrupt(path, f"header {key} {side!r} is not a whole number of pixels in 1..{MAX_SIDE}")
+    bound = header.get("bound")
+    if not (_number(bound) and math.isfinite(bound) and bound > 0):
+        raise CacheCorrupt(path, f"header bound {bound!r} is not a positive, finite number of pixels")
+    for key in ("engine", "codec", "video"):
+        if not isinstance(header.get(key, {}), dict):
+            raise CacheCorrupt(path, f"header {key} is not a JSON object")
+
+
 class CachedFlow:
     """One cache file, opened for reading: ``num_flows`` flows of ``[2,H,W]`` pixels.
 
@@ -228,14 +259,16 @@ class CachedFlow:
     # -- opening
     def _load(self) -> None:
         path = self.path
-        try:
-            fd = os.open(path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        try:  # O_NONBLOCK: opening a FIFO planted at this path would otherwise wait for a writer for ever
+            fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
         except FileNotFoundError:
             raise CacheError(path, "no such cache file") from None
         except OSError as exc:
             raise CacheError(path, f"cannot open ({exc.strerror})") from None
         try:
             st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                raise CacheError(path, "not a regular file")
             size = st.st_size
             if size < len(MAGIC) + FOOTER.size:
                 raise CacheCorrupt(path, f"too short ({size} bytes) to be a cache file")
@@ -264,19 +297,17 @@ class CachedFlow:
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             os.close(fd)
             raise CacheCorrupt(path, f"header is not valid JSON ({exc})") from None
-        if header.get("format") != FORMAT or int(header.get("version", 0)) > FORMAT_VERSION:
+        try:
+            check_header(header, path, n)
+        except CacheError:
             os.close(fd)
-            raise CacheError(path, f"unsupported format {header.get('format')!r} version {header.get('version')!r} "
-                                   f"(this reader knows {FORMAT} version {FORMAT_VERSION})")
+            raise
         index = np.frombuffer(meta, dtype=INDEX_DTYPE, offset=header_len, count=n)
         ends = index["offset"].astype(np.int64) + index["length"]
         starts = np.concatenate([[len(MAGIC)], ends[:-1]]) if n else np.zeros(0, np.int64)
         if n and (np.any(index["offset"] != starts) or ends[-1] != meta_offset) or (not n and meta_offset != len(MAGIC)):
             os.close(fd)
             raise CacheCorrupt(path, "index offsets are not contiguous")
-        if int(header.get("num_flows", -1)) != n:
-            os.close(fd)
-            raise CacheCorrupt(path, f"header says {header.get('num_flows')} flows, index has {n}")
         previous = getattr(self, "header", None)
         if previous is not None and any(previous[k] != header[k] for k in ("num_flows", "height", "width", "bound")):
             os.close(fd)
@@ -540,7 +571,7 @@ class VideoLock:
 def lock_is_held(lock_path: str | os.PathLike) -> bool:
     """Whether some live process holds the lock at ``lock_path`` (False when there is no lock file)."""
     try:
-        fd = os.open(lock_path, os.O_RDONLY | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(lock_path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))  # a FIFO must not block
     except FileNotFoundError:
         return False
     try:
@@ -562,7 +593,7 @@ def _normalise(config: dict) -> dict:
 
 def video_identity(video: str | os.PathLike) -> dict:
     """Absolute path, size in bytes and mtime (ns) of a video: what a cache entry was built from."""
-    path = Path(video).resolve()
+    path = Path(os.path.realpath(video))  # not Path.resolve(): it raises RuntimeError on a symlink loop
     st = os.stat(path)
     return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
 
@@ -600,15 +631,17 @@ class FlowCache:
         self.bound = float(bound)
         self.codec = parse_codec(codec)
         self.check_video = check_video
-        if self.bound <= 0:
-            raise ValueError(f"bound must be positive, got {bound}")
+        if not (math.isfinite(self.bound) and self.bound > 0):  # NaN passes a plain <= 0 test
+            raise ValueError(f"bound must be a positive, finite number of pixels, got {bound}")
+        if not all(1 <= side <= MAX_SIDE for side in self.size):
+            raise ValueError(f"size {self.size[1]}x{self.size[0]}: each side must be 1..{MAX_SIDE} px")
 
     def __repr__(self) -> str:
         return f"FlowCache({str(self.root)!r}, engine={self.engine_config.get('name', self.engine_config.get('model'))!r}, size={self.size}, bound={self.bound})"
 
     def path_for(self, video: str | os.PathLike) -> Path:
         """Where the entry of ``video`` lives (whether or not it exists)."""
-        absolute = Path(video).resolve()
+        absolute = Path(os.path.realpath(video))  # as video_identity: a symlink loop is the video's error, later
         digest = hashlib.sha1(str(absolute).encode("utf-8")).hexdigest()[:10]
         return self.root / f"{absolute.stem}-{digest}{SUFFIX}"
 
@@ -720,17 +753,33 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     sub = parser.add_subparsers(dest="cache_command", metavar="{verify,stats}", required=True)
     v = sub.add_parser("verify", help="Check every checksum of every cache file; exit 1 when any is bad.")
     v.add_argument("dir", type=Path, help="cache folder")
-    v.add_argument("--delete-bad", action="store_true", help="delete bad files (and temp files of dead writers)")
+    v.add_argument("--delete-bad", action="store_true", help="delete bad flow caches (and temp files of dead writers); other .afc files are left alone")
     s = sub.add_parser("stats", help="Videos, flow frames and bytes in a cache, against the same flow as .flo.")
     s.add_argument("dir", type=Path, help="cache folder")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
 
 
-def verify_dir(root: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]]]:
-    """(files checked, flow frames checked, [(bad file, reason)]) for every ``.afc`` under ``root``."""
-    bad, frames = [], 0
+def _carries_magic(path: Path) -> bool:
+    """Whether ``path`` starts or ends with the cache's magic: a flow cache, even a damaged one
+    (``.afc`` is also AIFF-C audio, which must never be taken for a bad cache and deleted)."""
+    try:
+        with open(path, "rb") as f:
+            head = f.read(len(MAGIC))
+            f.seek(max(0, os.fstat(f.fileno()).st_size - len(MAGIC)))
+            return head == MAGIC or f.read() == MAGIC
+    except OSError:
+        return False
+
+
+def verify_dir(root: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]], list[Path]]:
+    """(flow caches checked, flow frames checked, [(bad cache, reason)], [``.afc`` files that are not
+    flow caches]) for every ``.afc`` under ``root``."""
+    bad, foreign, frames = [], [], 0
     files = cache_files(root)
     for path in files:
+        if not _carries_magic(path):
+            foreign.append(path)
+            continue
         try:
             with CachedFlow(path) as cached:
                 problems = cached.verify()
@@ -740,7 +789,7 @@ def verify_dir(root: str | os.PathLike) -> tuple[int, int, list[tuple[Path, str]
         if problems:
             more = f" (+{len(problems) - 1} more)" if len(problems) > 1 else ""
             bad.append((path, problems[0] + more))
-    return len(files), frames, bad
+    return len(files) - len(foreign), frames, bad, foreign
 
 
 def stats_dir(root: str | os.PathLike) -> dict:
@@ -788,7 +837,8 @@ def _human(n: float) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """``cache verify``: 0 when every file is good, 1 when any is bad, 2 when DIR is not a folder.
+    """``cache verify``: 0 when every flow cache is good, 1 when any is bad, 2 when DIR is not a folder
+    (``--delete-bad`` deletes only files with the cache's magic; other ``.afc`` files are listed, never deleted).
     ``cache stats``: 0 (2 when DIR is not a folder)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     if not args.dir.is_dir():
@@ -808,7 +858,9 @@ def run(args: argparse.Namespace) -> int:
             for u in st["unreadable"]:
                 print(f"unreadable      {u['path']}: {u['reason']}")
         return 0
-    files, frames, bad = verify_dir(args.dir)
+    files, frames, bad, foreign = verify_dir(args.dir)
+    for path in foreign:
+        print(f"not a flow cache, left alone: {path}")
     for path, reason in bad:
         print(f"BAD {path}: {reason}")
         if args.delete_bad:

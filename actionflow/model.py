@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from flow_engine.pwcnet import WeightsError, load_weights_only
+
 logger = logging.getLogger(__name__)
 
 MODES = ("rgb", "flow", "two_stream")
@@ -84,16 +86,17 @@ def pretrained_state(backbone: str, pretrained_path: str | None = None) -> dict[
         if not os.path.isfile(pretrained_path):
             raise ModelConfigError(f"{pretrained_path}: pretrained state dict not found")
         try:
-            state = torch.load(pretrained_path, map_location="cpu", weights_only=True)
-        except Exception as exc:
-            raise ModelConfigError(f"{pretrained_path}: cannot load a state dict ({str(exc)[:120]})") from None
+            state = load_weights_only(pretrained_path, what="pretrained state dict")
+        except WeightsError as exc:
+            raise ModelConfigError(str(exc)) from None
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         return state
     import torchvision
 
     try:
-        return torchvision.models.get_model_weights(backbone).DEFAULT.get_state_dict(progress=False)
+        # weights_only=True: torch.hub's default is False, and a file planted in its cache would run code
+        return torchvision.models.get_model_weights(backbone).DEFAULT.get_state_dict(progress=False, weights_only=True)
     except Exception as exc:  # no internet, no cache, or no weights for this architecture
         logger.warning("ImageNet weights for %s unavailable (%s); training from scratch", backbone, str(exc)[:120])
         return None

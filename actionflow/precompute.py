@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import queue
 import sys
@@ -83,6 +84,28 @@ def parse_size(text: str) -> tuple[int, int]:
     if h < 8 or w < 8:
         raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 8x8)")
     return h, w
+
+
+def positive_int(text: str) -> int:
+    """``"32"`` -> 32; zero, a negative number or not an integer is an argument error (exit 2, before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def positive_pixels(text: str) -> float:
+    """``"20"`` -> 20.0 px; NaN, infinity, zero or a negative number is an argument error (they would quantise to garbage)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number of pixels, got {text!r}")
+    return value
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -306,6 +329,8 @@ def precompute(
     """
     from tqdm import tqdm
 
+    if batch < 1:  # here, not per video: range(0, n, 0) would fail every one of them
+        raise ValueError(f"batch must be at least 1, got {batch}")
     summary = Summary()
     t0 = time.perf_counter()
     bar = tqdm(total=len(videos), unit="video", disable=not progress, dynamic_ncols=True)
@@ -424,14 +449,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", required=True, type=Path, help="cache folder (one per engine/size/bound)")
     parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
     parser.add_argument("--weights", default=None, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
-    parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
+    parser.add_argument("--flow-updates", type=positive_int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at (default 340x256)")
-    parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
+    parser.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
     parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
-    parser.add_argument("--workers", type=int, default=available_cores(),
+    parser.add_argument("--workers", type=positive_int, default=available_cores(),
                         help="processes for a classical engine's flow, and threads encoding frames (default: the cores available)")
-    parser.add_argument("--batch", type=int, default=32, help="frame pairs per engine call (default 32)")
-    parser.add_argument("--decoders", type=int, default=2, help="videos decoded at once, each in a thread (default 2)")
+    parser.add_argument("--batch", type=positive_int, default=32, help="frame pairs per engine call (default 32)")
+    parser.add_argument("--decoders", type=positive_int, default=2, help="videos decoded at once, each in a thread (default 2)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda or cuda:N (auto uses LOCAL_RANK under torchrun)")
     parser.add_argument("--dtype", default="auto", help="engine dtype: auto (bf16 on CUDA, else fp32), fp32, bf16, fp16")
     parser.add_argument("--shard", type=parse_shard, default=None, help="I/N: this process takes videos i %% N == I (default RANK/WORLD_SIZE or 0/1)")

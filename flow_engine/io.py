@@ -15,6 +15,7 @@ In memory a flow field is float32 ``[H, W, 2]`` in pixels (u right, v down) with
 from __future__ import annotations
 
 import os
+import struct
 from pathlib import Path
 
 import cv2
@@ -25,6 +26,11 @@ FLO_TAG = 202021.25
 FLO_UNKNOWN_THRESHOLD = 1e9  # |u| or |v| above this means "unknown" (Middlebury convention)
 FLO_UNKNOWN_VALUE = 1e10
 MAX_SIDE = 1 << 16  # a width or height beyond this is a corrupt header, not an image
+# A PNG's size says nothing of its decoded size (840 KB can decode to 12000x12000x3 16-bit, ~9 GB
+# once converted): PNGs above this many pixels (e.g. 4096x4096) are refused from their header.
+MAX_PNG_PIXELS = 1 << 24
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> channels as decoded (palette: 1 index)
 KITTI_OFFSET = 2.0**15
 KITTI_SCALE = 64.0
 
@@ -121,18 +127,41 @@ def write_flo(path: PathLike, flow: np.ndarray, valid: np.ndarray | None = None)
 # ----------------------------------------------------------------------------- KITTI PNG
 
 
-def read_kitti_flow(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
-    """Reads a KITTI 16-bit PNG flow: flow float32 [H,W,2] (pixels) and valid bool [H,W] (B > 0)."""
+def read_png_header(path: PathLike) -> tuple[int, int, int, int]:
+    """(width, height, bit depth, channels) from a PNG's IHDR chunk, without decoding it.
+
+    Raises FlowFileError for a file that is not a PNG and for one above :data:`MAX_PNG_PIXELS`
+    pixels, so that nothing is allocated for a decompression bomb.
+    """
     if _file_size(path) == 0:
         raise FlowFileError(path, "empty file")
-    img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
-    if img is None:
-        raise FlowFileError(path, "unreadable image (not a PNG or corrupt)")
-    if img.dtype != np.uint16:
-        raise FlowFileError(path, f"KITTI flow PNGs are 16-bit, this one is {img.dtype}")
-    if img.ndim != 3 or img.shape[2] != 3:
-        channels = 1 if img.ndim == 2 else img.shape[2]
+    with open(path, "rb") as f:
+        head = f.read(33)  # signature (8), IHDR length + type (8), IHDR data (13), crc (4)
+    if len(head) < 33 or not head.startswith(PNG_SIGNATURE) or head[12:16] != b"IHDR":
+        raise FlowFileError(path, "not a PNG file (no PNG signature and IHDR header)")
+    width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
+    if colour not in PNG_CHANNELS:
+        raise FlowFileError(path, f"corrupt PNG header (colour type {colour})")
+    _check_dims(path, width, height)
+    if width * height > MAX_PNG_PIXELS:
+        raise FlowFileError(path, f"PNG of {width}x{height} pixels is above the limit of {MAX_PNG_PIXELS} pixels "
+                                  "(flow_engine.io.MAX_PNG_PIXELS)")
+    return width, height, depth, PNG_CHANNELS[colour]
+
+
+def read_kitti_flow(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
+    """Reads a KITTI 16-bit PNG flow: flow float32 [H,W,2] (pixels) and valid bool [H,W] (B > 0)."""
+    _, _, depth, channels = read_png_header(path)  # before decoding: bounded memory, clear errors
+    if depth != 16:
+        raise FlowFileError(path, f"KITTI flow PNGs are 16-bit, this one is {depth}-bit")
+    if channels != 3:
         raise FlowFileError(path, f"KITTI flow PNGs have 3 channels, this one has {channels}")
+    try:
+        img = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    except cv2.error as e:
+        raise FlowFileError(path, f"unreadable PNG ({str(e).strip().splitlines()[-1][:200]})") from None
+    if img is None or img.dtype != np.uint16 or img.ndim != 3 or img.shape[2] != 3:
+        raise FlowFileError(path, "unreadable image (corrupt PNG data)")
     # OpenCV gives BGR: B = valid, G = v, R = u.
     flow = (img[:, :, [2, 1]].astype(np.float32) - KITTI_OFFSET) / KITTI_SCALE
     valid = img[:, :, 0] > 0
@@ -257,7 +286,13 @@ def read_image(path: PathLike) -> np.ndarray:
     """Reads an image (PNG/PPM/JPG...) as uint8 RGB [H,W,3]; grey images are promoted to 3 channels."""
     if _file_size(path) == 0:
         raise FlowFileError(path, "empty file")
-    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    with open(path, "rb") as f:
+        if f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE:
+            read_png_header(path)  # the pixel limit, before decoding
+    try:
+        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    except cv2.error as e:
+        raise FlowFileError(path, f"unreadable image ({str(e).strip().splitlines()[-1][:200]})") from None
     if bgr is None:
         raise FlowFileError(path, "unreadable image (unknown format or corrupt)")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)

@@ -24,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flow_engine.pwcnet import FlowInputError, WeightsError, as_rgb, check_pair
+from flow_engine.pwcnet import FlowInputError, WeightsError, as_rgb, check_pair, load_weights_only
 
 log = logging.getLogger(__name__)
 
@@ -108,12 +108,7 @@ def princeton_to_torchvision(state: dict[str, torch.Tensor]) -> dict[str, torch.
 
 
 def _read_state_dict(path: Path, expected: dict[str, torch.Size], variant: str) -> dict[str, torch.Tensor]:
-    if not path.is_file():
-        raise WeightsError(f"{path}: no such weights file")
-    try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # refused pickle, truncated or foreign file
-        raise WeightsError(f"{path}: cannot be read as a PyTorch state dict with weights_only=True ({type(e).__name__}: {e})") from None
+    obj = load_weights_only(path)
     if isinstance(obj, dict) and isinstance(obj.get("state_dict"), dict):
         obj = obj["state_dict"]
     if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in obj.items()):
@@ -154,9 +149,10 @@ def load_raft(variant: str, weights: str | Path | None = None) -> tuple[nn.Modul
     builder, weights_enum = _builder(variant)
     if weights is None:
         chosen = weights_enum.DEFAULT
-        try:
-            model = builder(weights=chosen, progress=False)
-        except Exception as e:  # URLError, socket errors, a truncated download ...
+        model = builder(weights=None)
+        try:  # not builder(weights=chosen): torch.hub would read its cached file with weights_only=False
+            model.load_state_dict(chosen.get_state_dict(progress=False, check_hash=True, weights_only=True))
+        except Exception as e:  # URLError, socket errors, a truncated download, a file refused by weights_only ...
             raise WeightsError(
                 f"{variant}: torchvision's pretrained weights ({chosen.url}) are not in the torch hub cache "
                 f"({torch.hub.get_dir()}) and could not be downloaded ({type(e).__name__}: {e}). Either connect "

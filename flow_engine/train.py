@@ -22,6 +22,7 @@ import functools
 import logging
 import math
 import os
+import sys
 import time
 from datetime import timedelta
 from pathlib import Path
@@ -36,7 +37,7 @@ from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
 from flow_engine import augment
 from flow_engine.correlation import correlation
-from flow_engine.pwcnet import PWCNet, resize_flow, warp
+from flow_engine.pwcnet import PWCNet, WeightsError, load_weights_only, resize_flow, warp
 
 log = logging.getLogger(__name__)
 
@@ -626,16 +627,26 @@ class StepLog(pl.Callback):
 
 
 def export_weights(checkpoint: str | Path, out: str | Path = DEFAULT_WEIGHTS_OUT) -> Path:
-    """Writes the PWC-Net weights of a Lightning checkpoint as a plain fp16 state dict at ``out``."""
+    """Writes the PWC-Net weights of a Lightning checkpoint as a plain fp16 state dict at ``out``.
+
+    Raises :class:`WeightsError` naming ``checkpoint`` when it is missing, refused by
+    ``weights_only=True`` or holds no PWC-Net.
+    """
     checkpoint, out = Path(checkpoint), Path(out)
-    if not checkpoint.is_file():
-        raise FileNotFoundError(f"{checkpoint}: no such checkpoint")
-    ckpt = torch.load(checkpoint, map_location="cpu", weights_only=False)  # our own file: hyperparameters are pickled
-    state = ckpt.get("state_dict", ckpt)
-    weights = {k[len("model."):]: v.detach().half().contiguous() for k, v in state.items() if k.startswith("model.")}
+    # This module's checkpoints hold only tensors and plain types (its hyper-parameters are the
+    # YAML config's dicts), so weights_only=True reads them, and a crafted file cannot run code.
+    ckpt = load_weights_only(checkpoint, what="checkpoint")
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise WeightsError(f"{checkpoint}: not a checkpoint (a {type(ckpt).__name__}, not a dict)")
+    weights = {k[len("model."):]: v.detach().half().contiguous() for k, v in state.items()
+               if isinstance(k, str) and k.startswith("model.") and torch.is_tensor(v)}
     if not weights:
-        raise ValueError(f"{checkpoint}: no 'model.*' PWC-Net parameters in this checkpoint")
-    PWCNet().load_state_dict({k: v.float() for k, v in weights.items()})  # fails loudly on a wrong layout
+        raise WeightsError(f"{checkpoint}: no 'model.*' PWC-Net parameters in this checkpoint")
+    try:
+        PWCNet().load_state_dict({k: v.float() for k, v in weights.items()})  # fails loudly on a wrong layout
+    except RuntimeError as e:
+        raise WeightsError(f"{checkpoint}: its 'model.*' parameters are not a PWC-Net ({str(e).splitlines()[0][:200]})") from None
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     torch.save(weights, tmp)
@@ -724,25 +735,28 @@ def build(config: dict) -> tuple[FlowModule, FlowDataModule, pl.Trainer]:
 
 
 def resolve_resume(resume: str | None, out: Path) -> str | None:
-    """``auto`` -> the run's ``last.ckpt`` when there is one; a path must exist."""
+    """``auto`` -> the run's ``last.ckpt`` when there is one; a path must exist and load with ``weights_only=True``."""
     if not resume:
         return None
     if resume == "auto":
         last = out / "checkpoints" / "last.ckpt"
-        if last.is_file():
-            log.info("resuming from %s", last)
-            return str(last)
-        log.info("no %s yet: starting fresh", last)
-        return None
-    if not Path(resume).is_file():
-        raise FileNotFoundError(f"{resume}: no such checkpoint to resume from")
+        if not last.is_file():
+            log.info("no %s yet: starting fresh", last)
+            return None
+        log.info("resuming from %s", last)
+        resume = str(last)
+    # Lightning reads the checkpoint itself (fit passes weights_only=True too, but its default
+    # has changed between versions); reading it here first refuses a crafted pickle, or names a
+    # missing or broken file, before any model, data or trainer is built.
+    load_weights_only(resume, what="checkpoint to resume from")
     return resume
 
 
 def fit(config: dict, resume: str | None = None) -> tuple[FlowModule, pl.Trainer]:
     """Trains according to ``config``; ``resume`` = checkpoint path or "auto"."""
+    ckpt_path = resolve_resume(resume, Path(config["out"]))
     module, data, trainer = build(config)
-    trainer.fit(module, datamodule=data, ckpt_path=resolve_resume(resume, Path(config["out"])))
+    trainer.fit(module, datamodule=data, ckpt_path=ckpt_path, weights_only=True)
     return module, trainer
 
 
@@ -796,16 +810,20 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as e:
         raise SystemExit(f"config error: {e}") from None
     out = Path(config["out"])
-    if args.export_only:
-        ckpt = best_checkpoint(out) if args.export_only == "best" else Path(args.export_only)
-        print(export_weights(ckpt, args.export or DEFAULT_WEIGHTS_OUT))
-        return 0
-    _, trainer = fit(config, args.resume)
-    best = None
-    for cb in trainer.checkpoint_callbacks:
-        if cb.monitor == "val/epe" and cb.best_model_path:
-            best = cb.best_model_path
-            print(f"best checkpoint: {best} (val EPE {float(cb.best_model_score):.3f} px)")
-    if args.export:
-        print(export_weights(best or Path(out) / "checkpoints" / "last.ckpt", args.export))
+    try:
+        if args.export_only:
+            ckpt = best_checkpoint(out) if args.export_only == "best" else Path(args.export_only)
+            print(export_weights(ckpt, args.export or DEFAULT_WEIGHTS_OUT))
+            return 0
+        _, trainer = fit(config, args.resume)
+        best = None
+        for cb in trainer.checkpoint_callbacks:
+            if cb.monitor == "val/epe" and cb.best_model_path:
+                best = cb.best_model_path
+                print(f"best checkpoint: {best} (val EPE {float(cb.best_model_score):.3f} px)")
+        if args.export:
+            print(export_weights(best or Path(out) / "checkpoints" / "last.ckpt", args.export))
+    except WeightsError as e:  # --export-only, --resume, --init: a missing, refused or broken file
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     return 0

@@ -114,9 +114,15 @@ class VideoInfo:
 def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_threads: int = 1):
     """A decord VideoReader resized on decode to ``size`` = (H, W), or VideoError."""
     path = os.fspath(path)
-    if not os.path.isfile(path):
-        raise VideoError(path, "no such file")
-    if os.path.getsize(path) == 0:
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        raise VideoError(path, "no such file") from None
+    except OSError as exc:  # a symlink loop (ELOOP), no permission...: this video is skipped, not the run
+        raise VideoError(path, f"cannot open ({exc.strerror or exc})") from None
+    if not stat.S_ISREG(st.st_mode):  # a FIFO would block the decoder for ever
+        raise VideoError(path, "not a regular file (a FIFO, device or folder)")
+    if st.st_size == 0:
         raise VideoError(path, "empty file")
     import decord  # imported here: it is slow to import and not every command needs it
 

@@ -164,3 +164,73 @@ def test_lists_in_root_are_found_when_none_given(tmp_path):
     assert s.classes == ["spin", "jump"]
     assert len(s.train) == 1 and len(s.val) == 1  # no val.txt: split off train.txt
     assert s.test == [Sample(str((tmp_path / "v/c.mp4").resolve()), 1)]
+
+
+# ----------------------------------------------------------------------------- hostile lists
+
+
+@pytest.mark.parametrize("label", ["100000", "99999999999", "9" * 5000])
+def test_huge_integer_labels_are_an_error_before_any_class_list_is_built(tmp_path, label):
+    # 100000 would make 100001 classes, one beyond MAX_CLASSES; the others would allocate gigabytes
+    # (or, with 5000 digits, fail inside int()) without the bound.
+    (tmp_path / "train.txt").write_text(f"a.mp4 0\nb.mp4 {label}\n")
+    with pytest.raises(AnnotationError, match=r"train.txt:2: label \d+ would make more than 100000 classes"):
+        load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+    # the largest allowed label still works, and a class-index file bounds labels by itself
+    (tmp_path / "ok.txt").write_text("a.mp4 0\nb.mp4 99999\n")
+    s = load_splits(train_list=tmp_path / "ok.txt", val_list=tmp_path / "ok.txt", test_list=tmp_path / "ok.txt")
+    assert len(s.classes) == 100_000 and [x.label for x in s.train] == [0, 99999]
+    (tmp_path / "classes.txt").write_text("spin\njump\n")
+    with pytest.raises(AnnotationError, match="train.txt:2: label .* out of range for 2 classes"):
+        load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+
+
+def test_superscript_digits_are_a_class_name_not_an_integer(tmp_path):
+    # "²".isdigit() is True but int("²") raises: such a token is a name (and mixing it with integers is an error)
+    (tmp_path / "train.txt").write_text("a.mp4 0\nb.mp4 ²\n")
+    with pytest.raises(AnnotationError, match=r"train.txt:2: label '²' is a name but others are integers"):
+        load_splits(train_list=tmp_path / "train.txt")
+
+
+def test_lists_are_utf8_a_bom_keeps_the_first_entry_utf16_is_an_error(tmp_path):
+    (tmp_path / "train.txt").write_bytes("\ufeffv/a.mp4 spin\nv/b.mp4 jump\n".encode("utf-8"))
+    (tmp_path / "classes.txt").write_bytes("\ufeffspin\njump\n".encode("utf-8"))
+    s = load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+    assert s.classes == ["spin", "jump"] and [(Path(x.path).name, x.label) for x in s.train] == [("a.mp4", 0), ("b.mp4", 1)]
+    (tmp_path / "utf16.txt").write_bytes("v/a.mp4 spin\n".encode("utf-16"))
+    with pytest.raises(AnnotationError, match="utf16.txt: the list is UTF-16; save it as UTF-8"):
+        load_splits(train_list=tmp_path / "utf16.txt")
+
+
+def test_a_symlink_loop_in_a_list_is_left_to_the_video_reader(tmp_path):
+    # Path.resolve() raised RuntimeError on it and ended the run; the reader skips it by name instead
+    (tmp_path / "v").mkdir()
+    (tmp_path / "v" / "loop.mp4").symlink_to("loop.mp4")
+    (tmp_path / "train.txt").write_text("v/loop.mp4 0\nv/b.mp4 1\n")
+    s = load_splits(train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt", test_list=tmp_path / "train.txt")
+    assert [x.path for x in s.train] == [str(tmp_path / "v" / "loop.mp4"), str(tmp_path / "v" / "b.mp4")]
+
+
+def test_duplicates_and_videos_in_two_splits_are_warned_with_a_count_or_errors_when_strict(tmp_path, caplog):
+    (tmp_path / "train.txt").write_text("v/a.mp4 spin\nv/b.mp4 jump\nv/a.mp4 jump\nv/c.mp4 spin\nv/b.mp4 jump\nv/d.mp4 jump\n")
+    (tmp_path / "val.txt").write_text("v/e.mp4 spin\n")
+    (tmp_path / "test.txt").write_text("v/c.mp4 spin\nv/f.mp4 jump\n")
+    lists = dict(train_list=tmp_path / "train.txt", val_list=tmp_path / "val.txt", test_list=tmp_path / "test.txt")
+    a, b, c = (str(tmp_path / "v" / n) for n in ("a.mp4", "b.mp4", "c.mp4"))
+    with caplog.at_level("WARNING"):
+        s = load_splits(**lists)
+    assert len(s.train) == 6  # still accepted as given
+    train = tmp_path / "train.txt"
+    assert (f"{train}: 2 video(s) listed more than once, e.g. {a} at {train}:1 (spin), {train}:3 (jump); "
+            f"{b} at {train}:2 (jump), {train}:5 (jump)") in caplog.text
+    assert f"1 video(s) are in more than one of train/val/test, e.g. {c} in train and test" in caplog.text
+    with pytest.raises(AnnotationError, match=r"train.txt: 2 video\(s\) listed more than once.*\(data.strict is true\)"):
+        load_splits(**lists, strict=True)
+    (tmp_path / "train.txt").write_text("v/a.mp4 spin\nv/b.mp4 jump\nv/c.mp4 spin\n")
+    with pytest.raises(AnnotationError, match=r"1 video\(s\) are in more than one of train/val/test"):
+        load_splits(**lists, strict=True)
+    (tmp_path / "test.txt").write_text("v/f.mp4 jump\n")
+    caplog.clear()
+    with caplog.at_level("WARNING"):
+        load_splits(**lists, strict=True)  # clean lists: no error, no warning
+    assert caplog.text == ""

@@ -105,6 +105,39 @@ def test_bad_checkpoint_is_a_clear_error(video, tmp_path, capsys):
     assert code == 2 and "not a Lightning checkpoint" in err
 
 
+def test_crafted_checkpoint_is_refused_never_run(video, tmp_path, capsys):
+    from hostile_files import code_running_checkpoint
+
+    marker = tmp_path / "pwned"
+    evil = code_running_checkpoint(tmp_path / "evil.ckpt", marker)
+    code, out, err = run(capsys, video, "--ckpt", evil)
+    assert code == 2 and out == "" and f"{evil}: cannot be read" in err and "weights_only=True" in err
+    assert not marker.exists()
+
+
+def test_a_checkpoint_naming_an_unknown_flow_engine_is_a_clear_error(ckpt, video, tmp_path, capsys):
+    other = tmp_path / "future.ckpt"
+    data = torch.load(ckpt, weights_only=True)
+    data["hyper_parameters"]["flow_model"] = "flownet9"  # a later version's engine, say
+    torch.save(data, other)
+    code, out, err = run(capsys, video, "--ckpt", other, "--device", "cpu")
+    assert code == 2 and out == ""
+    assert f"{other}: its flow engine 'flownet9' cannot be built here (unknown flow model 'flownet9'" in err
+    assert "Traceback" not in err
+
+
+def test_a_one_frame_video_warns_that_the_flow_stream_saw_no_motion(ckpt, tmp_path, capsys, caplog):
+    still = write_mp4(tmp_path / "still.mp4", render("right", frames=1, size=64))
+    assert probe(still).num_frames == 1
+    code, out, _ = run(capsys, still, "--ckpt", ckpt, "--json", "--clips", "1", "--device", "cpu")
+    assert code == 0 and len(json.loads(out)["topk"]) == 3  # still classified, from appearance
+    assert f"{still} has a single frame: the flow stream saw no motion" in caplog.text
+    caplog.clear()
+    write_mp4(tmp_path / "two.mp4", render("right", frames=2, size=64))
+    assert run(capsys, tmp_path / "two.mp4", "--ckpt", ckpt, "--json", "--clips", "1", "--device", "cpu")[0] == 0
+    assert "two.mp4" not in caplog.text  # two frames: one real flow, no warning
+
+
 @pytest.mark.gpu
 def test_classify_on_gpu(ckpt, video, capsys):
     code, out, err = run(capsys, video, "--ckpt", ckpt, "--json", "--device", "cuda")

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import logging
+import re
 
 import numpy as np
 import pytest
 import torch
 from tiny_videos import make_dataset, render, write_mp4
 
-from actionflow.annotations import Sample
+from actionflow.annotations import AnnotationError, Sample
 from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate
 from flow_engine.video import VideoError
 
@@ -112,6 +113,57 @@ def test_setup_skips_bad_and_too_short_videos(tiny, caplog):
                               test_list=str(tiny / "test.txt"), mode="flow", flow_source="online", strict=True)
     with pytest.raises(BadVideo, match="one_frame.mp4: only 1 frame"):
         strict.setup("fit")
+
+
+def test_a_symlink_loop_in_a_list_is_a_named_skip(tiny, tmp_path, caplog):
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop.name)
+    lists = tmp_path / "train.txt"
+    lists.write_text((tiny / "train.txt").read_text().replace("videos/", f"{tiny}/videos/") + f"{loop} 0\n")
+    dm = ActionDataModule(root=None, train_list=str(lists), val_list=str(tiny / "val.txt"),
+                          test_list=str(tiny / "test.txt"), mode="rgb", num_workers=0, size=(32, 32), crop_size=(32, 32))
+    with caplog.at_level(logging.WARNING):
+        dm.setup("fit")
+    assert dm.skipped == [f"{loop}: cannot open (Too many levels of symbolic links)"]
+    assert len(dm.clips["train"]) == 4 and str(loop) in caplog.text
+
+
+def test_a_corrupt_cache_entry_is_recomputed_or_an_error_never_dropped(tiny, tmp_path):
+    from actionflow.flow_cache import CachedFlow
+
+    kw = dict(root=str(tiny), train_list=str(tiny / "train.txt"), val_list=str(tiny / "val.txt"),
+              test_list=str(tiny / "test.txt"), mode="flow", flow_source="cache", cache_dir=str(tmp_path / "cache"),
+              flow_model="dis", num_workers=0, size=(32, 32), crop_size=(32, 32), num_segments=2, flow_length=3)
+    ActionDataModule(**kw).prepare_data()
+    dm = ActionDataModule(**kw)
+    cache = dm.flow_cache()
+    video = dm.splits.train[0].path
+    path = cache.path_for(video)
+    with CachedFlow(path) as c:
+        offset = int(c.index["offset"][2]) + 5
+    data = bytearray(path.read_bytes())
+    data[offset] ^= 0xFF  # a flipped payload byte: the entry opens, frame 2 fails its checksum
+    path.write_bytes(bytes(data))
+    assert cache.lookup(video) is not None and cache.lookup(video, verify=True) is None
+    with pytest.raises(DataConfigError, match=r"1 video\(s\) have no usable flow .*corrupt; first: " + re.escape(video)):
+        ActionDataModule(**{**kw, "cache_missing": "error"}).prepare_data()
+    dm.prepare_data()  # cache_missing: compute
+    with CachedFlow(path) as c:
+        assert c.num_flows == 11 and c.verify() == []
+    dm.setup("fit")
+    index = [clip.sample.path for clip in dm.clips["train"]].index(video)
+    item = dm.dataset("train")[index]
+    assert item is not None and item["flow"].shape == (2, 6, 32, 32)
+
+
+def test_data_strict_makes_a_video_in_two_splits_an_error(tiny, caplog):
+    kw = dict(root=str(tiny), train_list=str(tiny / "train.txt"), val_list=str(tiny / "test.txt"),
+              test_list=str(tiny / "test.txt"), mode="rgb", size=(32, 32), crop_size=(32, 32))
+    with caplog.at_level(logging.WARNING):
+        ActionDataModule(**kw)
+    assert "2 video(s) are in more than one of train/val/test" in caplog.text
+    with pytest.raises(AnnotationError, match="in more than one of train/val/test.*data.strict is true"):
+        ActionDataModule(**kw, strict=True)
 
 
 def test_bad_settings_fail_before_any_decoding(tiny):

@@ -5,9 +5,11 @@ import json
 import multiprocessing
 import os
 import pickle
+import re
 import subprocess
 import sys
 import time
+import zlib
 
 import numpy as np
 import pytest
@@ -361,3 +363,85 @@ def test_open_is_cheap(tmp_path, video):
         cache.open(video).close()
     per_open = (time.perf_counter() - t) / 20
     assert per_open < 0.01, per_open
+
+
+# ----------------------------------------------------------------------------- hostile files
+
+
+def with_header(path, header_text: bytes) -> None:
+    """Replace the header of the cache file at ``path`` by ``header_text``, with checksums and footer
+    made to match: what an attacker (not a bit flip) would write."""
+    data = path.read_bytes()
+    meta_offset, header_len, n, _, _, magic = flow_cache.FOOTER.unpack(data[-flow_cache.FOOTER.size:])
+    index = data[meta_offset + header_len: -flow_cache.FOOTER.size]
+    meta = header_text + index
+    footer = flow_cache.FOOTER.pack(meta_offset, len(header_text), n, zlib.crc32(meta), 0, magic)
+    path.write_bytes(data[:meta_offset] + meta + footer)
+
+
+@pytest.mark.parametrize("change, reason", [
+    (lambda h: [1, 2], "header is not a JSON object (a JSON list)"),
+    (lambda h: "text", "header is not a JSON object (a JSON str)"),
+    (lambda h: {**h, "bound": "20"}, "header bound '20' is not a positive, finite number of pixels"),
+    (lambda h: {**h, "bound": float("nan")}, "header bound nan is not a positive"),
+    (lambda h: {**h, "bound": float("inf")}, "header bound inf is not a positive"),
+    (lambda h: {**h, "bound": 0}, "header bound 0 is not a positive"),
+    (lambda h: {**h, "bound": -1.0}, "header bound -1.0 is not a positive"),
+    (lambda h: {**h, "height": 100000, "width": 100000}, "header height 100000 is not a whole number of pixels in 1..8192"),
+    (lambda h: {**h, "width": "64"}, "header width '64' is not a whole number"),
+    (lambda h: {**h, "num_flows": "9"}, "header says '9' flows, index has 9"),
+    (lambda h: {**h, "engine": ["dis"]}, "header engine is not a JSON object"),
+    (lambda h: {**h, "codec": "png"}, "header codec is not a JSON object"),
+    (lambda h: {**h, "version": "1"}, "unsupported format 'actionflow-flow-cache' version '1'"),
+])
+def test_crafted_headers_are_bad_in_verify_stats_and_reads(tmp_path, video, capsys, change, reason):
+    root = tmp_path / "cache"
+    cache = make_cache(root)
+    flows, _ = synthetic_flow()
+    path = write_entry(cache, video, flows)
+    with CachedFlow(path) as c:
+        header = dict(c.header)
+    with_header(path, json.dumps(change(header)).encode())
+    with pytest.raises(CacheError, match=re.escape(reason)):
+        CachedFlow(path)
+    assert cache.lookup(video) is None  # never served: recomputed by precompute or training
+    assert cli(["cache", "verify", str(root)]) == 1
+    assert f"BAD {path}: {reason}" in capsys.readouterr().out
+    assert cli(["cache", "stats", str(root), "--json"]) == 0
+    st = json.loads(capsys.readouterr().out)
+    assert (st["videos"], st["frames"], st["flo_bytes"]) == (0, 0, 0)
+    assert [u["path"] for u in st["unreadable"]] == [str(path)] and reason in st["unreadable"][0]["reason"]
+
+
+def test_bound_and_size_of_a_cache_are_validated(tmp_path):
+    for bound in (float("nan"), float("inf"), 0.0, -1.0):
+        with pytest.raises(ValueError, match="bound must be a positive, finite number of pixels"):
+            make_cache(tmp_path, bound=bound)
+    with pytest.raises(ValueError, match="each side must be 1..8192 px"):
+        make_cache(tmp_path, size=(100000, 64))
+
+
+def test_verify_delete_bad_deletes_only_damaged_flow_caches(tmp_path, capsys):
+    root = tmp_path / "cache"
+    flows, _ = synthetic_flow(n=3)
+    paths = []
+    for name in ("a", "b", "c"):
+        v = tmp_path / f"{name}.mp4"
+        v.write_bytes(name.encode() * 10)
+        paths.append(write_entry(make_cache(root), v, flows))
+    head, tail = paths[0], paths[1]
+    head.write_bytes(b"\x00" + head.read_bytes()[1:])  # start magic damaged: the footer still says flow cache
+    tail.write_bytes(tail.read_bytes()[:-40])  # footer lost: the start magic still says flow cache
+    song = root / "song.afc"  # AIFF-C audio shares the suffix
+    song.write_bytes(b"FORM\x00\x00\x00\x2eAIFCFVER\x00\x00\x00\x04\xa2\x80\x51\x40COMM" + bytes(30))
+    empty = root / "empty.afc"
+    empty.write_bytes(b"")
+    assert cli(["cache", "verify", str(root), "--delete-bad"]) == 1
+    out = capsys.readouterr().out
+    assert f"not a flow cache, left alone: {song}" in out and f"not a flow cache, left alone: {empty}" in out
+    assert f"BAD {head}: bad magic at start of file" in out and f"BAD {tail}: " in out
+    assert "checked 3 file(s), 3 flow frames: 2 bad" in out
+    assert not head.exists() and not tail.exists() and paths[2].exists()
+    assert song.read_bytes().startswith(b"FORM") and empty.exists()
+    assert cli(["cache", "verify", str(root)]) == 0  # what is left: one good cache and two foreign files
+    assert "checked 1 file(s), 3 flow frames: 0 bad" in capsys.readouterr().out

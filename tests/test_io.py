@@ -9,6 +9,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from hostile_files import png_bytes
 
 from flow_engine.io import (
     FlowFileError,
@@ -165,6 +166,47 @@ def test_kitti_rejects_8bit_and_grey_and_garbage(tmp_path):
     empty.write_bytes(b"")
     with pytest.raises(FlowFileError, match="empty"):
         read_flow(empty)
+
+
+def test_png_size_is_checked_from_the_header_before_decoding(tmp_path):
+    # 4100x4100 16-bit RGB: 300 KB on disk, 100 MB decoded, 200 MB as flow: above MAX_PNG_PIXELS (4096x4096)
+    big = tmp_path / "big.png"
+    big.write_bytes(png_bytes(4100, 4100))
+    assert big.stat().st_size < 1 << 20
+    tracemalloc.start()
+    with pytest.raises(FlowFileError, match=r"big.png: PNG of 4100x4100 pixels is above the limit of 16777216"):
+        read_flow(big)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert peak < 1 << 20
+    with pytest.raises(FlowFileError, match="above the limit"):
+        read_image(big)
+    # a header claiming 100000x100000 (OpenCV itself raises cv2.error on it) and one claiming 0 rows
+    huge = tmp_path / "huge.png"
+    huge.write_bytes(png_bytes(100000, 100000, rows=1))
+    with pytest.raises(FlowFileError, match="huge.png: header gives an absurd size 100000x100000"):
+        read_flow(huge)
+    flat = tmp_path / "flat.png"
+    flat.write_bytes(png_bytes(16, 0))
+    with pytest.raises(FlowFileError, match="flat.png: header gives a non-positive size"):
+        read_flow(flat)
+    # at the limit's side of the line a KITTI PNG still reads (and 16-bit RGBA is refused from its header)
+    ok = tmp_path / "ok.png"
+    ok.write_bytes(png_bytes(64, 48))
+    flow, valid = read_flow(ok)
+    assert flow.shape == (48, 64, 2) and not valid.any()
+    rgba = tmp_path / "rgba.png"
+    rgba.write_bytes(png_bytes(8, 8, colour=6))
+    with pytest.raises(FlowFileError, match="rgba.png: KITTI flow PNGs have 3 channels, this one has 4"):
+        read_flow(rgba)
+
+
+def test_png_with_a_good_header_and_broken_data_is_a_clear_error(tmp_path):
+    broken = tmp_path / "broken.png"
+    data = png_bytes(64, 48)
+    broken.write_bytes(data[:60])  # header intact, compressed rows cut short
+    with pytest.raises(FlowFileError, match="broken.png: unreadable"):
+        read_flow(broken)
 
 
 # ----------------------------------------------------------------------------- PFM

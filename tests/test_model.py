@@ -53,12 +53,35 @@ def test_unavailable_imagenet_weights_warn_once_and_train_from_scratch(monkeypat
     assert not net.rgb.pretrained and not net.flow.pretrained
 
 
+def test_a_crafted_file_in_the_torch_hub_cache_is_refused_never_run(tmp_path, monkeypatch, caplog):
+    # torch.hub reads its cache with weights_only=False unless told otherwise
+    from hostile_files import code_running_checkpoint
+
+    from actionflow.model import pretrained_state
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    url = torchvision.models.get_model_weights("resnet18").DEFAULT.url
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    code_running_checkpoint(cached, tmp_path / "pwned")
+    with caplog.at_level(logging.WARNING):
+        assert pretrained_state("resnet18") is None
+    assert not (tmp_path / "pwned").exists()
+    assert "ImageNet weights for resnet18 unavailable (Weights only load failed" in caplog.text
+
+
 def test_bad_pretrained_file_and_settings_are_clear_errors(tmp_path):
     with pytest.raises(ModelConfigError, match="not found"):
         TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(tmp_path / "missing.pth"))
     torch.save({"conv1.weight": torch.zeros(1)}, tmp_path / "wrong.pth")
     with pytest.raises(ModelConfigError, match="do not fit resnet18"):
         TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(tmp_path / "wrong.pth"))
+    from hostile_files import code_running_checkpoint
+
+    evil = code_running_checkpoint(tmp_path / "evil.pth", tmp_path / "pwned")
+    with pytest.raises(ModelConfigError, match=r"evil\.pth: cannot be read .*weights_only=True"):
+        TwoStreamNet(num_classes=3, pretrained=True, pretrained_path=str(evil))
+    assert not (tmp_path / "pwned").exists()
     with pytest.raises(ModelConfigError, match="unknown backbone 'resnet19'"):
         TwoStreamNet(num_classes=3, backbone="resnet19")
     with pytest.raises(ModelConfigError, match="model.mode"):

@@ -325,3 +325,66 @@ def test_size_is_width_x_height_like_every_other_command():
     from flow_engine.estimate import parse_size as engine_size
 
     assert pc.parse_size("340x256") == engine_size("340x256") == (256, 340)
+
+
+# ---- hostile and broken inputs
+
+
+def test_one_video_file_and_bom_lists_are_valid_videos_a_utf16_list_a_clear_error(good_videos, tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    assert pc.run(args_for(good_videos[0], cache_dir), engine=StandInEngine()) == 0  # a video, not a list
+    assert "1 computed, 0 skipped" in capsys.readouterr().out
+    assert cache_for(cache_dir).lookup(good_videos[0]) is not None
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes(("\ufeff" + "".join(f"{v} {i}\n" for i, v in enumerate(good_videos[1:3]))).encode("utf-8"))
+    assert pc.run(args_for(bom, cache_dir), engine=StandInEngine()) == 0
+    assert "2 computed, 0 skipped" in capsys.readouterr().out  # the first line is not lost to the BOM
+    utf16 = tmp_path / "utf16.txt"
+    utf16.write_bytes(f"{good_videos[3]} 0\n".encode("utf-16"))
+    assert pc.run(args_for(utf16, cache_dir), engine=StandInEngine()) == 2
+    assert f"error: {utf16}: the list is UTF-16; save it as UTF-8" in capsys.readouterr().err
+
+
+@pytest.mark.timeout(60)
+def test_symlink_loops_and_fifos_are_named_skips_that_never_block(good_videos, tmp_path, capsys):
+    folder = tmp_path / "v"
+    folder.mkdir()
+    (folder / "loop.mp4").symlink_to("loop.mp4")
+    os.mkfifo(folder / "fifo.mp4")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"v/loop.mp4 0\nv/fifo.mp4 0\n{good_videos[0]} 1\n")
+    cache_dir = tmp_path / "cache"
+    cache = cache_for(cache_dir)
+    cache_dir.mkdir()
+    os.mkfifo(cache.path_for(good_videos[0]))  # something planted where the good video's entry goes
+    engine = StandInEngine()
+    assert pc.run(args_for(listing, cache_dir, "--codec", "png"), engine=engine) == 1
+    out = capsys.readouterr().out
+    assert "videos: 1 computed, 0 skipped (already cached), 2 failed" in out
+    assert f"FAILED {folder / 'loop.mp4'}: cannot stat (Too many levels of symbolic links)" in out
+    assert f"FAILED {folder / 'fifo.mp4'}: not a regular file" in out
+    with cache.open(good_videos[0]) as c:  # the FIFO was replaced by a good entry
+        assert c.num_flows == 11 and c.verify() == []
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--bound", "nan", "must be a positive, finite number of pixels, got 'nan'"),
+    ("--bound", "inf", "must be a positive, finite number of pixels"),
+    ("--bound", "0", "must be a positive, finite number of pixels"),
+    ("--bound", "-1", "must be a positive, finite number of pixels"),
+    ("--bound", "wide", "'wide' is not a number"),
+    ("--batch", "0", "must be at least 1, got 0"),
+    ("--batch", "-1", "must be at least 1, got -1"),
+    ("--workers", "0", "must be at least 1"),
+    ("--decoders", "0", "must be at least 1"),
+    ("--flow-updates", "0", "must be at least 1"),
+])
+def test_numeric_arguments_are_checked_before_any_work(good_videos, tmp_path, capsys, flag, value, words):
+    cache_dir = tmp_path / "cache"
+    with pytest.raises(SystemExit) as info:
+        cli(["precompute", "--videos", str(good_videos[0]), "--cache", str(cache_dir), "--engine", "dis", flag, value])
+    assert info.value.code == 2
+    assert f"argument {flag}: {words}" in capsys.readouterr().err
+    assert not cache_dir.exists()  # nothing was computed, not even the folder
+    with pytest.raises(ValueError, match="batch must be at least 1"):
+        pc.precompute([good_videos[0]], cache_for(cache_dir), StandInEngine(), batch=0, progress=False)

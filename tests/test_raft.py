@@ -122,6 +122,20 @@ def test_no_network_and_no_cached_weights_names_both_ways_out(tmp_path, monkeypa
     assert "connect to the internet once" in message and "--weights PATH" in message and "URLError" in message
 
 
+def test_a_crafted_file_in_the_torch_hub_cache_is_refused_never_run(tmp_path, monkeypatch):
+    # torch.hub reads its cache with weights_only=False unless told otherwise
+    from hostile_files import code_running_checkpoint
+    from torchvision.models.optical_flow import Raft_Small_Weights
+
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
+    cached = tmp_path / "torch" / "hub" / "checkpoints" / Raft_Small_Weights.DEFAULT.url.rsplit("/", 1)[-1]
+    cached.parent.mkdir(parents=True)
+    code_running_checkpoint(cached, tmp_path / "pwned")
+    with pytest.raises(WeightsError, match="UnpicklingError"):
+        load_raft("raft_small")
+    assert not (tmp_path / "pwned").exists()
+
+
 def _shifted_pair(H: int, W: int, dx: int, dy: int) -> tuple[torch.Tensor, torch.Tensor]:
     """A crop of a photograph (scikit-image's astronaut) and the same crop moved by (dx, dy) px."""
     import skimage.data

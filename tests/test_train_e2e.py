@@ -34,6 +34,18 @@ def tiny(tmp_path_factory):
 def fit(tiny: Path, run: Path, capsys, *extra: str, logger: str = "csv", folders: bool = False) -> tuple[list[str], dict]:
     """Run train.main on the tiny data (its lists, or ``folders``: a folder per class, split by
     train.py) with ``logger`` csv | wandb (the config's) | none; returns stdout lines and the test metrics JSON."""
+    capsys.readouterr()
+    assert train.main(train_argv(tiny, run, logger, folders) + list(extra)) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    assert lines[-2].startswith("checkpoint: ") and lines[-1].startswith("test metrics: ")
+    ckpt = Path(lines[-2].removeprefix("checkpoint: "))
+    assert ckpt.is_file() and ckpt.parent == run / "checkpoints"
+    metrics = json.loads(Path(lines[-1].removeprefix("test metrics: ")).read_text())
+    return lines, metrics
+
+
+def train_argv(tiny: Path, run: Path, logger: str = "csv", folders: bool = False) -> list[str]:
+    """train.py's arguments for a one-epoch run on the tiny data (see :func:`fit`)."""
     data = ["--data.root", str(tiny / "videos")] if folders else [
         "--data.root", str(tiny),
         "--data.train_list", str(tiny / "train.txt"),
@@ -55,14 +67,7 @@ def fit(tiny: Path, run: Path, capsys, *extra: str, logger: str = "csv", folders
         "wandb": ["--trainer.logger.init_args.save_dir", str(run)],
         "none": ["--trainer.logger", "false"],
     }[logger]
-    capsys.readouterr()
-    assert train.main(argv + list(extra)) == 0
-    lines = capsys.readouterr().out.strip().splitlines()
-    assert lines[-2].startswith("checkpoint: ") and lines[-1].startswith("test metrics: ")
-    ckpt = Path(lines[-2].removeprefix("checkpoint: "))
-    assert ckpt.is_file() and ckpt.parent == run / "checkpoints"
-    metrics = json.loads(Path(lines[-1].removeprefix("test metrics: ")).read_text())
-    return lines, metrics
+    return argv
 
 
 def classify_json(ckpt: str, video: Path, capsys) -> dict:
@@ -129,6 +134,32 @@ def test_without_a_logger(tiny, tmp_path, capsys):
     _, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", "rgb", logger="none")
     _check_metrics(metrics, {"rgb"})
     assert not list((tmp_path / "run").rglob("*.csv")) and not (tmp_path / "run" / "wandb").exists()
+
+
+def test_resume_from_a_checkpoint_of_train_py(tiny, tmp_path, capsys):
+    # Lightning reads --ckpt_path with weights_only=True: this project's checkpoints must load that way.
+    lines, _ = fit(tiny, tmp_path / "run", capsys, "--model.mode", "rgb", logger="none")
+    first = lines[-2].removeprefix("checkpoint: ")
+    _, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", "rgb", "--trainer.max_epochs", "2",
+                     "--ckpt_path", first, logger="none")
+    _check_metrics(metrics, {"rgb"})
+
+
+def test_bad_ckpt_path_fails_before_any_heavy_work(tiny, tmp_path, capsys):
+    """A missing or crafted --ckpt_path is an error naming it, before the flow cache is computed."""
+    from hostile_files import code_running_checkpoint
+
+    marker = tmp_path / "pwned"
+    evil = code_running_checkpoint(tmp_path / "evil.ckpt", marker)
+    for ckpt, words in ((tmp_path / "missing.ckpt", "missing.ckpt: no such checkpoint"),
+                        (evil, f"{evil}: cannot be read as a PyTorch checkpoint with weights_only=True")):
+        argv = train_argv(tiny, tmp_path / "run", logger="none") + [
+            "--data.cache_dir", str(tmp_path / "cache"), "--model.mode", "flow", "--ckpt_path", str(ckpt)]
+        capsys.readouterr()
+        assert train.main(argv) == 2
+        assert words in capsys.readouterr().err
+        assert not (tmp_path / "cache").exists()  # no flow was computed
+    assert not marker.exists()
 
 
 def test_wandb_failure_falls_back_to_csv(tmp_path, monkeypatch, caplog):

@@ -204,13 +204,14 @@ def test_resume_continues_exactly(tmp_path):
         module, data, trainer = build(tiny_config(out))
         if stop is not None:
             trainer.callbacks.append(StopAt(stop))
-        trainer.fit(module, datamodule=data, ckpt_path=resume)
+        trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
         return module, trainer
 
     straight, t_straight = run(tmp_path / "a")
     run(tmp_path / "b", stop=2)
     last = resolve_resume("auto", tmp_path / "b")
-    assert last is not None and torch.load(last, weights_only=False)["global_step"] == 2
+    # The project's own Lightning checkpoints read with weights_only=True (export and resume use it).
+    assert last is not None and torch.load(last, weights_only=True)["global_step"] == 2
     resumed, t_resumed = run(tmp_path / "b", resume=last)
     assert t_straight.global_step == t_resumed.global_step == 3
     for (name, p), q in zip(straight.named_parameters(), resumed.parameters()):
@@ -228,6 +229,37 @@ def test_resume_continues_exactly(tmp_path):
     ref = resumed.model.state_dict()["conv1a.0.weight"]
     assert torch.allclose(model.state_dict()["conv1a.0.weight"], ref, atol=1e-3 * ref.abs().max().item())
     assert 15e6 < out.stat().st_size < 25e6
+
+
+def test_crafted_checkpoints_are_refused_never_run(tmp_path, capsys):
+    """--export-only, --resume and --init on a pickle whose loading would run code: a clear error
+    naming the file, exit 2, and the code never runs (the marker file it would create stays absent)."""
+    from hostile_files import code_running_checkpoint
+
+    from flow_engine.__main__ import main
+
+    marker = tmp_path / "pwned"
+    evil = code_running_checkpoint(tmp_path / "evil.ckpt", marker)
+    out = tmp_path / "w.pt"
+    runs = {
+        "export": ["--export-only", str(evil), "--export", str(out)],
+        "resume": ["--resume", str(evil), "--out", str(tmp_path / "run_resume")],
+        "init": ["--init", str(evil), "--out", str(tmp_path / "run_init"), "--logger", "none"],
+    }
+    for name, argv in runs.items():
+        assert main(["train", *argv]) == 2, name
+        err = capsys.readouterr().err
+        assert f"error: {evil}: cannot be read" in err and "weights_only=True" in err, (name, err)
+        assert "io.open" in err and "Traceback" not in err, (name, err)
+        assert not marker.exists(), name
+    assert not out.exists()
+    assert not (tmp_path / "run_resume").exists()  # refused before anything was built
+    assert main(["train", "--export-only", str(tmp_path / "none.ckpt"), "--export", str(out)]) == 2
+    assert f"{tmp_path / 'none.ckpt'}: no such checkpoint" in capsys.readouterr().err
+    junk = tmp_path / "junk.ckpt"
+    torch.save({"state_dict": {"other.weight": torch.zeros(1)}}, junk)
+    assert main(["train", "--export-only", str(junk), "--export", str(out)]) == 2
+    assert "junk.ckpt: no 'model.*' PWC-Net parameters" in capsys.readouterr().err
 
 
 def test_configs_load_and_bad_keys_fail():

@@ -1,8 +1,13 @@
-"""flow_engine.video: decord reading with clear errors, and the PyAV fallback for widths decord mis-sizes."""
+"""flow_engine.video: decord reading with clear errors, the PyAV fallback for widths decord mis-sizes,
+and the lists that name videos."""
+import os
+
 import numpy as np
 import pytest
 
-from flow_engine.video import VideoError, iter_frames, probe, read_frames
+from flow_engine.video import (
+    ListFileError, VideoError, iter_frames, list_videos, probe, read_frames, read_list_lines, split_list_line,
+)
 from flow_engine.viz import write_video
 
 
@@ -44,3 +49,48 @@ def test_out_of_range_index_is_a_clear_error(tmp_path, width):
     _ramp_video(tmp_path / "v.mp4", width=width)
     with pytest.raises(VideoError, match="out of range"):
         read_frames(tmp_path / "v.mp4", [0, 6])
+
+
+# ----------------------------------------------------------------------------- hostile inputs
+
+
+def test_list_files_are_utf8_with_the_bom_stripped_anything_else_a_clear_error(tmp_path):
+    bom = tmp_path / "bom.txt"
+    bom.write_bytes("\ufeffa.mp4 0\n\n# comment\n  b c.mp4  \n".encode("utf-8"))
+    assert read_list_lines(bom) == [(1, "a.mp4 0"), (4, "b c.mp4")]  # the first entry is not lost to the BOM
+    assert [split_list_line(line) for _, line in read_list_lines(bom)] == [("a.mp4", "0"), ("b c.mp4", None)]
+    for name, data, words in [
+        ("utf16.txt", "a.mp4 0\n".encode("utf-16"), "the list is UTF-16; save it as UTF-8"),
+        ("utf16be.txt", b"\xfe\xff" + "a.mp4 0\n".encode("utf-16-be"), "the list is UTF-16"),
+        ("utf16_no_bom.txt", "a.mp4 0\n".encode("utf-16-le"), "contains NUL bytes"),
+        ("latin1.txt", "caf\xe9.mp4 0\n".encode("latin-1"), r"not a UTF-8 text list \(byte 3: b'\\xe9'\)"),
+    ]:
+        (tmp_path / name).write_bytes(data)
+        with pytest.raises(ListFileError, match=rf"{name}: {words}"):
+            read_list_lines(tmp_path / name)
+    with pytest.raises(ListFileError, match="missing.txt: cannot read"):
+        read_list_lines(tmp_path / "missing.txt")
+
+
+def test_list_videos_takes_a_folder_a_list_or_one_video_file(tmp_path):
+    _ramp_video(tmp_path / "v.mp4")
+    assert list_videos(tmp_path / "v.mp4") == [tmp_path / "v.mp4"]  # not read as a list of names
+    (tmp_path / "list.txt").write_text("v.mp4 1\n")
+    assert list_videos(tmp_path / "list.txt") == [tmp_path / "v.mp4"]
+    (tmp_path / "clip.bin").write_bytes(bytes(range(256)) * 40)  # binary, not a video name: a short clear error
+    with pytest.raises(ListFileError, match=r"clip.bin: not a UTF-8 text list") as info:
+        list_videos(tmp_path / "clip.bin")
+    assert len(str(info.value)) < 200
+
+
+@pytest.mark.timeout(60)
+def test_symlink_loops_and_fifos_are_video_errors_that_never_block(tmp_path):
+    loop = tmp_path / "loop.mp4"
+    loop.symlink_to(loop.name)
+    fifo = tmp_path / "fifo.mp4"
+    os.mkfifo(fifo)
+    with pytest.raises(VideoError, match=r"loop.mp4: cannot open \(Too many levels of symbolic links\)"):
+        probe(loop)
+    for call in (lambda: probe(fifo), lambda: read_frames(fifo), lambda: next(iter_frames(fifo))):
+        with pytest.raises(VideoError, match="fifo.mp4: not a regular file"):
+            call()

@@ -146,6 +146,19 @@ def test_viz_cli_writes_pngs_video_legend_and_reports_bad_files(tmp_path, capsys
     assert (out / "flow.png").exists()
 
 
+def test_viz_cli_refuses_png_bombs_from_their_header(tmp_path, capsys):
+    from hostile_files import png_bytes
+
+    bomb, claim = tmp_path / "bomb.png", tmp_path / "claim.png"
+    bomb.write_bytes(png_bytes(4100, 4100))  # 300 KB that decode to 100 MB of 16-bit RGB
+    claim.write_bytes(png_bytes(100000, 100000, rows=1))  # a header OpenCV raises cv2.error on
+    write_flo(tmp_path / "good.flo", np.ones((8, 8, 2)))
+    assert main(["viz", str(bomb), str(claim), str(tmp_path / "good.flo"), "-o", str(tmp_path / "out")]) == 1
+    err = capsys.readouterr().err
+    assert "bomb.png: PNG of 4100x4100 pixels is above the limit" in err and "claim.png: header gives an absurd size" in err
+    assert [p.name for p in (tmp_path / "out").iterdir()] == ["good.png"]
+
+
 def test_viz_cli_on_real_ground_truth(shared_flow_cases, tmp_path):
     flo = shared_flow_cases / "sintel_clean_alley_1_0001" / "flow.flo"
     assert main(["viz", str(flo), "-o", str(tmp_path)]) == 0
