@@ -101,19 +101,53 @@ def test_lossless_round_trip_is_within_half_a_step(tmp_path, video, codec):
 
 
 def test_default_codec_adds_little_to_the_quantisation_error(tmp_path, video):
-    """JPEG q95 on small piecewise-smooth flow with hard out-of-bound edges (its worst case):
+    """JPEG q90 on small piecewise-smooth flow with hard out-of-bound edges (its worst case):
     a few hundredths of a pixel over the quantisation error, no wild values."""
     flows, _ = synthetic_flow()
-    cache = make_cache(tmp_path / "cache", codec=None)  # the default: JPEG quality 95
+    cache = make_cache(tmp_path / "cache", codec=None)  # the default: JPEG quality 90
     write_entry(cache, video, flows)
     with cache.open(video) as c:
-        assert c.header["codec"] == {"name": "jpeg", "quality": 95}
+        assert {k: c.header["codec"][k] for k in ("name", "quality")} == {"name": "jpeg", "quality": 90}
         got = c.read(0, N)
     inside = (np.abs(flows) <= B).all(axis=1)
     epe = np.sqrt(((got - flows) ** 2).sum(axis=1))[inside]
     quantisation_only = np.sqrt(((dequantize(quantize(flows, B)[0], B) - flows) ** 2).sum(axis=1))[inside]
-    assert epe.mean() - quantisation_only.mean() < 0.05, (epe.mean(), quantisation_only.mean())
-    assert epe.max() < 2.0
+    # Hard ±bound steps are JPEG's worst case (ringing): still under a tenth of a pixel over quantisation.
+    assert epe.mean() - quantisation_only.mean() < 0.1, (epe.mean(), quantisation_only.mean())
+    assert epe.max() < 3.0  # next to a 40 px step, never more than a few px
+
+
+def test_jpeg_tables_are_stored_once_per_file_and_version_1_files_still_read(tmp_path, video):
+    import base64
+    import json
+    import struct
+    import zlib
+
+    from actionflow.flow_cache import FORMAT_VERSION, MAGIC, encode_frames, split_jpeg
+
+    flows, clipped = synthetic_flow()
+    cache = make_cache(tmp_path / "cache", codec="jpeg:90")
+    path = write_entry(cache, video, flows)
+    full = encode_frames(quantize(flows, B)[0], {"name": "jpeg", "quality": 90})
+    tables = split_jpeg(full[0])[0]
+    with CachedFlow(path) as c:
+        assert c.header["version"] == FORMAT_VERSION == 2
+        assert base64.b64decode(c.header["codec"]["tables"]) == tables and len(tables) > 250
+        assert list(c.index["length"]) == [len(f) - len(tables) - 2 for f in full]  # scan data only, no EOI
+        v2 = c.read(0, N)
+    # A version 1 file, written here byte by byte from the documented layout: whole JPEGs as payloads.
+    old = tmp_path / "old.afc"
+    header = dict(CachedFlow(path).header, version=1, codec={"name": "jpeg", "quality": 90})
+    body, rows, offset = b"", [], len(MAGIC)
+    for payload, n_clipped in zip(full, clipped):
+        rows.append(struct.pack("<QIII", offset, len(payload), zlib.crc32(payload), int(n_clipped)))
+        body, offset = body + payload, offset + len(payload)
+    meta = json.dumps(header).encode() + b"".join(rows)
+    old.write_bytes(MAGIC + body + meta + struct.pack("<QIIII8s", offset, len(meta) - 20 * N, N, zlib.crc32(meta), 0, MAGIC))
+    with CachedFlow(old) as c:
+        assert c.header["version"] == 1 and c.verify() == []
+        assert np.array_equal(c.read(0, N), v2)  # the same pixels as the version 2 file
+        assert c.file_size > path.stat().st_size + (N - 2) * len(tables)  # the tables once instead of N times
 
 
 def test_default_codec_meets_the_epe_target_on_real_flow(tmp_path, video, shared_videos):
@@ -252,7 +286,7 @@ def test_read_names_file_and_frame_on_checksum_failure(tmp_path, video):
 
 
 def test_long_index_beyond_the_first_read(tmp_path, video, monkeypatch):
-    monkeypatch.setattr(flow_cache, "TAIL_READ", 64)  # the header + index no longer fit in one read
+    monkeypatch.setattr(flow_cache.entry, "TAIL_READ", 64)  # the header + index no longer fit in one read
     flows, _ = synthetic_flow()
     cache = make_cache(tmp_path / "cache")
     write_entry(cache, video, flows)
@@ -372,10 +406,10 @@ def with_header(path, header_text: bytes) -> None:
     """Replace the header of the cache file at ``path`` by ``header_text``, with checksums and footer
     made to match: what an attacker (not a bit flip) would write."""
     data = path.read_bytes()
-    meta_offset, header_len, n, _, _, magic = flow_cache.FOOTER.unpack(data[-flow_cache.FOOTER.size:])
-    index = data[meta_offset + header_len: -flow_cache.FOOTER.size]
+    meta_offset, header_len, n, _, _, magic = flow_cache.entry.FOOTER.unpack(data[-flow_cache.entry.FOOTER.size:])
+    index = data[meta_offset + header_len: -flow_cache.entry.FOOTER.size]
     meta = header_text + index
-    footer = flow_cache.FOOTER.pack(meta_offset, len(header_text), n, zlib.crc32(meta), 0, magic)
+    footer = flow_cache.entry.FOOTER.pack(meta_offset, len(header_text), n, zlib.crc32(meta), 0, magic)
     path.write_bytes(data[:meta_offset] + meta + footer)
 
 
