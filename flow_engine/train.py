@@ -94,6 +94,7 @@ DEFAULTS: dict[str, Any] = {
     },
     "trainer": {
         "max_steps": 1200000,
+        "max_time": None,  # "DD:HH:MM:SS": stop after this wall time (a checkpoint is saved), e.g. a GPU burst
         "accelerator": "auto",
         "devices": "auto",
         "num_nodes": 1,
@@ -725,7 +726,7 @@ def build(config: dict) -> tuple[FlowModule, FlowDataModule, pl.Trainer]:
         logger.log_hyperparams(config)
     trainer = pl.Trainer(
         accelerator=t["accelerator"], devices=t["devices"], num_nodes=t["num_nodes"], strategy=t["strategy"],
-        precision=t["precision"], max_steps=t["max_steps"], accumulate_grad_batches=t["accumulate_grad_batches"],
+        precision=t["precision"], max_steps=t["max_steps"], max_time=t.get("max_time"), accumulate_grad_batches=t["accumulate_grad_batches"],
         gradient_clip_val=t["gradient_clip_val"], val_check_interval=t["val_every_steps"] * t["accumulate_grad_batches"] if has_val else None,
         check_val_every_n_epoch=None, limit_val_batches=None if has_val else 0, num_sanity_val_steps=0,
         log_every_n_steps=t["log_every_steps"], logger=logger, callbacks=callbacks, default_root_dir=str(out),

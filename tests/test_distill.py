@@ -138,3 +138,21 @@ def test_batches_mix_synthetic_and_teacher_pairs(clips, tmp_path):
     assert torch.equal(flow[:3], real[2])  # the teacher's pairs first, then one rendered with exact flow
     assert not torch.allclose(flow[3, 0], torch.full((64, 64), 2.0))
     assert np.isfinite(img1.numpy()).all() and img1.min() >= 0 and img1.max() <= 1
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("config", ["distill.yaml", "distill_gpu.yaml"])
+def test_shipped_distillation_configs_train_a_few_steps_on_cpu(clips, tmp_path, config):
+    from flow_engine.__main__ import main as cli
+
+    root = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    args = ["train", "--config", str(root / "configs" / "flow" / config), "--out", str(out), "--max-steps", "2",
+            "--batch-size", "2", "--crop", "64", "64", "--precision", "32-true", "--threads", "1", "--logger", "none",
+            "--teacher", "dis_fine", "--videos", str(clips / "a.mp4"),
+            "--set", "distill.teacher_weights=null", "--set", "distill.flow_updates=null", "--set", "distill.pairs_per_video=2",
+            "--set", "distill.short_sides=[64]", "--set", "trainer.accelerator=cpu", "--set", "data.num_workers=0",
+            "--set", "data.val_cases=null", "--set", "model.init=null", "--export", str(tmp_path / "w.pt")]
+    assert cli(args) == 0
+    assert len(TeacherLabels(out / "labels")) == 4  # 2 pairs, both directions
+    assert (out / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "w.pt").is_file()
