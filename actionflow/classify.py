@@ -25,7 +25,7 @@ import torch
 from actionflow.annotations import Sample
 from flow_engine.engine import FlowEngineError
 from flow_engine.pwcnet import WeightsError, load_weights_only
-from flow_engine.video import VideoError, iter_frames, probe
+from flow_engine.video import VideoError, decode_size, iter_frames, probe
 
 log = logging.getLogger(__name__)
 
@@ -93,22 +93,28 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
         log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
                     "fused ones rest on appearance alone", video)
     h = data_hparams
-    size = tuple(h.get("size") or (128, 128))
+    size = decode_size(info.height, info.width, _size_setting(h))
+    crop = h.get("crop_size") or size
     dataset = VideoClips(
-        [Clip(Sample(str(video), 0), info.num_frames)],
+        [Clip(Sample(str(video), 0), info.num_frames, size)],
         phase="test",
         mode=model.hparams.mode,
         flow_source="online",
         num_segments=int(h.get("num_segments", 3)),
         flow_length=int(model.hparams.flow_length),
         test_clips=int(clips or h.get("test_clips", 5)),
-        size=size,
-        crop_size=tuple(h.get("crop_size") or size),
+        crop_size=(crop, crop) if isinstance(crop, int) else tuple(crop),
         strict=True,
     )
     batch = collate([dataset[0]])
-    batch = {k: v.to(model.device) for k, v in batch.items()}
+    batch = {k: v.to(model.device) if torch.is_tensor(v) else [t.to(model.device) for t in v] for k, v in batch.items()}
     return {k: v[0].cpu() for k, v in model.predict_proba(batch).items()}
+
+
+def _size_setting(data_hparams: dict) -> tuple[int, int] | int:
+    """The training run's ``data.size``: [H, W] or a short side (128x128 when not recorded)."""
+    size = data_hparams.get("size") or (128, 128)
+    return int(size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 
 def topk(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
@@ -157,8 +163,8 @@ def run(args: argparse.Namespace) -> int:
     try:
         probs = classify(model, data_hparams, args.video, args.clips)
         if args.flow_video is not None:
-            size = tuple(data_hparams.get("size") or (128, 128))
-            write_flow_video(model, args.video, size, args.flow_video)
+            info = probe(args.video)
+            write_flow_video(model, args.video, decode_size(info.height, info.width, _size_setting(data_hparams)), args.flow_video)
     except VideoError as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 1

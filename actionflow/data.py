@@ -5,16 +5,24 @@ Each item is one video as a dict of tensors (S = num_segments, times test_clips 
 * ``rgb``    uint8 ``[S, 3, h, w]``: the first frame of every snippet (modes with an RGB stream,
   unless ``frames`` carries them);
 * ``flow``   float32 ``[S, 2L, h, w]`` in pixels, channels x1, y1, ..., xL, yL (``flow_source: cache``);
-* ``frames`` uint8 ``[S, L+1, 3, h, w]``: the snippet's frames, from which the model computes flow
-  on its device (``flow_source: online``); frame 0 is also the RGB stream's input;
+* ``frames`` uint8 ``[S, L+1, 3, H, W]``: the snippet's frames at decode size, uncropped, from
+  which the model computes flow on its device (``flow_source: online``), with ``box`` int64
+  ``[4]`` (top, left, height, width in decoded pixels) and ``flip`` bool: the crop that
+  :func:`crop_box` then applies to the flow and to frame 0 (the RGB stream's input);
 * ``label``, ``index``: int64.
 
-Frames are decoded with decord at ``size`` (H, W); training crops a random multi-scale box (TSN's
-scale jitter: each side a fraction in ``scales`` of the largest box with the crop's aspect ratio, at a
-random place) resized to ``crop_size`` and flips horizontally, identically for every frame and flow
-of the item (a flip negates the x flow channels, and a crop rescales flow by the resize factor);
-validation and test take the centre box at the middle training scale (``EVAL_SCALE``), resized
-to ``crop_size`` the same way.
+Frames are decoded at ``size``: (H, W) for every video, or an int, the short side, each video
+keeping its aspect ratio (portrait, landscape and square videos mix in one dataset). Training
+picks a random multi-scale box (TSN's scale jitter: each side a fraction in ``scales`` of the
+largest box with the crop's aspect ratio, at a random place), validation and test the centre box
+at the middle training scale (``EVAL_SCALE``); the box is resized to ``crop_size`` and (training)
+flipped, identically for every frame and flow of the item (:func:`crop_box`: a flip negates the x
+flow channels, a resize scales flow by its factor).
+
+One flow function: the temporal input is always the flow of the decoded frames, bounded at
+±``flow_bound``, then cropped like the RGB frames. The cache stores exactly that (quantised);
+online flow (training, validation, test and ``classify``) computes it on the model's device and
+crops it there, so both give the same tensors up to the cache's quantisation.
 
 Bad videos (unreadable, corrupt, or with fewer frames than a flow needs) are probed once at
 setup and skipped with a warning naming each file; a video that still fails while decoding is
@@ -38,7 +46,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from actionflow.annotations import Sample, load_splits
 from actionflow.sampling import snippet_frames, snippet_starts
-from flow_engine.video import VideoError, probe, read_frames
+from flow_engine.video import VideoError, decode_size, probe, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +67,11 @@ class BadVideo(RuntimeError):
 
 @dataclass(frozen=True)
 class Clip:
-    """A usable video: its sample and decoded frame count."""
+    """A usable video: its sample, decoded frame count and decode size (H, W) in pixels."""
 
     sample: Sample
     num_frames: int
+    size: tuple[int, int]
 
 
 def _holds_other_data(root: Path) -> bool:
@@ -70,14 +79,41 @@ def _holds_other_data(root: Path) -> bool:
     return root.is_dir() and any(root.iterdir()) and not (root / "meta.json").is_file()
 
 
-def _pair(value: Sequence[int] | int | None, name: str) -> tuple[int, int] | None:
+def _pair(value: Sequence[int] | int | None, name: str, short_side: bool = False) -> tuple[int, int] | int | None:
+    """[H, W] (or one int: a square for crops, the short side for ``short_side`` sizes) checked >= 8 px."""
     if value is None:
         return None
+    if isinstance(value, int) and short_side:
+        if value < 8:
+            raise DataConfigError(f"data.{name} as a short side must be >= 8 px, got {value}")
+        return int(value)
     if isinstance(value, int):
         value = (value, value)
     if len(value) != 2 or min(value) < 8:
-        raise DataConfigError(f"data.{name} must be [H, W] with both >= 8, got {value}")
+        form = "[H, W] (e.g. [256, 340]) or one int, the short side (e.g. 256)" if short_side else "[H, W], e.g. [224, 224]"
+        raise DataConfigError(f"data.{name} must be {form}, both >= 8 px; got {value}")
     return int(value[0]), int(value[1])
+
+
+def crop_box(x: torch.Tensor, box: Sequence[int], flip: bool, size: tuple[int, int], flow: bool = False) -> torch.Tensor:
+    """``x[..., top:top+bh, left:left+bw]`` resized to ``size`` (h, w) and, with ``flip``, mirrored.
+
+    ``flow``: ``x`` holds flows in pixels with channels x1, y1, x2, y2, ... (``[..., 2L, H, W]``): x
+    is scaled by ``w / bw`` and y by ``h / bh`` (displacements grow with the resize) and x negated
+    on a flip. The one crop of the RGB frames, cached flow and online flow.
+    """
+    top, left, bh, bw = (int(v) for v in box)
+    h, w = size
+    x = _crop_resize(x[..., top : top + bh, left : left + bw], (h, w))
+    if flow:
+        x = x.float().clone()
+        x[..., 0::2, :, :] *= w / bw
+        x[..., 1::2, :, :] *= h / bh
+    if flip:
+        x = x.flip(-1)
+        if flow:
+            x[..., 0::2, :, :] *= -1
+    return x.contiguous()
 
 
 class VideoClips(Dataset):
@@ -92,8 +128,7 @@ class VideoClips(Dataset):
         num_segments: int = 3,
         flow_length: int = 5,
         test_clips: int = 1,
-        size: tuple[int, int] = (128, 128),
-        crop_size: tuple[int, int] | None = None,
+        crop_size: tuple[int, int] = (112, 112),
         scales: Sequence[float] = DEFAULT_SCALES,
         flip: bool = True,
         cache=None,
@@ -106,8 +141,7 @@ class VideoClips(Dataset):
         self.num_segments = num_segments
         self.flow_length = flow_length
         self.test_clips = test_clips if phase == "test" else 1
-        self.size = size
-        self.crop_size = crop_size or size
+        self.crop_size = tuple(crop_size)
         self.scales = tuple(scales)
         self.flip = flip
         self.cache = cache
@@ -136,28 +170,30 @@ class VideoClips(Dataset):
         return item
 
     def _load(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        path, n = clip.sample.path, clip.num_frames
+        path, n, size = clip.sample.path, clip.num_frames, clip.size
         cached = None
         if self.needs_flow and self.flow_source == "cache":
             cached = _open_cached(self.cache, path)
             n = min(n, cached.num_flows + 1)
         starts = snippet_starts(n, self.num_segments, self.span, self.phase, self.test_clips, rng).reshape(-1)
-        item: dict[str, torch.Tensor] = {}
+        box, flip = self._box(size, rng)
         if self.needs_flow and self.flow_source == "online":
             idx = snippet_frames(starts, self.span, n)  # [S, L+1]
-            frames = read_frames(path, idx.reshape(-1), self.size)
-            item["frames"] = torch.from_numpy(frames).view(*idx.shape, *frames.shape[1:]).permute(0, 1, 4, 2, 3)
-        elif self.needs_rgb:
-            frames = read_frames(path, starts, self.size)
-            item["rgb"] = torch.from_numpy(frames).permute(0, 3, 1, 2)
+            frames = read_frames(path, idx.reshape(-1), size)
+            frames = torch.from_numpy(frames).view(*idx.shape, *frames.shape[1:]).permute(0, 1, 4, 2, 3)
+            return {"frames": frames, "box": torch.tensor(box), "flip": torch.tensor(flip)}
+        item: dict[str, torch.Tensor] = {}
+        if self.needs_rgb:
+            rgb = torch.from_numpy(read_frames(path, starts, size)).permute(0, 3, 1, 2)
+            item["rgb"] = crop_box(rgb, box, flip, self.crop_size)
         if cached is not None:
             flow_idx = snippet_frames(starts, self.flow_length, max(cached.num_flows, 1)) % cached.num_flows
-            item["flow"] = _read_cached_flows(cached, flow_idx, path, self.size)
-        return self._augment(item, rng)
+            item["flow"] = crop_box(_read_cached_flows(cached, flow_idx, path, size), box, flip, self.crop_size, flow=True)
+        return item
 
-    def _augment(self, item: dict[str, torch.Tensor], rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        """Same crop (and flip) for every tensor of the item; flow rescaled / negated to match."""
-        H, W = self.size
+    def _box(self, size: tuple[int, int], rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
+        """The item's crop box (top, left, height, width) in decoded pixels and its flip."""
+        H, W = size
         h, w = self.crop_size
         # TSN's multi-scale crop: sides are fractions of the largest box of the crop's aspect ratio
         base_h = min(H, W * h / w)
@@ -175,19 +211,7 @@ class VideoClips(Dataset):
             bh = max(1, min(H, round(base_h * EVAL_SCALE)))
             bw = max(1, min(W, round(base_h * w / h * EVAL_SCALE)))
             top, left, flip = (H - bh) // 2, (W - bw) // 2, False
-        out = {}
-        for key, x in item.items():
-            x = _crop_resize(x[..., top : top + bh, left : left + bw], (h, w))
-            if key == "flow":
-                x = x.clone()
-                x[..., 0::2, :, :] *= w / bw  # displacements grow with the resize factor
-                x[..., 1::2, :, :] *= h / bh
-            if flip:
-                x = x.flip(-1)
-                if key == "flow":
-                    x[..., 0::2, :, :] *= -1
-            out[key] = x.contiguous()
-        return out
+        return (top, left, bh, bw), flip
 
 
 def _crop_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -224,18 +248,21 @@ def _read_cached_flows(cached, flow_idx: np.ndarray, path: str, size: tuple[int,
             flow = block[torch.as_tensor(flow_idx - lo)].flatten(1, 2)
     except (CacheError, OSError, ValueError) as exc:
         raise BadVideo(f"cached flow unreadable ({exc})") from None
-    if tuple(flow.shape[-2:]) != tuple(size):
-        sy, sx = size[0] / flow.shape[-2], size[1] / flow.shape[-1]
-        flow = _crop_resize(flow.float(), size)
-        flow[:, 0::2] *= sx
-        flow[:, 1::2] *= sy
+    if tuple(flow.shape[-2:]) != tuple(size):  # FlowCache.open checks the size: only a replaced file gets here
+        raise BadVideo(f"cached flow is {flow.shape[-2]}x{flow.shape[-1]}, the video decodes at {size[0]}x{size[1]}")
     return flow.float()
 
 
-def collate(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor]:
-    """Batch the items that loaded; ``num_dropped`` counts those that failed (None)."""
+def collate(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tensor | list[torch.Tensor]]:
+    """Batch the items that loaded; ``num_dropped`` counts those that failed (None). Uncropped
+    ``frames`` of videos of different sizes (online flow, aspect-preserving decoding) stay a list."""
     good = [it for it in items if it is not None]
-    batch = default_collate(good) if good else {}
+    batch: dict = {}
+    if good:
+        ragged = "frames" in good[0] and len({tuple(it["frames"].shape) for it in good}) > 1
+        batch = default_collate([{k: v for k, v in it.items() if not (ragged and k == "frames")} for it in good])
+        if ragged:
+            batch["frames"] = [it["frames"] for it in good]
     batch["num_dropped"] = torch.tensor(len(items) - len(good))
     return batch
 
@@ -266,8 +293,14 @@ class ActionDataModule(pl.LightningDataModule):
         num_segments: TSN segments K per video.
         flow_length: flows L per snippet (2L channels), 1..10.
         test_clips: clips of K snippets, evenly spaced and averaged, per test video.
-        size: decode size [H, W] in pixels (also the flow cache's size).
-        crop_size: network input [h, w]; None: size. Training crops at random scales, eval at the centre.
+        size: decode size: [H, W] in pixels for every video, or one int, the short side in pixels with
+            each video's aspect ratio kept (mmaction2's ``Resize(scale=(-1, S))``; the flow cache then
+            stores each video at its own size). Also the size the flow is computed at.
+        crop_size: network input [h, w] taken out of the decoded frames (training at random scales and
+            places, evaluation at the centre); None: size (fixed [H, W] only). A video whose decoded
+            frame is smaller than the crop is upscaled (said once in the log).
+        flow_bound: flow is clipped at ±this many pixels (the cache's quantisation bound; online flow
+            is clipped the same way).
         scales: multi-scale crop side fractions (training).
         flip: random horizontal flips (training; the x flow is negated).
         batch_size: videos per batch.
@@ -301,8 +334,9 @@ class ActionDataModule(pl.LightningDataModule):
         num_segments: int = 3,
         flow_length: int = 5,
         test_clips: int = 5,
-        size: tuple[int, int] = (128, 128),
+        size: tuple[int, int] | int = (128, 128),
         crop_size: tuple[int, int] | None = (112, 112),
+        flow_bound: float = 20.0,
         scales: tuple[float, ...] = DEFAULT_SCALES,
         flip: bool = True,
         batch_size: int = 8,
@@ -338,10 +372,14 @@ class ActionDataModule(pl.LightningDataModule):
                           ("test_list", test_list), ("class_index", class_index)):
             if path is not None and not os.path.exists(path):
                 raise DataConfigError(f"data.{key}: {path} does not exist")
-        self.size = _pair(size, "size")
+        self.size = _pair(size, "size", short_side=True)
+        if crop_size is None and isinstance(self.size, int):
+            raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")
         self.crop_size = _pair(crop_size, "crop_size") or self.size
-        if self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]:
+        if not isinstance(self.size, int) and (self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]):
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
+        if not (np.isfinite(flow_bound) and flow_bound > 0):
+            raise DataConfigError(f"data.flow_bound must be a positive number of pixels, got {flow_bound}")
         self.splits = load_splits(root, train_list, val_list, test_list, class_index, label_base,
                                   val_fraction, test_fraction, split_seed, strict)
         self.clips: dict[str, list[Clip]] = {}
@@ -365,7 +403,7 @@ class ActionDataModule(pl.LightningDataModule):
         """The flow cache for this engine and size (``flow_source: cache``)."""
         from actionflow.flow_cache import FlowCache
 
-        return FlowCache(self.hparams.cache_dir, self.flow_engine().config(), size=self.size)
+        return FlowCache(self.hparams.cache_dir, self.flow_engine().config(), size=self.size, bound=self.hparams.flow_bound)
 
     def flow_engine(self):
         """The ``FlowEngine`` whose flow is cached (built once, on first use)."""
@@ -417,16 +455,16 @@ class ActionDataModule(pl.LightningDataModule):
         min_frames = 2 if self.needs_flow else 1
         all_samples = {s.path: s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split}
 
-        def check(path: str) -> str | int:
+        def check(path: str) -> str | tuple[int, tuple[int, int]]:
             try:
-                n = probe(path).num_frames
+                info = probe(path)
             except VideoError as exc:
                 return exc.reason
-            if n < min_frames:
-                return f"only {n} frame(s); flow needs {min_frames}"
+            if info.num_frames < min_frames:
+                return f"only {info.num_frames} frame(s); flow needs {min_frames}"
             if cache is not None and cache.lookup(path) is None:
                 return f"no cached flow in {self.hparams.cache_dir}"
-            return n
+            return info.num_frames, decode_size(info.height, info.width, self.size)
 
         with ThreadPoolExecutor(max(1, min(4, self.hparams.num_workers))) as pool:
             result = dict(zip(all_samples, pool.map(check, all_samples)))
@@ -437,7 +475,12 @@ class ActionDataModule(pl.LightningDataModule):
             logger.warning("skipping bad video %s: %s", path, reason)
         self.skipped = [f"{p}: {r}" for p, r in bad.items()]
         for name, split in (("train", self.splits.train), ("val", self.splits.val), ("test", self.splits.test)):
-            self.clips[name] = [Clip(s, result[s.path]) for s in split if s.path not in bad]
+            self.clips[name] = [Clip(s, *result[s.path]) for s in split if s.path not in bad]
+        small = [p for p, r in result.items() if not isinstance(r, str) and min(
+            r[1][0] / self.crop_size[0], r[1][1] / self.crop_size[1]) < 1]
+        if small:
+            logger.warning("%d video(s) decode smaller than the crop %dx%d and are upscaled to it (first: %s)",
+                           len(small), self.crop_size[1], self.crop_size[0], small[0])
         self.cache = cache
         if bad:
             logger.warning("skipped %d bad video(s) of %d", len(bad), len(all_samples))
@@ -448,7 +491,7 @@ class ActionDataModule(pl.LightningDataModule):
         h = self.hparams
         return VideoClips(
             self.clips[phase], phase, h.mode, h.flow_source, h.num_segments, h.flow_length, h.test_clips,
-            self.size, self.crop_size, h.scales, h.flip, self.cache, h.strict,
+            self.crop_size, h.scales, h.flip, self.cache, h.strict,
         )
 
     def _loader(self, phase: str) -> DataLoader:

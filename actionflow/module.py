@@ -59,6 +59,8 @@ class ActionRecognizer(pl.LightningModule):
         finetune_flow: train PWC-Net end to end with the classifier (data.flow_source: online).
         flow_lr_scale: learning-rate factor of the flow network when fine-tuned.
         flow_scale: flow input normalisation in px (flow / flow_scale; 20 = the flow cache's bound).
+        flow_bound: online flow is clipped at ±this many px, as the cache clips it (linked from data.flow_bound).
+        crop_size: the network input [h, w] that online flow is cropped to (linked from data.crop_size).
         subtract_camera: subtract each flow field's median displacement (camera motion) from the flow input.
         log_clips: validation clips (frame + colour-coded flow) logged to W&B per epoch.
     """
@@ -88,6 +90,8 @@ class ActionRecognizer(pl.LightningModule):
         finetune_flow: bool = False,
         flow_lr_scale: float = 0.1,
         flow_scale: float = 20.0,
+        flow_bound: float = 20.0,
+        crop_size: tuple[int, int] | None = (112, 112),
         subtract_camera: bool = True,
         log_clips: int = 4,
     ):
@@ -105,6 +109,9 @@ class ActionRecognizer(pl.LightningModule):
         # plain types only, so that checkpoints load with torch.load(weights_only=True)
         self.hparams["class_names"] = [str(c) for c in class_names]
         self.hparams["fusion_weights"] = [float(w) for w in fusion_weights]
+        if crop_size is not None:
+            crop = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
+            self.hparams["crop_size"] = [int(crop[0]), int(crop[1])]
         self.net = TwoStreamNet(num_classes, mode, backbone, flow_length, pretrained, pretrained_path,
                                 fusion, tuple(fusion_weights), dropout)
         self._engine = None
@@ -135,27 +142,48 @@ class ActionRecognizer(pl.LightningModule):
         return self._engine
 
     def compute_flow(self, frames: torch.Tensor) -> torch.Tensor:
-        """Snippet frames uint8 ``[B, S, L+1, 3, H, W]`` -> flow ``[B, S, 2L, H, W]`` px (x1, y1, ..., xL, yL)."""
+        """Snippet frames uint8 ``[B, S, L+1, 3, H, W]`` -> flow ``[B, S, 2L, H, W]`` px (x1, y1, ..., xL, yL),
+        at the frames' size and clipped at ±flow_bound, as the flow cache holds it."""
         B, S, T, C, H, W = frames.shape
-        first = frames[:, :, :-1].reshape(-1, C, H, W)
-        second = frames[:, :, 1:].reshape(-1, C, H, W)
         if self.hparams.finetune_flow:
             # the flow network is this module's submodule (on its device): keep the graph when training
+            first = frames[:, :, :-1].reshape(-1, C, H, W)
+            second = frames[:, :, 1:].reshape(-1, C, H, W)
             with torch.set_grad_enabled(self.training and torch.is_grad_enabled()):
                 flow = self.flow_engine.flow_with_grad(first, second).float()
         else:
-            with torch.no_grad():
-                flow = torch.cat([self.flow_engine(a, b) for a, b in zip(first.split(256), second.split(256))])
-        return flow.view(B, S, T - 1, 2, H, W).flatten(2, 3)
+            with torch.no_grad():  # each frame's features once per snippet
+                flow = self.flow_engine.snippets_flow(frames.flatten(0, 1))
+        bound = self.hparams.flow_bound
+        return flow.reshape(B, S, T - 1, 2, H, W).flatten(2, 3).clamp(-bound, bound)
 
     def inputs(self, batch: dict) -> tuple[torch.Tensor | None, torch.Tensor | None]:
-        """(uint8 RGB ``[B,S,3,H,W]``, flow px ``[B,S,2L,H,W]``) from a batch, each None when unused."""
+        """(uint8 RGB ``[B,S,3,h,w]``, flow px ``[B,S,2L,h,w]``) of a batch, each None when unused.
+
+        An online batch carries uncropped frames (a tensor, or a list when the videos' sizes
+        differ) and each item's crop ``box`` and ``flip``: flow is computed at decode size and then
+        cropped like the RGB frames (:func:`actionflow.data.crop_box`), as the cache's flow is.
+        """
+        from actionflow.data import crop_box
+
         rgb, flow = batch.get("rgb"), batch.get("flow")
-        if "frames" in batch:
-            frames = batch["frames"]
-            rgb = frames[:, :, 0] if self.hparams.mode != "flow" else None
-            flow = self.compute_flow(frames) if self.hparams.mode != "rgb" else None
-        return rgb, flow
+        if "frames" not in batch:
+            return rgb, flow
+        frames, boxes, flips = batch["frames"], batch["box"].tolist(), batch["flip"].tolist()
+        groups = [frames] if torch.is_tensor(frames) else [f[None] for f in frames]
+        want_rgb, want_flow = self.hparams.mode != "flow", self.hparams.mode != "rgb"
+        rgbs, flows, i = [], [], 0
+        for group in groups:
+            crop = tuple(self.hparams.crop_size or group.shape[-2:])
+            group_flow = self.compute_flow(group) if want_flow else None
+            for j in range(len(group)):
+                box, flip = boxes[i], bool(flips[i])
+                if want_rgb:
+                    rgbs.append(crop_box(group[j, :, 0], box, flip, crop))
+                if want_flow:
+                    flows.append(crop_box(group_flow[j], box, flip, crop, flow=True))
+                i += 1
+        return (torch.stack(rgbs) if want_rgb else None), (torch.stack(flows) if want_flow else None)
 
     def forward(self, rgb: torch.Tensor | None, flow: torch.Tensor | None) -> dict[str, torch.Tensor]:
         """uint8 RGB and flow in px -> ``{stream: [B, C]}`` logits (``two_stream``: fused log-probabilities)."""

@@ -78,8 +78,14 @@ def shard(videos: list[Path], index: int, count: int) -> list[Path]:
     return [v for i, v in enumerate(sorted(videos, key=str)) if i % count == index]
 
 
-def parse_size(text: str) -> tuple[int, int]:
-    """``"340x256"`` (WIDTHxHEIGHT, as in every command line of the project) -> (256, 340) = (H, W) in pixels."""
+def parse_size(text: str) -> tuple[int, int] | int:
+    """``"340x256"`` (WIDTHxHEIGHT, as in every command line of the project) -> (256, 340) = (H, W) in
+    pixels; ``"256"`` -> 256, a short side (each video keeps its aspect ratio)."""
+    if text.strip().isdigit():
+        side = int(text)
+        if side < 8:
+            raise argparse.ArgumentTypeError(f"short side {text!r} is too small (at least 8)")
+        return side
     h, w = _parse_wxh(text)
     if h < 8 or w < 8:
         raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 8x8)")
@@ -200,12 +206,12 @@ def write_video_entry(
     """
     import torch
 
-    h, w = cache.size
     device = torch.device(getattr(engine, "device", "cpu"))
     if header is None:
         header = _header(cache, video)
+    h, w = header["height"], header["width"]  # the video's own size in a short-side cache
     if frames is None:
-        frames = Prefetch(iter_frames(video, chunk=batch, size=cache.size))
+        frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w)))
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
     pending: deque[tuple[Future, np.ndarray]] = deque()
@@ -267,12 +273,12 @@ def precompute_video(
 
     Computes it with ``engine`` (``FlowEngine``-like: ``frames1, frames2 [B,3,H,W] uint8 ->
     [B,2,H,W]`` pixels) unless a matching entry exists; waits while another process holds the
-    video's lock and reuses what it wrote. ``size`` (H, W) defaults to (and must equal)
-    ``cache.size``. ``pool`` encodes frames (a private 2-thread pool when None).
-    Raises VideoError for unreadable videos.
+    video's lock and reuses what it wrote. ``size`` defaults to (and must equal) ``cache.size``.
+    ``pool`` encodes frames (a private 2-thread pool when None). Raises VideoError for
+    unreadable videos.
     """
-    if size is not None and tuple(size) != cache.size:
-        raise ValueError(f"size {tuple(size)} differs from the cache's {cache.size}")
+    if size is not None and (size if isinstance(size, int) else tuple(size)) != cache.size:
+        raise ValueError(f"size {size} differs from the cache's {cache.size}")
     path = cache.lookup(video, verify=verify)
     if path is not None:
         return path
@@ -373,7 +379,8 @@ def precompute(
             fail(video, exc.reason)
             return True
         cache.remove_temp_files(video)
-        ahead.append(_Claim(video, lock, header, Prefetch(iter_frames(video, chunk=batch, size=cache.size))))
+        frames = Prefetch(iter_frames(video, chunk=batch, size=(header["height"], header["width"])))
+        ahead.append(_Claim(video, lock, header, frames))
         return True
 
     def compute(c: _Claim) -> None:
@@ -450,7 +457,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
     parser.add_argument("--weights", default=None, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=positive_int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at (default 340x256)")
+    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at, or one number: the short side, each video keeping its aspect ratio (default 340x256)")
     parser.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
     parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
     parser.add_argument("--workers", type=positive_int, default=available_cores(),
@@ -517,9 +524,10 @@ def run(args: argparse.Namespace, engine=None) -> int:
     except (ValueError, FileNotFoundError, RuntimeError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
-    log.info("shard %d/%d: %d of %d videos; engine %s on %s; flow at %dx%d, bound %g, codec %s -> %s",
+    size = f"short side {cache.size}" if isinstance(cache.size, int) else f"{cache.size[1]}x{cache.size[0]}"
+    log.info("shard %d/%d: %d of %d videos; engine %s on %s; flow at %s, bound %g, codec %s -> %s",
              index, count, len(mine), len(videos), getattr(engine, "name", "?"), getattr(engine, "device", "?"),
-             *cache.size, cache.bound, cache.codec, cache.root)
+             size, cache.bound, cache.codec, cache.root)
     summary = precompute(mine, cache, engine, batch=args.batch, workers=args.workers, decoders=args.decoders,
                          verify=args.verify, progress=not args.no_progress)
     print_summary(summary)

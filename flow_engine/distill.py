@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from flow_engine.datasets import DatasetError
-from flow_engine.video import VideoError, list_videos, probe, read_frames
+from flow_engine.video import VideoError, list_videos, probe, read_frames, scaled_size
 
 log = logging.getLogger(__name__)
 
@@ -63,12 +63,6 @@ class PairPlan:
 
     def filename(self) -> str:
         return f"f{self.frame:06d}_g{self.gap}_{self.size[1]}x{self.size[0]}.npz"
-
-
-def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
-    """(H, W) with the shorter side ``short_side`` px and the aspect ratio kept (even sizes)."""
-    scale = short_side / min(height, width)
-    return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
 
 
 def plan_pairs(video: Path, num_frames: int, native: tuple[int, int], pairs: int, gaps: Sequence[int],

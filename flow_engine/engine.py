@@ -254,6 +254,26 @@ class FlowEngine:
             for s in range(0, len(clip) - 1, step):
                 yield self.model.predict_clip(_to_unit_float(clip[s : s + step + 1])).float()
 
+    def snippets_flow(self, snippets: torch.Tensor) -> torch.Tensor:
+        """Flows [N,T-1,2,H,W] px within each of N snippets of consecutive frames [N,T,3,H,W]
+        (uint8 or float [0,1]), on the snippets' device. Each frame's features are computed once;
+        snippets are batched within the memory budget."""
+        if not torch.is_tensor(snippets) or snippets.dim() != 5 or snippets.shape[1] < 2:
+            raise FlowInputError(f"snippets must be a tensor [N,T,3,H,W] with T >= 2, got {tuple(getattr(snippets, 'shape', ()))}")
+        N, T, C, H, W = snippets.shape
+        home = snippets.device
+        if self.model is None:
+            flows = self(snippets[:, :-1].flatten(0, 1), snippets[:, 1:].flatten(0, 1))
+            return flows.unflatten(0, (N, T - 1)).to(home)
+        per_call = max(1, self.pairs_per_batch(H, W) // (T - 1))
+        autocast = self.dtype != "fp32"
+        out = []
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
+            for s in range(0, N, per_call):
+                part = _to_unit_float(snippets[s : s + per_call].to(self.device, non_blocking=True))
+                out.append(self.model.predict_clips(part).float().to(home))
+        return torch.cat(out)
+
     def stream(self, chunks: Iterable[torch.Tensor | np.ndarray], batch: int | None = None) -> Iterator[torch.Tensor]:
         """Flows between consecutive frames of a video given in chunks, on the engine's device.
 

@@ -251,19 +251,22 @@ class PWCNet(nn.Module):
 
         Each frame's feature pyramid is computed once and serves as frame 2 of one pair and
         frame 1 of the next: the same numbers as :meth:`predict` on the pairs, with about half
-        the pyramid work.
+        the pyramid work. Several clips at once: :meth:`predict_clips`.
         """
-        frames = as_rgb(frames)
-        if frames.dim() != 4 or frames.shape[0] < 2:
-            raise FlowInputError(f"a clip must be [T,3,H,W] with T >= 2, got shape {tuple(frames.shape)}")
-        H, W = frames.shape[-2:]
-        x = pad_to_multiple(frames)
+        return self.predict_clips(frames[None])[0]
+
+    def predict_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """Flows [N,T-1,2,H,W] px within each of N clips of RGB [0,1] frames [N,T,3,H,W] (T >= 2)."""
+        if clips.dim() != 5 or clips.shape[1] < 2 or clips.shape[2] not in (1, 3):
+            raise FlowInputError(f"clips must be [N,T,3,H,W] with T >= 2, got shape {tuple(clips.shape)}")
+        N, T, _, H, W = clips.shape
+        x = pad_to_multiple(as_rgb(clips.flatten(0, 1)))
         if self.bgr:
             x = x.flip(1)
-        pyr = self.feature_pyramid(x)
-        flow2 = self.decode([p[:-1] for p in pyr], [p[1:] for p in pyr])[-1].float()
+        pyr = [p.unflatten(0, (N, T)) for p in self.feature_pyramid(x)]
+        flow2 = self.decode([p[:, :-1].flatten(0, 1) for p in pyr], [p[:, 1:].flatten(0, 1) for p in pyr])[-1].float()
         flow = self.FLOW_SCALE * F.interpolate(flow2, scale_factor=4, mode="bilinear", align_corners=False)
-        return unpad(flow, (H, W))
+        return unpad(flow, (H, W)).unflatten(0, (N, T - 1))
 
     @classmethod
     def from_weights(cls, path: str | Path, **kwargs) -> "PWCNet":

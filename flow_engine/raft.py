@@ -204,11 +204,17 @@ class RAFT(nn.Module):
     def predict_clip(self, frames: torch.Tensor) -> torch.Tensor:
         """Flows [T-1,2,H,W] px between consecutive RGB [0,1] frames [T,3,H,W]; each frame is
         encoded once (the same numbers as :meth:`predict` on the pairs)."""
-        frames = as_rgb(frames)
-        if frames.dim() != 4 or frames.shape[0] < 2:
-            raise FlowInputError(f"a clip must be [T,3,H,W] with T >= 2, got shape {tuple(frames.shape)}")
-        fmaps = self.encode(frames)
-        return self.flow_from_features(fmaps[:-1], fmaps[1:], frames[:-1])
+        return self.predict_clips(frames[None])[0]
+
+    def predict_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """Flows [N,T-1,2,H,W] px within each of N clips of RGB [0,1] frames [N,T,3,H,W] (T >= 2)."""
+        if clips.dim() != 5 or clips.shape[1] < 2 or clips.shape[2] not in (1, 3):
+            raise FlowInputError(f"clips must be [N,T,3,H,W] with T >= 2, got shape {tuple(clips.shape)}")
+        N, T = clips.shape[:2]
+        fmaps = self.encode(clips.flatten(0, 1)).unflatten(0, (N, T))
+        first = clips[:, :-1].flatten(0, 1)
+        flow = self.flow_from_features(fmaps[:, :-1].flatten(0, 1), fmaps[:, 1:].flatten(0, 1), first)
+        return flow.unflatten(0, (N, T - 1))
 
     def encode(self, frames: torch.Tensor) -> torch.Tensor:
         """Feature-encoder output [N,C,H/8,W/8] (of the padded frames) for RGB [0,1] frames [N,3,H,W]."""

@@ -111,6 +111,21 @@ class VideoInfo:
     width: int
 
 
+def scaled_size(height: int, width: int, short_side: int) -> tuple[int, int]:
+    """(H, W) with the shorter side ``short_side`` px and the aspect ratio kept (sides rounded to even px)."""
+    scale = short_side / min(height, width)
+    return max(2, round(height * scale / 2) * 2), max(2, round(width * scale / 2) * 2)
+
+
+def decode_size(height: int, width: int, size: int | Sequence[int]) -> tuple[int, int]:
+    """The size (H, W) a ``height`` x ``width`` video is decoded at: ``size`` = (H, W) as given,
+    or an int, the short side in px with the video's aspect ratio kept (mmaction2's
+    ``Resize(scale=(-1, S))``)."""
+    if isinstance(size, (int, np.integer)):
+        return scaled_size(height, width, int(size))
+    return int(size[0]), int(size[1])
+
+
 def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_threads: int = 1):
     """A decord VideoReader resized on decode to ``size`` = (H, W), or VideoError."""
     path = os.fspath(path)

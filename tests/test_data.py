@@ -10,7 +10,7 @@ import torch
 from tiny_videos import make_dataset, render, write_mp4
 
 from actionflow.annotations import AnnotationError, Sample
-from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate
+from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate, crop_box
 from flow_engine.video import VideoError
 
 
@@ -32,7 +32,13 @@ def _item(H=8, W=8, L=2):
 
 
 def _clips(**kw):
-    return VideoClips([], "train", mode="two_stream", flow_length=2, size=(8, 8), **kw)
+    return VideoClips([], "train", mode="two_stream", flow_length=2, crop_size=(8, 8), **kw)
+
+
+def _augment(ds: VideoClips, item: dict, rng: np.random.Generator, size=(8, 8)) -> dict:
+    """The dataset's crop of an item: its box for a frame of ``size``, applied to every tensor."""
+    box, flip = ds._box(size, rng)
+    return {k: crop_box(v, box, flip, ds.crop_size, flow=k == "flow") for k, v in item.items()}
 
 
 def test_flip_mirrors_frames_and_negates_x_flow():
@@ -40,7 +46,7 @@ def test_flip_mirrors_frames_and_negates_x_flow():
     item = _item()
     flipped = None
     for seed in range(20):
-        out = ds._augment(dict(item), np.random.default_rng(seed))
+        out = _augment(ds, item, np.random.default_rng(seed))
         if not torch.equal(out["rgb"], item["rgb"]):
             flipped = out
             break
@@ -54,7 +60,7 @@ def test_crop_resize_scales_flow_with_the_resize_factor():
     ds = _clips(scales=(0.5,), flip=False)
     item = _item()
     item["flow"][:] = torch.tensor([3.0, -1.0, 3.0, -1.0]).view(1, 4, 1, 1)
-    out = ds._augment(dict(item), np.random.default_rng(0))
+    out = _augment(ds, item, np.random.default_rng(0))
     assert out["rgb"].shape == (2, 3, 8, 8) and out["flow"].shape == (2, 4, 8, 8)
     torch.testing.assert_close(out["flow"][:, 0::2], torch.full((2, 2, 8, 8), 6.0))  # 4 px box -> 8 px: x2
     torch.testing.assert_close(out["flow"][:, 1::2], torch.full((2, 2, 8, 8), -2.0))
@@ -63,34 +69,38 @@ def test_crop_resize_scales_flow_with_the_resize_factor():
 def test_eval_takes_the_centre_box_at_the_middle_training_scale():
     # size 8x8, crop 4x6: largest box of the crop's aspect is 5.33x8; at scale 0.875 -> 5x7,
     # centred at rows 1..5, cols 0..6, then resized to 4x6 like a training box
-    ds = VideoClips([], "val", mode="rgb", size=(8, 8), crop_size=(4, 6))
-    out = ds._augment(_item(), np.random.default_rng(0))
+    ds = VideoClips([], "val", mode="rgb", crop_size=(4, 6))
+    assert ds._box((8, 8), np.random.default_rng(0)) == ((1, 0, 5, 7), False)
+    out = _augment(ds, _item(), np.random.default_rng(0))
     assert torch.equal(out["rgb"], _crop_resize(_item()["rgb"][..., 1:6, 0:7], (4, 6)))
     # the usual TSN case is unchanged: 224 of 256 is a plain centre crop
-    ds = VideoClips([], "val", mode="rgb", size=(256, 256), crop_size=(224, 224))
+    ds = VideoClips([], "val", mode="rgb", crop_size=(224, 224))
     rgb = torch.randint(0, 255, (1, 3, 256, 256), dtype=torch.uint8)
-    assert torch.equal(ds._augment({"rgb": rgb}, np.random.default_rng(0))["rgb"], rgb[..., 16:240, 16:240])
+    assert torch.equal(_augment(ds, {"rgb": rgb}, np.random.default_rng(0), (256, 256))["rgb"], rgb[..., 16:240, 16:240])
+    # a portrait frame: the box is as wide as the frame, centred vertically
+    assert ds._box((400, 256), np.random.default_rng(0))[0] == (88, 16, 224, 224)
 
 
-def test_online_item_holds_snippet_frames(tiny):
-    clip = Clip(Sample(str(tiny / "videos/right/right_0.mp4"), 0), 12)
+def test_online_item_holds_uncropped_snippet_frames_and_the_crop(tiny):
+    clip = Clip(Sample(str(tiny / "videos/right/right_0.mp4"), 0), 12, (32, 32))
     ds = VideoClips([clip], "test", mode="two_stream", flow_source="online", num_segments=2, flow_length=3,
-                    test_clips=2, size=(32, 32), crop_size=(24, 24))
+                    test_clips=2, crop_size=(24, 24))
     item = ds[0]
-    assert item["frames"].shape == (4, 4, 3, 24, 24) and item["frames"].dtype == torch.uint8
+    assert item["frames"].shape == (4, 4, 3, 32, 32) and item["frames"].dtype == torch.uint8
+    assert item["box"].tolist() == [2, 2, 28, 28] and not bool(item["flip"])  # centre box at scale 0.875
     assert "rgb" not in item and item["label"] == 0
 
 
 def test_decode_failure_is_dropped_with_a_warning_and_counted(tiny, caplog):
-    good = Clip(Sample(str(tiny / "videos/left/left_0.mp4"), 1), 12)
-    bad = Clip(Sample(str(tiny / "broken.mp4"), 0), 12)  # passed setup, fails now
-    ds = VideoClips([good, bad], "val", mode="rgb", size=(32, 32))
+    good = Clip(Sample(str(tiny / "videos/left/left_0.mp4"), 1), 12, (32, 32))
+    bad = Clip(Sample(str(tiny / "broken.mp4"), 0), 12, (32, 32))  # passed setup, fails now
+    ds = VideoClips([good, bad], "val", mode="rgb", crop_size=(32, 32))
     with caplog.at_level(logging.WARNING):
         batch = collate([ds[0], ds[1]])
     assert "broken.mp4" in caplog.text
     assert batch["label"].tolist() == [1] and int(batch["num_dropped"]) == 1
     assert int(collate([None])["num_dropped"]) == 1
-    strict = VideoClips([bad], "val", mode="rgb", size=(32, 32), strict=True)
+    strict = VideoClips([bad], "val", mode="rgb", crop_size=(32, 32), strict=True)
     with pytest.raises(VideoError, match="broken.mp4"):
         strict[0]
 

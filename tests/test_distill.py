@@ -11,9 +11,10 @@ import torch
 
 from flow_engine.datasets import DatasetError
 from flow_engine.distill import (
-    LabelError, PairPlan, TeacherLabels, fb_consistency, label_videos, plan_pairs, scaled_size,
+    LabelError, PairPlan, TeacherLabels, fb_consistency, label_videos, plan_pairs,
 )
 from flow_engine.train import FlowDataModule, load_config
+from flow_engine.video import scaled_size
 
 from tiny_videos import render, write_mp4
 

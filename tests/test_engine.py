@@ -209,3 +209,13 @@ def test_classical_workers_give_the_same_flows_in_order():
     torch.testing.assert_close(two.clip_flow(frames), one.clip_flow(frames), rtol=0, atol=1e-4)
     with pytest.raises(FlowEngineError, match="workers"):
         FlowEngine(model="dis", workers=0)
+
+
+def test_snippets_flow_matches_pairs_for_learned_and_classical(engine, frames, reference):
+    snippets = torch.stack([frames[:3], frames[1:4]])  # two overlapping 3-frame snippets
+    flows = engine.snippets_flow(snippets)
+    assert flows.shape == (2, 2, 2, 50, 60)
+    torch.testing.assert_close(flows[0], reference[:2], rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(flows[1], reference[1:], rtol=1e-4, atol=1e-4)
+    dis = FlowEngine(model="dis")
+    torch.testing.assert_close(dis.snippets_flow(snippets)[1], dis(frames[1:3], frames[2:4]))

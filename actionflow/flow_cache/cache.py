@@ -14,6 +14,8 @@ import math
 import os
 from pathlib import Path
 
+import numpy as np
+
 from actionflow.flow_cache.codec import DEFAULT_BOUND, parse_codec
 from actionflow.flow_cache.entry import (
     FORMAT, FORMAT_VERSION, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
@@ -44,7 +46,10 @@ class FlowCache:
         root: cache folder (created on first write).
         engine_config: the engine's ``FlowEngine.config()`` (at least its name and weights
             hash). Every key given, except ``device`` and ``dtype``, must equal the stored one.
-        size: (H, W) in pixels the flow is computed at (frames are resized to it on decode).
+        size: the size the flow is computed at (frames are resized to it on decode): (H, W) in
+            pixels for every video, or an int, the short side in pixels, each video keeping its
+            aspect ratio (its entry then records the video's own frame size, and the flow size
+            follows from it).
         bound: quantisation bound B in pixels.
         codec: codec for new entries (``"jpeg:95"``...); readers decode any codec.
         check_video: compare the video's current size and mtime with the stored ones
@@ -59,21 +64,22 @@ class FlowCache:
         self,
         root: str | os.PathLike,
         engine_config: dict,
-        size: tuple[int, int] = DEFAULT_SIZE,
+        size: tuple[int, int] | int = DEFAULT_SIZE,
         bound: float = DEFAULT_BOUND,
         codec: str | dict | None = None,
         check_video: bool = True,
     ):
         self.root = Path(root)
         self.engine_config = _normalise(dict(engine_config))
-        self.size = (int(size[0]), int(size[1]))
+        self.size: tuple[int, int] | int = int(size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
         self.bound = float(bound)
         self.codec = parse_codec(codec)
         self.check_video = check_video
         if not (math.isfinite(self.bound) and self.bound > 0):  # NaN passes a plain <= 0 test
             raise ValueError(f"bound must be a positive, finite number of pixels, got {bound}")
-        if not all(1 <= side <= MAX_SIDE for side in self.size):
-            raise ValueError(f"size {self.size[1]}x{self.size[0]}: each side must be 1..{MAX_SIDE} px")
+        sides = (self.size,) if isinstance(self.size, int) else self.size
+        if not all(1 <= side <= MAX_SIDE for side in sides):
+            raise ValueError(f"size {self.size}: each side must be 1..{MAX_SIDE} px")
 
     def __repr__(self) -> str:
         return f"FlowCache({str(self.root)!r}, engine={self.engine_config.get('name', self.engine_config.get('model'))!r}, size={self.size}, bound={self.bound})"
@@ -89,19 +95,49 @@ class FlowCache:
         path = self.path_for(video)
         return VideoLock(path.with_name(path.name + ".lock"))
 
+    def frame_size(self, video: str | os.PathLike) -> tuple[int, int]:
+        """(H, W) in pixels the flow of ``video`` is computed at (a short-side cache probes the video)."""
+        if not isinstance(self.size, int):
+            return self.size
+        from flow_engine.video import decode_size, probe
+
+        info = probe(video)
+        return decode_size(info.height, info.width, self.size)
+
+    def _expected_size(self, header: dict) -> tuple[int, int] | None:
+        if not isinstance(self.size, int):
+            return self.size
+        from flow_engine.video import decode_size
+
+        native = (header.get("video") or {}).get("frame_size")
+        if not (isinstance(native, list) and len(native) == 2 and all(isinstance(v, int) and v > 0 for v in native)):
+            return None
+        return decode_size(native[0], native[1], self.size)
+
     def header_for(self, video: str | os.PathLike) -> dict:
-        """The header a new entry for ``video`` gets (``num_flows`` is added by the writer)."""
+        """The header a new entry for ``video`` gets (``num_flows`` is added by the writer).
+
+        A short-side cache records the video's own frame size ``video.frame_size`` [H, W] (probed
+        here: VideoError when the video does not open)."""
+        identity = video_identity(video)
+        if isinstance(self.size, int):
+            from flow_engine.video import probe
+
+            info = probe(video)
+            identity["frame_size"] = [info.height, info.width]
+        height, width = self._expected_size({"video": identity})
         return {
             "format": FORMAT,
             "version": FORMAT_VERSION,
             "engine": self.engine_config,
-            "height": self.size[0],
-            "width": self.size[1],
+            "height": height,
+            "width": width,
+            "short_side": self.size if isinstance(self.size, int) else None,
             "bound": self.bound,
             "codec": self.codec,
             "layout": "one grey image [2H,W] per flow: u rows above v rows",
             "quantization": "q = round(f * 127 / bound) + 127 clipped to [0, 254]; f = (q - 127) * bound / 127",
-            "video": video_identity(video),
+            "video": identity,
         }
 
     def writer(self, video: str | os.PathLike) -> CacheWriter:
@@ -118,8 +154,11 @@ class FlowCache:
                 continue
             if key not in stored or stored[key] != want:
                 problems.append(f"engine {key} is {stored.get(key)!r}, want {want!r}")
-        if (cached.height, cached.width) != self.size:
-            problems.append(f"size is {cached.height}x{cached.width}, want {self.size[0]}x{self.size[1]}")
+        want = self._expected_size(h)
+        if want is None:
+            problems.append(f"made for size {cached.height}x{cached.width}, not for short side {self.size}")
+        elif (cached.height, cached.width) != want:
+            problems.append(f"size is {cached.height}x{cached.width}, want {want[0]}x{want[1]}")
         if cached.bound != self.bound:
             problems.append(f"bound is {cached.bound:g}, want {self.bound:g}")
         if self.check_video:
