@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from actionflow.annotations import Sample
-from flow_engine.engine import FlowEngineError
+from flow_engine.engine import FlowEngineError, resolve_device
 from flow_engine.pwcnet import WeightsError, load_weights_only
 from flow_engine.video import VideoError, decode_size, iter_frames, probe
 
@@ -71,17 +71,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
             raise CheckpointError(f"{path}: its flow engine {model.hparams.flow_model!r} cannot be built here ({exc})") from None
     recorded = ckpt.get("flow_engine")
     if recorded and not (hparams.get("finetune_flow") or model.hparams.mode == "rgb"):
-        now = model.flow_engine.config()
+        now = model.flow_identity()
         if any(now.get(k) != v for k, v in recorded.items()):
             log.warning("%s was trained on flow from %s; this machine's engine is %s: scores may differ",
                         path, recorded, {k: now.get(k) for k in recorded})
     return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None) -> dict[str, torch.Tensor]:
@@ -154,7 +148,7 @@ def run(args: argparse.Namespace) -> int:
         print("classify: error: --topk and --clips must be >= 1", file=sys.stderr)
         return 2
     try:
-        device = _device(args.device)
+        device = resolve_device(args.device)
         model, data_hparams = load_checkpoint(args.ckpt, device)
     except (CheckpointError, RuntimeError) as exc:
         print(f"classify: error: {exc}", file=sys.stderr)

@@ -45,12 +45,12 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from actionflow.annotations import Sample, load_splits
+from actionflow.model import MODES
 from actionflow.sampling import snippet_frames, snippet_starts
 from flow_engine.video import VideoError, decode_size, probe, read_frames
 
 logger = logging.getLogger(__name__)
 
-MODES = ("rgb", "flow", "two_stream")
 FLOW_SOURCES = ("cache", "online")
 CACHE_MISSING = ("compute", "error")
 DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
@@ -403,7 +403,11 @@ class ActionDataModule(pl.LightningDataModule):
         """The flow cache for this engine and size (``flow_source: cache``)."""
         from actionflow.flow_cache import FlowCache
 
-        return FlowCache(self.hparams.cache_dir, self.flow_engine().config(), size=self.size, bound=self.hparams.flow_bound)
+        from flow_engine.engine import engine_identity
+
+        h = self.hparams  # the cache is keyed by the engine's identity: nothing is built to read it
+        identity = engine_identity(h.flow_model, h.flow_weights, h.flow_updates)
+        return FlowCache(h.cache_dir, identity, size=self.size, bound=h.flow_bound)
 
     def flow_engine(self):
         """The ``FlowEngine`` whose flow is cached (built once, on first use)."""

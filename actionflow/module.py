@@ -339,10 +339,17 @@ class ActionRecognizer(pl.LightningModule):
 
     # ------------------------------------------------------------------ checkpoints
 
+    def flow_identity(self) -> dict:
+        """The flow engine's identity (``flow_engine.engine.engine_identity``), without building it."""
+        from flow_engine.engine import engine_identity
+
+        h = self.hparams
+        return engine_identity(h.flow_model, h.flow_weights, h.flow_updates)
+
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the flow engine's identity (name, weights hash) so that classify can check it."""
         if self.hparams.mode != "rgb":
-            checkpoint["flow_engine"] = {k: v for k, v in self.flow_engine.config().items() if k != "dtype"}
+            checkpoint["flow_engine"] = self.flow_identity()
 
     # ------------------------------------------------------------------ optimisation
 

@@ -476,22 +476,13 @@ def _shard_from_env() -> tuple[int, int]:
     return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
 
 
-def _device(arg: str) -> str:
-    if arg != "auto":
-        return arg
-    import torch
-
-    if torch.cuda.is_available():  # modulo: several processes per GPU also work under torchrun
-        return f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}"
-    return "cpu"
-
-
 def make_engine(args: argparse.Namespace):
     """The real ``FlowEngine`` the arguments ask for."""
     from flow_engine.engine import FlowEngine
 
     classical = args.engine not in LEARNED_MODELS
-    return FlowEngine(model=args.engine, weights=args.weights, device=_device(args.device), dtype=args.dtype,
+    # device "auto" under torchrun: LOCAL_RANK's GPU (modulo: several processes per GPU work too)
+    return FlowEngine(model=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
                       flow_updates=args.flow_updates, workers=args.workers if classical else 1)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -55,9 +56,13 @@ def file_hash(path: str | Path) -> str:
     return h.hexdigest()[:16]
 
 
-def _resolve_device(device: str | torch.device) -> torch.device:
+def resolve_device(device: str | torch.device = "auto") -> torch.device:
+    """``"auto"``: the GPU (under torchrun the one of ``LOCAL_RANK``, modulo the GPUs here) or the CPU;
+    anything else as torch reads it, checked (``"cuda"`` without CUDA is a :class:`FlowEngineError`)."""
     if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device(f"cuda:{int(os.environ.get('LOCAL_RANK', 0)) % torch.cuda.device_count()}")
     try:
         dev = torch.device(device)
     except (RuntimeError, TypeError) as e:
@@ -65,6 +70,33 @@ def _resolve_device(device: str | torch.device) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise FlowEngineError(f"device {device!r} requested but CUDA is not available here")
     return dev
+
+
+def engine_identity(model: str = "pwcnet", weights: str | Path | None = None, flow_updates: int | None = None) -> dict:
+    """What determines an engine's flow, without building it: ``{"name", "weights_hash"}`` and, for
+    RAFT, ``"flow_updates"``. The cache key and what checkpoints record (``FlowEngine.config()``
+    adds the dtype, which neither compares)."""
+    if model not in MODELS:
+        raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
+    if model in CLASSICAL_METHODS:
+        import cv2
+
+        return {"name": model, "weights_hash": f"opencv-{cv2.__version__}"}
+    if weights is not None:
+        path = Path(weights)
+        if not path.is_file():
+            raise WeightsError(f"{path}: no such weights file")
+        weights_hash = file_hash(path)
+    elif model == "pwcnet":
+        weights_hash = file_hash(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random"
+    else:
+        from flow_engine.raft import default_weights_id
+
+        weights_hash = default_weights_id(model)
+    out = {"name": model, "weights_hash": weights_hash}
+    if model in RAFT_VARIANTS:
+        out["flow_updates"] = DEFAULT_FLOW_UPDATES if flow_updates is None else int(flow_updates)
+    return out
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> str:
@@ -141,7 +173,7 @@ class FlowEngine:
             self.max_pixels_per_batch = max_pixels_per_batch or CPU_MAX_PIXELS
             return
 
-        self.device = _resolve_device(device)
+        self.device = resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
         if model in RAFT_VARIANTS:
             net, self.weights_hash = load_raft(model, weights)
@@ -178,8 +210,7 @@ class FlowEngine:
         return PWCNet.from_weights(path), file_hash(path)
 
     def config(self) -> dict:
-        """What determines the flow this engine computes: name, weights_hash, dtype, and for RAFT
-        flow_updates (a cache key)."""
+        """What determines the flow this engine computes: :func:`engine_identity` and the dtype."""
         out = {"name": self.name, "weights_hash": self.weights_hash, "dtype": self.dtype}
         if self.flow_updates is not None:
             out["flow_updates"] = self.flow_updates

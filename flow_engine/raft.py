@@ -136,6 +136,11 @@ def _names(keys: list[str], limit: int = 8) -> str:
     return ", ".join(keys[:limit]) + more
 
 
+def default_weights_id(variant: str) -> str:
+    """The id of torchvision's default weights of ``variant`` (from their file name; nothing is downloaded)."""
+    return f"torchvision-{_builder(variant)[1].DEFAULT.url.rsplit('/', 1)[-1].split('.')[0]}"
+
+
 def load_raft(variant: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
     """torchvision's ``variant`` with weights; returns (model, weights id).
 
@@ -159,7 +164,7 @@ def load_raft(variant: str, weights: str | Path | None = None) -> tuple[nn.Modul
                 "to the internet once (the file is cached for later runs), or pass a local file: "
                 f"weights=PATH / --weights PATH (torchvision's state dict or the authors' release)"
             ) from None
-        return model, f"torchvision-{chosen.url.rsplit('/', 1)[-1].split('.')[0]}"
+        return model, default_weights_id(variant)
     path = Path(weights)
     model = builder(weights=None)
     model.load_state_dict(_read_state_dict(path, {k: v.shape for k, v in model.state_dict().items()}, variant))

@@ -219,3 +219,17 @@ def test_snippets_flow_matches_pairs_for_learned_and_classical(engine, frames, r
     torch.testing.assert_close(flows[1], reference[1:], rtol=1e-4, atol=1e-4)
     dis = FlowEngine(model="dis")
     torch.testing.assert_close(dis.snippets_flow(snippets)[1], dis(frames[1:3], frames[2:4]))
+
+
+def test_engine_identity_is_the_built_engines_config_without_building_it(tmp_path):
+    from flow_engine.engine import engine_identity
+
+    for name in ("pwcnet", "dis"):
+        built = FlowEngine(model=name, device="cpu").config()
+        assert engine_identity(name) == {k: v for k, v in built.items() if k != "dtype"}
+    torch.save(PWCNet().state_dict(), tmp_path / "w.pt")
+    assert engine_identity("pwcnet", tmp_path / "w.pt")["weights_hash"] == file_hash(tmp_path / "w.pt")
+    raft = engine_identity("raft_small", flow_updates=4)
+    assert raft["flow_updates"] == 4 and raft["weights_hash"].startswith("torchvision-raft_small")
+    with pytest.raises(WeightsError, match="no such weights file"):
+        engine_identity("raft_small", tmp_path / "absent.pth")
