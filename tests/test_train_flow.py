@@ -7,10 +7,11 @@ import torch
 import torch.nn.functional as F
 
 from flow_engine import augment
+from flow_engine.losses import downsample_flow, matching_loss, multiscale_loss
 from flow_engine.pwcnet import PWCNet
 from flow_engine.synthetic import SyntheticFlow
 from flow_engine.train import (
-    ConfigError, FlowModule, build, downsample_flow, export_weights, load_config, matching_loss, multiscale_loss,
+    ConfigError, FlowModule, build, export_weights, load_config,
     resolve_resume,
 )
 
