@@ -3,8 +3,9 @@
 PWC-Net (started from weights, or from scratch with zero-initialised flow heads), the
 multi-scale loss of :mod:`flow_engine.losses` (plus the optional matching loss), Adam with
 the paper's multistep schedule or a one-cycle / cosine-restarts one, and validation EPE (px)
-on full-size frame pairs. Weight decay is Adam's L2 term. Every ``__init__`` argument is a
-``--model.*`` key of ``python -m flow_engine train``.
+on full-size frame pairs. Weight decay is Adam's L2 term, applied to weights with
+``dim() >= 2`` only: biases are not decayed (as in nanoGPT; PWC-Net has no normalisation
+layers). Every ``__init__`` argument is a ``--model.*`` key of ``python -m flow_engine train``.
 """
 from __future__ import annotations
 
@@ -71,7 +72,7 @@ class FlowModule(pl.LightningModule):
             match_levels: pyramid levels (2..6) the matching loss is applied to.
             match_temperature: softmax temperature of the matching loss's cosine cost volume.
             lr: Adam's learning rate (the peak of onecycle).
-            weight_decay: Adam's L2 term.
+            weight_decay: Adam's L2 term, on weights with dim >= 2 only (not on biases).
             schedule: multistep (the paper's), onecycle (cosine warm-up and decay), cosine_restarts or constant.
             milestones: multistep: the steps at which the learning rate is multiplied by gamma; values < 1 are fractions of max_steps.
             gamma: multistep: the factor at each milestone.
@@ -166,7 +167,11 @@ class FlowModule(pl.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        opt = torch.optim.Adam(self.model.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        params = [p for p in self.model.parameters() if p.requires_grad]
+        # Decay weights only: shrinking biases towards zero regularises nothing useful (nanoGPT does the same).
+        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
+                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+        opt = torch.optim.Adam(groups, lr=hp.lr)
         sched = make_scheduler(opt, hp.schedule, hp.max_steps, lr=hp.lr, milestones=hp.milestones, gamma=hp.gamma, pct_start=hp.pct_start,
                                cycle_steps=hp.cycle_steps, cycle_mult=hp.cycle_mult, min_lr=hp.min_lr)
         if sched is None:

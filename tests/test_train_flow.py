@@ -186,6 +186,14 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     assert losses[-1] < 0.7 * losses[0], losses
 
 
+def test_weight_decay_skips_biases():
+    module = FlowModule(corr_backend="torch", weight_decay=1e-3, schedule="constant")
+    decayed, plain = module.configure_optimizers().param_groups
+    assert decayed["weight_decay"] == 1e-3 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(module.parameters()))
+
+
 class StopAt(pl.Callback):
     """Stops the run after ``step`` optimizer steps, as a killed job would just after a periodic checkpoint."""
 
