@@ -140,7 +140,7 @@ def export_weights(checkpoint: str | Path, out: str | Path = DEFAULT_WEIGHTS_OUT
 
 
 def best_checkpoint(out_dir: str | Path) -> Path:
-    """The best-by-validation checkpoint of a run (``best-*.ckpt``), else its ``last.ckpt``."""
+    """The best-by-validation checkpoint of a run (``best-*.ckpt``), else its ``last.ckpt``; WeightsError if neither."""
     folder = Path(out_dir) / "checkpoints"
     best = sorted(folder.glob("best-*.ckpt"), key=lambda p: p.stat().st_mtime)
     if best:
