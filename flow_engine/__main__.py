@@ -1,7 +1,8 @@
 """Command line of the flow engine: ``python -m flow_engine COMMAND ...``.
 
 Each command lives in the module named here, which provides ``add_arguments(parser)``
-and ``run(args) -> int``. Only the chosen command's module is imported, so ``--help``
+and ``run(args) -> int``, or ``main(argv, prog) -> int`` when it parses its own arguments
+(``train``: a LightningCLI). Only the chosen command's module is imported, so ``--help``
 stays instant.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("flow_engine.viz", "Colour-code flow files (.flo, KITTI PNG, PFM) as PNGs and optionally an MP4."),
     "eval": ("flow_engine.evaluate", "Score a flow method (EPE, angular error, Fl-all) on ground-truth cases or a benchmark."),
     "bench": ("flow_engine.bench", "Benchmark the engine (pairs/s, memory) and the cost volume (CuPy vs PyTorch)."),
-    "train": ("flow_engine.train", "Train or fine-tune PWC-Net from a YAML config (PyTorch Lightning)."),
+    "train": ("flow_engine.train", "Train or fine-tune PWC-Net: a YAML config and --section.key overrides (LightningCLI)."),
     "doctor": ("flow_engine.doctor", "Say what works on this machine (CUDA, CuPy kernels, engines, weights, video) and why not."),
 }
 
@@ -28,6 +29,10 @@ def main(
 ) -> int:
     """Parse ``argv`` and run the chosen command; returns its exit code."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in commands:
+        module = importlib.import_module(commands[argv[0]][0])
+        if hasattr(module, "main"):  # a command with a parser of its own
+            return int(module.main(argv[1:], prog=f"{prog} {argv[0]}") or 0)
     parser = argparse.ArgumentParser(prog=prog, description=description)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, (module, help_text) in commands.items():

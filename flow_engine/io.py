@@ -273,12 +273,6 @@ def tensor_to_flow(flow: torch.Tensor) -> np.ndarray:
     return np.ascontiguousarray(flow.detach().float().cpu().numpy().transpose(1, 2, 0))
 
 
-def read_flow_tensor(path: PathLike) -> tuple[torch.Tensor, torch.Tensor]:
-    """Reads a flow file as tensors: flow float32 [2,H,W] pixels, valid bool [H,W]."""
-    flow, valid = read_flow(path)
-    return flow_to_tensor(flow), torch.from_numpy(valid)
-
-
 # ----------------------------------------------------------------------------- images
 
 

@@ -31,7 +31,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
-from torch.utils.data import IterableDataset, get_worker_info
 
 log = logging.getLogger(__name__)
 
@@ -424,25 +423,3 @@ class SyntheticFlow:
         idx = (y2.clamp(0, H - 1) * W + x2.clamp(0, W - 1)).flatten(1)
         seen = torch.gather(layer2.flatten(1), 1, idx).view_as(layer1)
         return inside & (seen == layer1)
-
-
-class SyntheticFlowDataset(IterableDataset):
-    """Endless stream of single samples ``(img1, img2, flow, valid)`` rendered on the CPU, for a DataLoader.
-
-    Sample ``i`` of worker ``w`` is rendered from seed ``(seed, w, i)``, so the stream is
-    reproducible for a given number of workers.
-    """
-
-    def __init__(self, height: int, width: int, seed: int = 0, **kwargs):
-        super().__init__()
-        self.height, self.width, self.seed, self.kwargs = height, width, seed, kwargs
-
-    def __iter__(self):
-        info = get_worker_info()
-        worker = info.id if info is not None else 0
-        gen = SyntheticFlow(self.height, self.width, "cpu", self.seed, **self.kwargs)
-        i = 0
-        while True:
-            img1, img2, flow, valid = gen.sample(1, seed=((self.seed * 1_000_003 + worker) * 1_000_003 + i) % 2**62)
-            yield img1[0], img2[0], flow[0], valid[0]
-            i += 1

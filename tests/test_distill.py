@@ -13,7 +13,7 @@ from flow_engine.datasets import DatasetError
 from flow_engine.distill import (
     LabelError, PairPlan, TeacherLabels, fb_consistency, label_videos, plan_pairs,
 )
-from flow_engine.train import FlowDataModule, load_config
+from flow_engine.train_data import Distill, FlowDataModule
 from flow_engine.video import scaled_size
 
 from tiny_videos import render, write_mp4
@@ -127,9 +127,8 @@ def test_a_damaged_label_file_is_a_clear_error(clips, tmp_path):
 def test_batches_mix_synthetic_and_teacher_pairs(clips, tmp_path):
     out = tmp_path / "labels"
     label_videos(clips / "a.mp4", out, ShiftTeacher(), pairs_per_video=3, short_sides=[64], progress=False)
-    config = load_config(None, {"data.crop": [64, 64], "data.batch_size": 4, "data.synthetic_fraction": 0.25,
-                                "data.num_workers": 0, "data.spatial": None, "data.photometric": None})
-    dm = FlowDataModule(config["data"], seed=0, distill={"teacher": "shift", "labels": str(out)})
+    dm = FlowDataModule(crop=(64, 64), batch_size=4, synthetic_fraction=0.25, num_workers=0, spatial=None, photometric=None,
+                        seed=0, distill=Distill(teacher="shift", labels=str(out)))
     assert dm.n_synthetic == 1
     dm.trainer = SimpleNamespace(training=True, global_step=0, global_rank=0)  # what the hook reads of a Trainer
     real = next(iter(dm.train_dataloader()))
@@ -148,12 +147,12 @@ def test_shipped_distillation_configs_train_a_few_steps_on_cpu(clips, tmp_path, 
 
     root = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
-    args = ["train", "--config", str(root / "configs" / "flow" / config), "--out", str(out), "--max-steps", "2",
-            "--batch-size", "2", "--crop", "64", "64", "--precision", "32-true", "--threads", "1", "--logger", "none",
+    args = ["train", "--config", str(root / "configs" / "flow" / config), "--out", str(out), "--trainer.max_steps", "2",
+            "--data.batch_size", "2", "--data.crop", "[64, 64]", "--trainer.precision", "32-true", "--threads", "1", "--logger", "none",
             "--teacher", "dis_fine", "--videos", str(clips / "a.mp4"),
-            "--set", "distill.teacher_weights=null", "--set", "distill.flow_updates=null", "--set", "distill.pairs_per_video=2",
-            "--set", "distill.short_sides=[64]", "--set", "trainer.accelerator=cpu", "--set", "data.num_workers=0",
-            "--set", "data.val_cases=null", "--set", "model.init=null", "--export", str(tmp_path / "w.pt")]
+            "--data.distill.teacher_weights", "null", "--data.distill.flow_updates", "null", "--data.distill.pairs_per_video", "2",
+            "--data.distill.short_sides", "[64]", "--trainer.accelerator", "cpu", "--data.num_workers", "0",
+            "--data.val_cases", "null", "--model.init", "null", "--export", str(tmp_path / "w.pt")]
     assert cli(args) == 0
     assert len(TeacherLabels(out / "labels")) == 4  # 2 pairs, both directions
     assert (out / "checkpoints" / "last.ckpt").is_file() and (tmp_path / "w.pt").is_file()

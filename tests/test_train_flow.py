@@ -1,4 +1,4 @@
-"""Training PWC-Net: loss, augmentation geometry, a few optimisation steps, exact resume, export."""
+"""Training PWC-Net: loss, augmentation geometry, a few optimisation steps, exact resume, export, the command line."""
 from pathlib import Path
 
 import pytest
@@ -9,10 +9,10 @@ import torch.nn.functional as F
 from flow_engine import augment
 from flow_engine.pwcnet import PWCNet
 from flow_engine.synthetic import SyntheticFlow
-from flow_engine.train import (
-    ConfigError, FlowModule, build, downsample_flow, export_weights, load_config, matching_loss, multiscale_loss,
-    resolve_resume,
-)
+from flow_engine.losses import downsample_flow, matching_loss, multiscale_loss
+from flow_engine.train import FlowCLI, export_weights, resolve_resume
+from flow_engine.train_data import FlowDataModule
+from flow_engine.train_module import ConfigError, FlowModule
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -79,7 +79,7 @@ def test_matching_loss_rewards_features_that_match_under_the_ground_truth():
 
 
 def test_untrained_module_predicts_zero_flow():
-    module = FlowModule({"corr_backend": "torch"}, load_config(None)["loss"], load_config(None)["optim"], 10)
+    module = FlowModule(corr_backend="torch", max_steps=10)
     flows = module(torch.rand(1, 3, 64, 64), torch.rand(1, 3, 64, 64))
     assert all(not f.any() for f in flows)
 
@@ -161,21 +161,19 @@ def test_photometric_identity_and_range():
 # ----------------------------------------------------------------------------- training
 
 
-def tiny_config(out: Path, **extra) -> dict:
-    overrides = {
-        "out": str(out), "seed": 1, "data.crop": [64, 64], "data.batch_size": 1, "data.val_cases": None,
-        "data.curriculum": None, "trainer.max_steps": 3, "trainer.ckpt_every_steps": 2, "trainer.log_every_steps": 1,
-        "trainer.precision": "32-true", "trainer.accelerator": "cpu", "trainer.devices": 1,
-        "logger.kind": "none", "optim.milestones": [0.5], "optim.lr": 1e-4,
-    }
-    overrides.update(extra)
-    return load_config(ROOT / "configs" / "flow" / "synthetic.yaml", overrides)
+def tiny_args(out: Path) -> list[str]:
+    return [
+        "--config", str(ROOT / "configs" / "flow" / "synthetic.yaml"),
+        "--out", str(out), "--seed_everything", "1", "--data.crop", "[64, 64]", "--data.batch_size", "1", "--data.val_cases", "null",
+        "--data.curriculum", "null", "--trainer.max_steps", "3", "--checkpoint.every_steps", "2", "--trainer.log_every_n_steps", "1",
+        "--trainer.precision", "32-true", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
+        "--logger", "none", "--model.milestones", "[0.5]", "--model.lr", "1e-4",
+    ]
 
 
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
-    optim = {"lr": 2e-4, "weight_decay": 4e-4, "schedule": "constant"}
-    module = FlowModule({"corr_backend": "torch", "zero_flow_init": False}, load_config(None)["loss"], optim, 10)
+    module = FlowModule(corr_backend="torch", zero_flow_init=False, lr=2e-4, weight_decay=4e-4, schedule="constant", max_steps=10)
     batch = SyntheticFlow(64, 64, seed=0, max_displacement=8.0).sample(2)
     opt = module.configure_optimizers()
     losses = []
@@ -186,6 +184,14 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_weight_decay_skips_biases():
+    module = FlowModule(corr_backend="torch", weight_decay=1e-3, schedule="constant")
+    decayed, plain = module.configure_optimizers().param_groups
+    assert decayed["weight_decay"] == 1e-3 and plain["weight_decay"] == 0.0
+    assert all(p.dim() >= 2 for p in decayed["params"]) and all(p.dim() == 1 for p in plain["params"])
+    assert len(decayed["params"]) + len(plain["params"]) == len(list(module.parameters()))
 
 
 class StopAt(pl.Callback):
@@ -201,7 +207,8 @@ class StopAt(pl.Callback):
 
 def test_resume_continues_exactly(tmp_path):
     def run(out: Path, stop: int | None = None, resume: str | None = None):
-        module, data, trainer = build(tiny_config(out))
+        cli = FlowCLI(tiny_args(out))
+        module, data, trainer = cli.model, cli.datamodule, cli.trainer
         if stop is not None:
             trainer.callbacks.append(StopAt(stop))
         trainer.fit(module, datamodule=data, ckpt_path=resume, weights_only=True)
@@ -244,7 +251,7 @@ def test_crafted_checkpoints_are_refused_never_run(tmp_path, capsys):
     runs = {
         "export": ["--export-only", str(evil), "--export", str(out)],
         "resume": ["--resume", str(evil), "--out", str(tmp_path / "run_resume")],
-        "init": ["--init", str(evil), "--out", str(tmp_path / "run_init"), "--logger", "none"],
+        "init": ["--model.init", str(evil), "--out", str(tmp_path / "run_init"), "--logger", "none"],
     }
     for name, argv in runs.items():
         assert main(["train", *argv]) == 2, name
@@ -262,14 +269,28 @@ def test_crafted_checkpoints_are_refused_never_run(tmp_path, capsys):
     assert "junk.ckpt: no 'model.*' PWC-Net parameters" in capsys.readouterr().err
 
 
-def test_configs_load_and_bad_keys_fail():
-    for name in ("synthetic", "chairs", "things", "sintel"):
-        cfg = load_config(ROOT / "configs" / "flow" / f"{name}.yaml")
-        assert cfg["trainer"]["max_steps"] > 0
-    with pytest.raises(ConfigError, match="unknown config key"):
-        load_config(None, {"optim.learning_rate": 1})
+def test_configs_load_and_bad_keys_fail(capsys):
+    for name in ("synthetic", "chairs", "things", "sintel", "distill", "distill_gpu"):
+        cfg = FlowCLI(["--config", str(ROOT / "configs" / "flow" / f"{name}.yaml")], build=False).config
+        assert cfg.trainer.max_steps > 0
+    with pytest.raises(SystemExit):
+        FlowCLI(["--model.learning_rate", "1"], build=False)
+    assert "unrecognized arguments: --model.learning_rate" in capsys.readouterr().err
     with pytest.raises(ConfigError, match="multiples of 64"):
-        load_config(None, {"data.crop": [100, 64]})
+        FlowDataModule(crop=(100, 64))
+
+
+def test_command_line_shortcuts_and_refused_forms(capsys):
+    argv = ["--teacher", "dis_fine", "--videos", "a.mp4", "--labels=L", "--videos=b", "--data.crop", "[128, 192]"]
+    c = FlowCLI(argv, build=False).config
+    assert c.data.distill.teacher == "dis_fine" and list(c.data.distill.videos) == ["a.mp4", "b"] and c.data.distill.labels == "L"
+    assert tuple(c.data.crop) == (128, 192) and c.data.train == [{"name": "synthetic"}]  # configs/flow/synthetic.yaml by default
+    for argv, message in ((["--data.crop", "448x384"], "write --data.crop '[384, 448]'"),  # WxH: the other convention
+                          (["--max-steps", "5"], "--max-steps is now --trainer.max_steps"),
+                          (["--data.distill.foo", "1"], "unrecognized arguments: --data.distill.foo")):
+        with pytest.raises(SystemExit):
+            FlowCLI(argv, build=False)
+        assert message in capsys.readouterr().err, argv
 
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped weights yet")
