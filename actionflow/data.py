@@ -9,7 +9,8 @@ Each item is one video as a dict of tensors (S = num_segments, times test_clips 
   on its device (``flow_source: online``); frame 0 is also the RGB stream's input;
 * ``label``, ``index``: int64.
 
-Frames are decoded with decord at ``size`` (H, W); training crops a random multi-scale box (TSN's
+Frames are decoded with decord at ``size`` (H, W), or read from a frame folder (an item that is a
+folder of ``frame_pattern`` images, see ``flow_engine.video``) and resized to it; training crops a random multi-scale box (TSN's
 scale jitter: each side a fraction in ``scales`` of the largest box with the crop's aspect ratio, at a
 random place) resized to ``crop_size`` and flips horizontally, identically for every frame and flow
 of the item (a flip negates the x flow channels, and a crop rescales flow by the resize factor);
@@ -38,7 +39,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 
 from actionflow.annotations import Sample, load_splits
 from actionflow.sampling import snippet_frames, snippet_starts
-from flow_engine.video import VideoError, probe, read_frames
+from flow_engine.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, probe, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -98,6 +99,7 @@ class VideoClips(Dataset):
         flip: bool = True,
         cache=None,
         strict: bool = False,
+        frame_pattern: str = DEFAULT_FRAME_PATTERN,
     ):
         self.clips = clips
         self.phase = phase
@@ -112,6 +114,7 @@ class VideoClips(Dataset):
         self.flip = flip
         self.cache = cache
         self.strict = strict
+        self.frame_pattern = frame_pattern
         self.needs_rgb = mode in ("rgb", "two_stream")
         self.needs_flow = mode in ("flow", "two_stream")
         # RGB-only snippets are one frame; with flow, L+1 frames so that the L flows fit.
@@ -145,10 +148,10 @@ class VideoClips(Dataset):
         item: dict[str, torch.Tensor] = {}
         if self.needs_flow and self.flow_source == "online":
             idx = snippet_frames(starts, self.span, n)  # [S, L+1]
-            frames = read_frames(path, idx.reshape(-1), self.size)
+            frames = read_frames(path, idx.reshape(-1), self.size, self.frame_pattern)
             item["frames"] = torch.from_numpy(frames).view(*idx.shape, *frames.shape[1:]).permute(0, 1, 4, 2, 3)
         elif self.needs_rgb:
-            frames = read_frames(path, starts, self.size)
+            frames = read_frames(path, starts, self.size, self.frame_pattern)
             item["rgb"] = torch.from_numpy(frames).permute(0, 3, 1, 2)
         if cached is not None:
             flow_idx = snippet_frames(starts, self.flow_length, max(cached.num_flows, 1)) % cached.num_flows
@@ -272,7 +275,11 @@ class ActionDataModule(pl.LightningDataModule):
         flip: random horizontal flips (training; the x flow is negated).
         batch_size: videos per batch.
         num_workers: DataLoader worker processes.
-        strict: bad videos, and videos listed twice or in two splits, raise instead of being skipped / warned about.
+        strict: bad videos, videos listed twice or in two splits, and frame folders holding fewer frames than
+            their rawframe list says raise instead of being skipped / warned about.
+        frame_pattern: file names of the frames of a frame folder (a dataset item that is a folder):
+            ``img_{:05d}.jpg`` (mmaction2/denseflow), ``{:05d}.jpg``, ``frame_{:06d}.png``... numbered from
+            0 or 1, or a glob such as ``*.png`` (name order). Other files in the folder are ignored.
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
@@ -309,6 +316,7 @@ class ActionDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         strict: bool = False,
         demo: bool | dict = False,
+        frame_pattern: str = DEFAULT_FRAME_PATTERN,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -338,12 +346,16 @@ class ActionDataModule(pl.LightningDataModule):
                           ("test_list", test_list), ("class_index", class_index)):
             if path is not None and not os.path.exists(path):
                 raise DataConfigError(f"data.{key}: {path} does not exist")
+        try:
+            check_frame_pattern(frame_pattern)
+        except ValueError as exc:
+            raise DataConfigError(f"data.frame_pattern: {exc}") from None
         self.size = _pair(size, "size")
         self.crop_size = _pair(crop_size, "crop_size") or self.size
         if self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]:
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
         self.splits = load_splits(root, train_list, val_list, test_list, class_index, label_base,
-                                  val_fraction, test_fraction, split_seed, strict)
+                                  val_fraction, test_fraction, split_seed, strict, frame_pattern)
         self.clips: dict[str, list[Clip]] = {}
         self.skipped: list[str] = []  # "path: reason" of videos left out at setup
         self._engine = None
@@ -404,7 +416,8 @@ class ActionDataModule(pl.LightningDataModule):
         engine = self.flow_engine()
         cache.root.mkdir(parents=True, exist_ok=True)
         logger.info("computing flow of %d video(s) missing from %s with %s", len(missing), cache.root, engine.name)
-        summary = precompute([Path(p) for p in missing], cache, engine, workers=2)
+        summary = precompute([Path(p) for p in missing], cache, engine, workers=2,
+                             frame_pattern=self.hparams.frame_pattern)
         for path, reason in summary.failed:  # setup() then skips these as uncached
             if self.hparams.strict:
                 raise BadVideo(f"{path}: no flow ({reason})")
@@ -419,7 +432,7 @@ class ActionDataModule(pl.LightningDataModule):
 
         def check(path: str) -> str | int:
             try:
-                n = probe(path).num_frames
+                n = probe(path, self.hparams.frame_pattern).num_frames
             except VideoError as exc:
                 return exc.reason
             if n < min_frames:
@@ -436,6 +449,7 @@ class ActionDataModule(pl.LightningDataModule):
         for path, reason in bad.items():
             logger.warning("skipping bad video %s: %s", path, reason)
         self.skipped = [f"{p}: {r}" for p, r in bad.items()]
+        self._check_listed_frames(all_samples, result)
         for name, split in (("train", self.splits.train), ("val", self.splits.val), ("test", self.splits.test)):
             self.clips[name] = [Clip(s, result[s.path]) for s in split if s.path not in bad]
         self.cache = cache
@@ -444,11 +458,24 @@ class ActionDataModule(pl.LightningDataModule):
         if not self.clips["train"]:
             raise BadVideo("no usable training videos left")
 
+    def _check_listed_frames(self, samples: dict[str, Sample], frames: dict[str, str | int]) -> None:
+        """One warning (an error under data.strict) for frame folders holding fewer frames than their
+        rawframe list line says; they are used with the frames they have."""
+        short = [f"{p} has {frames[p]} ({s.source} says {s.listed_frames})" for p, s in samples.items()
+                 if s.listed_frames is not None and isinstance(frames[p], int) and frames[p] < s.listed_frames]
+        if not short:
+            return
+        problem = (f"{len(short)} frame folder(s) hold fewer frames than their list says (the frames there are used): "
+                   + "; ".join(short[:10]) + (f" and {len(short) - 10} more" if len(short) > 10 else ""))
+        if self.hparams.strict:
+            raise BadVideo(problem + " (data.strict is true)")
+        logger.warning("%s", problem)
+
     def dataset(self, phase: str) -> VideoClips:
         h = self.hparams
         return VideoClips(
             self.clips[phase], phase, h.mode, h.flow_source, h.num_segments, h.flow_length, h.test_clips,
-            self.size, self.crop_size, h.scales, h.flip, self.cache, h.strict,
+            self.size, self.crop_size, h.scales, h.flip, self.cache, h.strict, h.frame_pattern,
         )
 
     def _loader(self, phase: str) -> DataLoader:

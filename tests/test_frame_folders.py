@@ -166,3 +166,127 @@ def test_estimate_reads_frame_folders_through_the_video_reader(tmp_path, capsys)
     with pytest.raises(SystemExit):
         flow_main(["estimate", "--frames", str(folder), "--frame-pattern", "{}{}", "-o", str(out), "--flo"])
     assert "one integer field" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- precompute, data module, classify
+
+
+def test_precompute_caches_frame_folders_and_names_bad_frames(tmp_path, capsys):
+    from test_precompute import SIZE, StandInEngine, args_for, cache_for
+
+    from actionflow import precompute as pc
+    from actionflow.flow_cache import CachedFlow
+
+    rng = np.random.default_rng(1)
+    root = tmp_path / "rawframes"
+    good = [write_frames(root / "a" / f"v{i}", rng.integers(0, 255, (5 + i, 64, 80, 3), dtype=np.uint8), "{:05d}.png")
+            for i in range(2)]
+    gap = write_frames(root / "b" / "gap", ramp(5), "{:05d}.png")
+    os.unlink(gap / "00002.png")
+    mixed = write_frames(root / "b" / "mixed", ramp(4), "{:05d}.png")
+    write_frames(mixed, ramp(1, 12, 16), "{:05d}.png", start=3)
+    assert pc.run(args_for(root, tmp_path / "cache", "--frame-pattern", "{:05d}.png", "--codec", "png"), engine=StandInEngine()) == 1
+    out = capsys.readouterr().out
+    assert "videos: 2 computed, 0 skipped (already cached), 2 failed" in out
+    assert f"FAILED {gap}: frame 00002.png is missing" in out
+    assert f"FAILED {mixed}: frame 00003.png is 16x12 but frame 00001.png is 32x24" in out
+    cache = cache_for(tmp_path / "cache")
+    for folder in good:  # the flow of the folder's frames, resized to the cache's size like a video's
+        frames = torch_frames(read_frames(folder, size=SIZE, frame_pattern="{:05d}.png"))
+        want = StandInEngine()(frames[:-1], frames[1:]).numpy()
+        with CachedFlow(cache.path_for(folder)) as c:
+            assert c.num_flows == len(want)
+            np.testing.assert_allclose(c.read(0, c.num_flows), want.clip(-20, 20), atol=20 / 127 / 2 + 1e-4)
+    # resumable: unchanged folders are skipped; a rewritten frame makes its entry stale
+    assert pc.run(args_for(good[0], tmp_path / "cache", "--frame-pattern", "{:05d}.png", "--codec", "png"), engine=StandInEngine()) == 0
+    assert "0 computed, 1 skipped" in capsys.readouterr().out
+    time.sleep(0.01)
+    write_frames(good[0], rng.integers(0, 255, (1, 64, 80, 3), dtype=np.uint8), "{:05d}.png", start=2)
+    assert cache.lookup(good[0]) is None
+    assert pc.run(args_for(good[0], tmp_path / "cache", "--frame-pattern", "{:05d}.png", "--codec", "png"), engine=StandInEngine()) == 0
+    assert "1 computed, 0 skipped" in capsys.readouterr().out
+
+
+def torch_frames(frames: np.ndarray):
+    import torch
+
+    return torch.from_numpy(frames).permute(0, 3, 1, 2)
+
+
+@pytest.fixture(scope="module")
+def rawframes(tmp_path_factory):
+    """A rawframe dataset of the tiny moving squares: ``frames/<class>/<i>/{:05d}.jpg`` and mmaction2 lists."""
+    from tiny_videos import render
+
+    root = tmp_path_factory.mktemp("rawframes")
+    lines = {"train": [], "val": []}
+    for label, name in enumerate(("right", "left")):
+        for i in range(3):
+            write_frames(root / "frames" / name / str(i), render(name, frames=10, size=32, seed=10 * label + i), "{:05d}.jpg")
+            lines["train" if i < 2 else "val"].append(f"frames/{name}/{i} 10 {label}")
+    for split, entries in lines.items():
+        (root / f"{split}.txt").write_text("\n".join(entries) + "\n")
+    (root / "classes.txt").write_text("right\nleft\n")
+    return root
+
+
+def test_the_data_module_trains_on_rawframe_lists_with_cached_flow(rawframes, tmp_path, caplog):
+    import logging
+
+    from actionflow.data import ActionDataModule
+
+    short = write_frames(tmp_path / "short", ramp(6, 32, 32), "{:05d}.jpg")  # the list says 10
+    broken = write_frames(tmp_path / "broken", ramp(6, 32, 32), "{:05d}.jpg")
+    os.unlink(broken / "00004.jpg")
+    train = tmp_path / "train.txt"
+    train.write_text((rawframes / "train.txt").read_text() + f"{short} 10 0\n{broken} 6 1\n")
+    kw = dict(root=str(rawframes), train_list=str(train), val_list=str(rawframes / "val.txt"),
+              test_list=str(rawframes / "val.txt"), class_index=str(rawframes / "classes.txt"), mode="flow",
+              flow_source="cache", cache_dir=str(tmp_path / "cache"), flow_model="dis", num_workers=0, size=(32, 32),
+              crop_size=(32, 32), num_segments=2, flow_length=3, frame_pattern="{:05d}.jpg")
+    dm = ActionDataModule(**kw)
+    with caplog.at_level(logging.WARNING):
+        dm.prepare_data()
+        dm.setup("fit")
+    assert dm.skipped == [f"{broken}: frame 00004.jpg is missing (5 frames of 00001.jpg..00006.jpg are there)"]
+    assert (f"1 frame folder(s) hold fewer frames than their list says (the frames there are used): "
+            f"{short} has 6 ({train}:5 says 10)") in caplog.text
+    assert len(dm.clips["train"]) == 5 and [c.num_frames for c in dm.clips["train"]][-1] == 6
+    val = dm.dataset("val")  # centre crops, no flip: the square moves 1 px per frame, right (0) or left (1)
+    for index, clip in enumerate(dm.clips["val"]):
+        flow = val[index]["flow"]  # [S, 2L, h, w]
+        moving = flow.abs().amax(dim=1, keepdim=True).expand_as(flow)[:, 0::2] > 0.5
+        median_x = flow[:, 0::2][moving].median().item()
+        assert abs(median_x - (1.0 if clip.sample.label == 0 else -1.0)) < 0.35, (clip.sample.path, median_x)
+    from actionflow.data import BadVideo
+
+    (tmp_path / "strict.txt").write_text(f"{short} 10 0\n")
+    (tmp_path / "test.txt").write_text(f"{rawframes / 'frames/left/0'} 10 1\n")  # splits apart: strict allows no overlap
+    strict = ActionDataModule(**{**kw, "train_list": str(tmp_path / "strict.txt"), "test_list": str(tmp_path / "test.txt"),
+                                 "strict": True})
+    with pytest.raises(BadVideo, match=r"1 frame folder\(s\) hold fewer frames .*\(data.strict is true\)"):
+        strict.setup("fit")
+
+
+def test_classify_takes_a_frame_folder(rawframes, tmp_path, capsys):
+    import json
+
+    import torch
+
+    from actionflow.__main__ import main
+    from actionflow.module import ActionRecognizer
+
+    torch.manual_seed(0)
+    model = ActionRecognizer(num_classes=2, class_names=["right", "left"], mode="two_stream", flow_length=3)
+    ckpt = tmp_path / "model.ckpt"
+    torch.save({"state_dict": model.state_dict(), "hyper_parameters": dict(model.hparams),
+                "datamodule_hyper_parameters": {"size": [32, 32], "crop_size": [32, 32], "num_segments": 2,
+                                                "test_clips": 1, "frame_pattern": "{:05d}.jpg"}}, ckpt)
+    folder = rawframes / "frames" / "right" / "0"
+    assert main(["classify", str(folder), "--ckpt", str(ckpt), "--json", "--device", "cpu",
+                 "--flow-video", str(tmp_path / "flow.mp4")]) == 0  # the pattern comes from the checkpoint
+    assert {r["label"] for r in json.loads(capsys.readouterr().out)["topk"]} == {"right", "left"}
+    assert probe(tmp_path / "flow.mp4").num_frames == 9
+    assert main(["classify", str(folder), "--ckpt", str(ckpt), "--frame-pattern", "img_{:05d}.jpg",
+                 "--device", "cpu"]) == 1
+    assert "no frames named img_{:05d}.jpg" in capsys.readouterr().err

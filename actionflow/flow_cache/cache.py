@@ -19,6 +19,7 @@ from actionflow.flow_cache.entry import (
     FORMAT, FORMAT_VERSION, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
 )
 from actionflow.flow_cache.lock import VideoLock, lock_is_held
+from flow_engine.video import source_stat
 
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
 # Keys of an engine config that do not change the flow enough to invalidate a cache.
@@ -31,10 +32,11 @@ def _normalise(config: dict) -> dict:
 
 
 def video_identity(video: str | os.PathLike) -> dict:
-    """Absolute path, size in bytes and mtime (ns) of a video: what a cache entry was built from."""
+    """Absolute path, size in bytes and mtime (ns) of a video (of a frame folder: its files' total
+    bytes and newest mtime): what a cache entry was built from."""
     path = Path(os.path.realpath(video))  # not Path.resolve(): it raises RuntimeError on a symlink loop
-    st = os.stat(path)
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    size, mtime_ns = source_stat(path)
+    return {"path": str(path), "size": size, "mtime_ns": mtime_ns}
 
 
 class FlowCache:
