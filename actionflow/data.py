@@ -280,6 +280,10 @@ class ActionDataModule(pl.LightningDataModule):
         frame_pattern: file names of the frames of a frame folder (a dataset item that is a folder):
             ``img_{:05d}.jpg`` (mmaction2/denseflow), ``{:05d}.jpg``, ``frame_{:06d}.png``... numbered from
             0 or 1, or a glob such as ``*.png`` (name order). Other files in the folder are ignored.
+        imported_flow: the flow engine that flow imported into ``cache_dir`` (``python -m actionflow cache
+            import``, engine unknown) stands for, e.g. ``tvl1``; it must equal ``flow_model``, and then
+            imported entries are served (at any size and bound: flow is resized and rescaled to ``size``).
+            None: imported entries are refused like any other engine's.
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
@@ -317,6 +321,7 @@ class ActionDataModule(pl.LightningDataModule):
         strict: bool = False,
         demo: bool | dict = False,
         frame_pattern: str = DEFAULT_FRAME_PATTERN,
+        imported_flow: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -350,6 +355,9 @@ class ActionDataModule(pl.LightningDataModule):
             check_frame_pattern(frame_pattern)
         except ValueError as exc:
             raise DataConfigError(f"data.frame_pattern: {exc}") from None
+        if imported_flow is not None and imported_flow != flow_model:
+            raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_model is {flow_model!r}: "
+                                  "imported flow stands in only for the engine that fills the rest of the cache")
         self.size = _pair(size, "size")
         self.crop_size = _pair(crop_size, "crop_size") or self.size
         if self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]:
@@ -377,7 +385,8 @@ class ActionDataModule(pl.LightningDataModule):
         """The flow cache for this engine and size (``flow_source: cache``)."""
         from actionflow.flow_cache import FlowCache
 
-        return FlowCache(self.hparams.cache_dir, self.flow_engine().config(), size=self.size)
+        return FlowCache(self.hparams.cache_dir, self.flow_engine().config(), size=self.size,
+                         accept_imported=self.hparams.imported_flow is not None)
 
     def flow_engine(self):
         """The ``FlowEngine`` whose flow is cached (built once, on first use)."""

@@ -4,6 +4,11 @@ The entry of a video is ``<stem>-<10 hex of sha1(absolute path)>.afc``; its head
 the engine's identity, the flow size and bound, and the video's size and mtime, so an entry
 made by another engine, other weights, another size or bound, or from a changed video is
 reported (:class:`CacheMismatch`) and recomputed, never served.
+
+Entries imported from TSN/denseflow JPEGs (``cache import``, :mod:`~actionflow.flow_cache.tsn`)
+carry ``header["import"]`` and the engine name ``imported`` (its real engine is unknown): a cache
+serves them only when built with ``accept_imported`` (training: ``data.imported_flow``), at their
+own size and bound, and never in place of another engine's entries.
 """
 from __future__ import annotations
 
@@ -16,7 +21,7 @@ from pathlib import Path
 
 from actionflow.flow_cache.codec import DEFAULT_BOUND, parse_codec
 from actionflow.flow_cache.entry import (
-    FORMAT, FORMAT_VERSION, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
+    FORMAT, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
 )
 from actionflow.flow_cache.lock import VideoLock, lock_is_held
 from flow_engine.video import source_stat
@@ -24,6 +29,7 @@ from flow_engine.video import source_stat
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
 # Keys of an engine config that do not change the flow enough to invalidate a cache.
 IGNORED_CONFIG_KEYS = frozenset({"device", "dtype"})
+IMPORTED_ENGINE = {"name": "imported", "source_engine": "unknown"}  # the engine of an imported entry
 
 
 def _normalise(config: dict) -> dict:
@@ -51,6 +57,8 @@ class FlowCache:
         codec: codec for new entries (``"jpeg:95"``...); readers decode any codec.
         check_video: compare the video's current size and mtime with the stored ones
             (turn off to read a cache whose videos are not present).
+        accept_imported: serve imported entries (``cache import``: engine unknown) as this
+            engine's flow, at their own size and bound; refused (CacheMismatch) otherwise.
 
     The file of a video is ``<stem>-<10 hex of sha1(absolute path)>.afc``. Keep one folder per
     configuration: an entry built by another engine, weights, size or bound, or from an
@@ -65,8 +73,10 @@ class FlowCache:
         bound: float = DEFAULT_BOUND,
         codec: str | dict | None = None,
         check_video: bool = True,
+        accept_imported: bool = False,
     ):
         self.root = Path(root)
+        self.accept_imported = accept_imported
         self.engine_config = _normalise(dict(engine_config))
         self.size = (int(size[0]), int(size[1]))
         self.bound = float(bound)
@@ -95,7 +105,6 @@ class FlowCache:
         """The header a new entry for ``video`` gets (``num_flows`` is added by the writer)."""
         return {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
             "engine": self.engine_config,
             "height": self.size[0],
             "width": self.size[1],
@@ -115,15 +124,21 @@ class FlowCache:
         h = cached.header
         problems = []
         stored = h.get("engine") or {}
-        for key, want in self.engine_config.items():
-            if key in IGNORED_CONFIG_KEYS:
-                continue
-            if key not in stored or stored[key] != want:
-                problems.append(f"engine {key} is {stored.get(key)!r}, want {want!r}")
-        if (cached.height, cached.width) != self.size:
-            problems.append(f"size is {cached.height}x{cached.width}, want {self.size[0]}x{self.size[1]}")
-        if cached.bound != self.bound:
-            problems.append(f"bound is {cached.bound:g}, want {self.bound:g}")
+        if "import" in h:  # size and bound are its own: readers resize and rescale to theirs
+            if not self.accept_imported:
+                problems.append(f"flow imported from {h['import'].get('source')!r} (engine unknown), not computed by "
+                                f"{self.engine_config.get('name')!r}; to use it as that engine's flow set "
+                                "data.imported_flow to that engine's name")
+        else:
+            for key, want in self.engine_config.items():
+                if key in IGNORED_CONFIG_KEYS:
+                    continue
+                if key not in stored or stored[key] != want:
+                    problems.append(f"engine {key} is {stored.get(key)!r}, want {want!r}")
+            if (cached.height, cached.width) != self.size:
+                problems.append(f"size is {cached.height}x{cached.width}, want {self.size[0]}x{self.size[1]}")
+            if cached.bound != self.bound:
+                problems.append(f"bound is {cached.bound:g}, want {self.bound:g}")
         if self.check_video:
             try:
                 now = video_identity(video)
