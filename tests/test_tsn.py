@@ -118,7 +118,7 @@ def test_videos_option_attaches_flow_to_videos(tmp_path, capsys):
     (lambda f: os.unlink(f / "y_00002.jpg"), "{f}/y_00002.jpg: missing, the other half of x_00002.jpg's pair"),
     (lambda f: os.unlink(f / "x_00003.jpg"), "{f}/x_00003.jpg: missing, the other half of y_00003.jpg's pair"),
     (lambda f: [os.unlink(f / "x_00002.jpg"), os.unlink(f / "y_00002.jpg")], "{f}: frame x_00002.jpg is missing"),
-    (lambda f: (f / "y_00003.jpg").write_text("not a JPEG"), "{f}/y_00003.jpg: does not decode as an image"),
+    (lambda f: (f / "y_00003.jpg").write_text("not a JPEG"), "{f}/y_00003.jpg: unreadable image"),
     (lambda f: (f / "x_00001.jpg").write_bytes(b""), "{f}/x_00001.jpg: empty file"),
     (lambda f: cv2.imwrite(str(f / "x_00003.jpg"), np.zeros((12, 16), np.uint8)),
      "{f}/x_00003.jpg: 16x12 where x_00001.jpg is 32x24: the flow of a folder must share one size"),
@@ -140,7 +140,8 @@ def test_bad_import_arguments_are_errors_before_any_work(tmp_path, capsys):
     code, out = cli(capsys, "import", "--tsn", tmp_path / "empty", "--cache", tmp_path / "c")
     assert code == 2 and "no flow files named x_{:05d}.jpg,y_{:05d}.jpg or flow_x_{:05d}.jpg,flow_y_{:05d}.jpg" in out
     assert cli(capsys, "import", "--tsn", tmp_path / "nope", "--cache", tmp_path / "c")[0] == 2
-    for flag, value, words in [("--bound", "0", "bound must be a positive"), ("--bound", "nan", "bound must be"),
+    for flag, value, words in [("--bound", "0", "must be a positive, finite number of pixels"),
+                               ("--bound", "nan", "must be a positive, finite number of pixels"),
                                ("--naming", "x_{:05d}.jpg", "must be two different patterns"),
                                ("--naming", "x.jpg,y.jpg", "needs a number field")]:
         with pytest.raises(SystemExit):

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import stat
 import sys
@@ -40,6 +39,7 @@ import numpy as np
 from actionflow.flow_cache.cache import IMPORTED_ENGINE, FlowCache, cache_files
 from actionflow.flow_cache.codec import DEFAULT_BOUND, TSN, encode_frames, parse_codec, tsn_levels
 from actionflow.flow_cache.entry import CacheError, CachedFlow, CacheWriter
+from flow_engine.io import FlowFileError, read_image
 from flow_engine.video import (
     VIDEO_EXTENSIONS, VideoError, check_frame_pattern, frame_files, is_frame_name, is_video_path, numbered_files,
 )
@@ -74,16 +74,6 @@ def _naming_arg(text: str) -> tuple[str, str]:
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-def _bound_arg(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"bound must be a positive, finite number of pixels, got {text!r}")
-    return value
-
-
 # ------------------------------------------------------------------------------------ import
 
 
@@ -116,15 +106,14 @@ def flow_pairs(folder: Path, naming: tuple[str, str]) -> list[tuple[Path, Path]]
 def _read_grey(path: Path) -> np.ndarray:
     """A flow JPEG as uint8 ``[H,W]``; TsnError naming it when it cannot be one."""
     try:
-        st = os.stat(path)
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the decoder
+            raise TsnError(f"{path}: not a regular file")
+        rgb = read_image(path)
     except OSError as exc:
         raise TsnError(f"{path}: cannot open ({exc.strerror})") from None
-    if not stat.S_ISREG(st.st_mode) or st.st_size == 0:  # a FIFO would block the decoder
-        raise TsnError(f"{path}: {'empty file' if stat.S_ISREG(st.st_mode) else 'not a regular file'}")
-    img = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if img is None:
-        raise TsnError(f"{path}: does not decode as an image")
-    return img
+    except FlowFileError as exc:
+        raise TsnError(str(exc)) from None
+    return cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY)  # exact for grey JPEGs: their three channels are equal
 
 
 def _video_for(folder: Path, root: Path, videos: Path) -> Path:
@@ -290,10 +279,12 @@ def export_tsn(cache_dir: str | os.PathLike, out: str | os.PathLike, naming: tup
 
 def add_arguments(sub) -> None:
     """The ``import`` and ``export`` sub-commands of ``python -m actionflow cache``."""
+    from actionflow.precompute import positive_pixels  # here: precompute imports this package
+
     i = sub.add_parser("import", help="Import TSN/denseflow flow JPEGs (x_00001.jpg, y_00001.jpg ...) into a cache.")
     i.add_argument("--tsn", required=True, type=Path, metavar="DIR", help="a flow folder, or a folder of them (any depth)")
     i.add_argument("--cache", required=True, type=Path, help="cache folder to import into")
-    i.add_argument("--bound", type=_bound_arg, default=DEFAULT_BOUND, help="the JPEGs' bound in pixels (default 20)")
+    i.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="the JPEGs' bound in pixels (default 20)")
     i.add_argument("--naming", type=_naming_arg, default=None, metavar="X,Y",
                    help="x and y file names (default: x_{:05d}.jpg,y_{:05d}.jpg, else flow_x_{:05d}.jpg,flow_y_{:05d}.jpg)")
     i.add_argument("--codec", default=IMPORT_CODEC, help="codec of the entries (default webp: lossless)")
@@ -302,7 +293,7 @@ def add_arguments(sub) -> None:
     e = sub.add_parser("export", help="Export a cache as TSN/denseflow flow JPEGs (for mmaction2's RawframeDataset).")
     e.add_argument("dir", type=Path, help="cache folder")
     e.add_argument("--tsn", required=True, type=Path, metavar="OUT", help="output folder")
-    e.add_argument("--bound", type=_bound_arg, default=None, help="bound of the JPEGs in pixels (default: each entry's, 20)")
+    e.add_argument("--bound", type=positive_pixels, default=None, help="bound of the JPEGs in pixels (default: each entry's, 20)")
     e.add_argument("--naming", type=_naming_arg, default=DEFAULT_NAMING, metavar="X,Y",
                    help="x and y file names (default x_{:05d}.jpg,y_{:05d}.jpg)")
     e.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1..100",
