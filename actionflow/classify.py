@@ -85,12 +85,11 @@ def _device(name: str) -> torch.device:
 
 
 def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None,
-             frame_pattern: str | None = None) -> dict[str, torch.Tensor]:
+             frame_pattern: str = DEFAULT_FRAME_PATTERN) -> dict[str, torch.Tensor]:
     """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling); a frame
-    folder's frames are named by ``frame_pattern`` (None: the training config's)."""
+    folder's frames are the files ``frame_pattern`` names."""
     from actionflow.data import Clip, VideoClips, collate
 
-    frame_pattern = frame_pattern or data_hparams.get("frame_pattern") or DEFAULT_FRAME_PATTERN
     info = probe(video, frame_pattern)
     if info.num_frames < 2 and model.hparams.mode != "rgb":
         log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
@@ -164,7 +163,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     names = model.hparams.class_names
     try:
-        pattern = args.frame_pattern or data_hparams.get("frame_pattern") or DEFAULT_FRAME_PATTERN
+        pattern = args.frame_pattern or data_hparams.get("frame_pattern") or DEFAULT_FRAME_PATTERN  # as in training
         probs = classify(model, data_hparams, args.video, args.clips, pattern)
         if args.flow_video is not None:
             size = tuple(data_hparams.get("size") or (128, 128))

@@ -10,12 +10,12 @@ Each item is one video as a dict of tensors (S = num_segments, times test_clips 
 * ``label``, ``index``: int64.
 
 Frames are decoded with decord at ``size`` (H, W), or read from a frame folder (an item that is a
-folder of ``frame_pattern`` images, see ``flow_engine.video``) and resized to it; training crops a random multi-scale box (TSN's
-scale jitter: each side a fraction in ``scales`` of the largest box with the crop's aspect ratio, at a
-random place) resized to ``crop_size`` and flips horizontally, identically for every frame and flow
-of the item (a flip negates the x flow channels, and a crop rescales flow by the resize factor);
-validation and test take the centre box at the middle training scale (``EVAL_SCALE``), resized
-to ``crop_size`` the same way.
+folder of ``frame_pattern`` images, see ``flow_engine.video``) and resized to it; training crops a
+random multi-scale box (TSN's scale jitter: each side a fraction in ``scales`` of the largest box with
+the crop's aspect ratio, at a random place) resized to ``crop_size`` and flips horizontally,
+identically for every frame and flow of the item (a flip negates the x flow channels, and a crop
+rescales flow by the resize factor); validation and test take the centre box at the middle training
+scale (``EVAL_SCALE``), resized to ``crop_size`` the same way.
 
 Bad videos (unreadable, corrupt, or with fewer frames than a flow needs) are probed once at
 setup and skipped with a warning naming each file; a video that still fails while decoding is
