@@ -256,15 +256,19 @@ def _pyav_chunks(path: str | os.PathLike, chunk: int, size: tuple[int, int] | No
         yield resize_frames(np.stack(buf), size) if size else np.stack(buf)
 
 
-def _read_frames(path, indices, size) -> np.ndarray:
-    reader = _open(path, size)
-    n = len(reader)
+def _unique_indices(path, indices, n: int, what: str = "video") -> tuple[np.ndarray, np.ndarray]:
+    """(ascending unique indices, inverse) of ``indices`` (all ``n`` when None), checked to lie in ``[0, n)``."""
     idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size == 0:
         raise VideoError(path, "no frame indices asked for")
     if idx.min() < 0 or idx.max() >= n:
-        raise VideoError(path, f"frame index out of range: asked for {idx.min()}..{idx.max()}, video has {n} frames")
-    unique, inverse = np.unique(idx, return_inverse=True)
+        raise VideoError(path, f"frame index out of range: asked for {idx.min()}..{idx.max()}, {what} has {n} frames")
+    return np.unique(idx, return_inverse=True)
+
+
+def _read_frames(path, indices, size) -> np.ndarray:
+    reader = _open(path, size)
+    unique, inverse = _unique_indices(path, indices, len(reader))
     try:
         frames = reader.get_batch(unique.tolist()).asnumpy()
     except Exception as exc:
@@ -459,13 +463,7 @@ def _probe_folder(path, pattern: str) -> VideoInfo:
 
 def _read_folder(path, indices, size, pattern: str) -> np.ndarray:
     files = frame_files(path, pattern)
-    n = len(files)
-    idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
-    if idx.size == 0:
-        raise VideoError(path, "no frame indices asked for")
-    if idx.min() < 0 or idx.max() >= n:
-        raise VideoError(path, f"frame index out of range: asked for {idx.min()}..{idx.max()}, folder has {n} frames")
-    unique, inverse = np.unique(idx, return_inverse=True)
+    unique, inverse = _unique_indices(path, indices, len(files), "folder")
     chosen = [files[i] for i in unique]
     frames = [_read_frame(f) for f in chosen]
     _same_size(frames, chosen)

@@ -307,3 +307,9 @@ def test_classify_takes_a_frame_folder(rawframes, tmp_path, capsys):
     assert main(["classify", str(folder), "--ckpt", str(ckpt), "--frame-pattern", "img_{:05d}.jpg",
                  "--device", "cpu"]) == 1
     assert "no frames named img_{:05d}.jpg" in capsys.readouterr().err
+
+
+def test_frame_indices_out_of_range_are_an_error(tmp_path):
+    folder = write_frames(tmp_path / "v", ramp(4))
+    with pytest.raises(VideoError, match=r"frame index out of range: asked for 0..4, folder has 4 frames"):
+        read_frames(folder, [0, 4])
