@@ -11,7 +11,7 @@ from flow_engine.__main__ import main as _dispatch
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "precompute": ("actionflow.precompute", "Compute flow for videos and store it in the compressed flow cache."),
-    "cache": ("actionflow.flow_cache.cli", "Inspect the flow cache: 'verify' checksums, 'stats' sizes."),
+    "cache": ("actionflow.flow_cache.cli", "The flow cache: 'verify' checksums, 'stats' sizes, 'import'/'export' TSN flow JPEGs."),
     "bench-cache": ("actionflow.bench_cache", "Benchmark the flow cache: bytes per frame, round-trip EPE, read speed."),
     "classify": ("actionflow.classify", "Classify one video clip with a trained two-stream checkpoint."),
     "demo-data": ("actionflow.demo_data", "Generate the bundled demo dance dataset (MP4 clips + annotation lists)."),

@@ -6,8 +6,20 @@ Formats read:
 * annotation lists, one video per line: ``relative/path label`` where ``label`` is a class name or
   an integer index; or ``relative/path`` alone, the label then being the video's parent folder name
   (UCF101 ``testlist01.txt``). Blank lines and lines starting with ``#`` are ignored;
+* mmaction2 rawframe lists, ``frame_dir total_frames label`` (three tokens, the last two integers),
+  recognised from the first line: the item is a folder of frames (``flow_engine.video``), and a folder
+  holding fewer frames than its line says is a warning when the data module probes it;
+* Kinetics CSVs (``label,youtube_id,time_start,time_end[,split,...]``; a ``.csv`` file or a first line
+  naming ``youtube_id``), read with the csv module (quoted labels may hold commas; extra columns are
+  ignored). The video of a row is ``<youtube_id>_<start:06d>_<end:06d>.<ext>`` (the usual downloader's
+  name) or ``<youtube_id>.<ext>``, found anywhere under the root (a file in a folder named after the
+  label wins over a namesake elsewhere). Class names are the CSV's labels, sorted; rows whose video is
+  missing (normal for Kinetics) are left out, counted and listed in one warning;
 * a class-index file: ``index name`` lines (UCF101 ``classInd.txt``, 1-based) or one name per line
   (0-based, e.g. ``classes.txt``).
+
+A "video" anywhere here may be a folder of frames (``root/<class>/<folder>/img_00001.jpg`` in the
+folder-per-class layout: folders holding a file that ``frame_pattern`` names).
 
 Integer labels in lists are 0-based, except when the class-index file numbers its classes from 1
 (UCF101): then the lists are read 1-based too. ``label_base`` overrides that guess.
@@ -18,14 +30,19 @@ otherwise ``root`` is read as a folder per class.
 """
 from __future__ import annotations
 
+import csv
 import logging
+import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from flow_engine.video import VIDEO_EXTENSIONS, ListFileError, is_video_path, read_list_lines, split_list_line
+from flow_engine.video import (
+    DEFAULT_FRAME_PATTERN, VIDEO_EXTENSIONS, ListFileError, is_frame_name, is_video_path, read_list_lines,
+    split_list_line,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -34,6 +51,8 @@ CLASS_INDEX_NAMES = ("classInd.txt", "classes.txt", "class_index.txt", "labels.t
 # crafted label (99999999999) from allocating a class list of gigabytes. Larger sets need the file.
 MAX_CLASSES = 100_000
 _INTEGER = re.compile(r"-?[0-9]+")  # ASCII only: str.isdigit() accepts "²", which int() refuses
+KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
+MAX_LISTED_MISSING = 20  # missing Kinetics videos named in the warning (all are counted)
 
 
 class AnnotationError(ValueError):
@@ -42,10 +61,13 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled video: absolute ``path`` and 0-based class index ``label``."""
+    """One labelled video (or frame folder): absolute ``path``, 0-based class index ``label``, and
+    where it was listed (``source`` "file:line"; ``listed_frames``: a rawframe list's frame count)."""
 
     path: str
     label: int
+    listed_frames: int | None = field(default=None, compare=False)
+    source: str | None = field(default=None, compare=False)
 
 
 @dataclass(frozen=True)
@@ -61,6 +83,8 @@ class _Entry:
     path: str
     label: str | None  # the raw label token, None when the line has none
     source: str  # "file:line", for error messages
+    frames: int | None = None  # total_frames of a rawframe list line
+    missing: bool = False  # a Kinetics row whose video is not on disk
 
 
 def _int_label(token: str) -> int | None:
@@ -113,7 +137,9 @@ def read_class_index(path: str | os.PathLike) -> tuple[list[str], int]:
     return [numbered[i] for i in range(base, base + len(numbered))], base
 
 
-def _read_list(path: str | os.PathLike) -> list[_Entry]:
+def _read_list(path: str | os.PathLike, base_dir: Path, video_index: dict[Path, dict] | None = None) -> list[_Entry]:
+    """The entries of a list file in any of the module's list formats (``base_dir``: where a Kinetics
+    CSV's videos are looked for; ``video_index`` caches those folders' listings between lists)."""
     path = Path(path)
     if not path.is_file():
         raise AnnotationError(f"{path}: annotation list not found")
@@ -121,10 +147,107 @@ def _read_list(path: str | os.PathLike) -> list[_Entry]:
         lines = read_list_lines(path)
     except ListFileError as exc:
         raise AnnotationError(str(exc)) from None
-    entries = [_Entry(*split_list_line(line), f"{path}:{lineno}") for lineno, line in lines]
-    if not entries:
+    if not lines:
         raise AnnotationError(f"{path}: no videos listed")
+    if path.suffix.lower() == ".csv" or "youtube_id" in _csv_fields(lines[0][1]):
+        index = video_index if video_index is not None else {}
+        if base_dir not in index:
+            index[base_dir] = _index_videos(base_dir)
+        return _read_kinetics(path, lines, index[base_dir])
+    if _is_rawframe_line(lines[0][1]):
+        return [_rawframe_entry(path, lineno, line, lines[0][0]) for lineno, line in lines]
+    return [_Entry(*split_list_line(line), f"{path}:{lineno}") for lineno, line in lines]
+
+
+def _is_rawframe_line(line: str) -> bool:
+    """``frame_dir total_frames label``: three tokens, the last two integers, the first no video file."""
+    parts = line.split()
+    return len(parts) == 3 and not is_video_path(parts[0]) and all(_INTEGER.fullmatch(t) for t in parts[1:])
+
+
+def _rawframe_entry(path: Path, lineno: int, line: str, first: int) -> _Entry:
+    if not _is_rawframe_line(line):
+        raise AnnotationError(f"{path}:{lineno}: expected 'frame_dir total_frames label' like line {first} "
+                              f"(an mmaction2 rawframe list), got {line[:100]!r}")
+    folder, frames, label = line.split()
+    if _int_label(frames) < 0 or len(frames) > 12:
+        raise AnnotationError(f"{path}:{lineno}: total_frames {frames[:20]} is not a frame count")
+    return _Entry(folder, label, f"{path}:{lineno}", frames=int(frames))
+
+
+def _csv_fields(line: str) -> list[str]:
+    return [f.strip() for f in next(csv.reader([line]), [])]
+
+
+def _index_videos(root: Path) -> dict[str, list[Path]]:
+    """{file stem: [paths]} of every video file under ``root`` (one walk, however long the CSV)."""
+    index: dict[str, list[Path]] = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            if is_video_path(name):
+                index.setdefault(os.path.splitext(name)[0], []).append(Path(folder) / name)
+    return index
+
+
+def _seconds(text: str, where: str, column: str) -> int:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and 0 <= value < 1e9):
+        raise AnnotationError(f"{where}: {column} {text[:30]!r} is not a number of seconds")
+    return int(value)
+
+
+def _read_kinetics(path: Path, lines: list[tuple[int, str]], videos: dict[str, list[Path]]) -> list[_Entry]:
+    """Entries of a Kinetics CSV; rows whose video is not in ``videos`` come back with ``missing``."""
+    header_line, header_text = lines[0]
+    header = _csv_fields(header_text)
+    absent = [c for c in KINETICS_COLUMNS if c not in header]
+    if absent:
+        raise AnnotationError(f"{path}:{header_line}: a Kinetics CSV needs the columns {','.join(KINETICS_COLUMNS)}; "
+                              f"{', '.join(absent)} missing from the header {header_text[:120]!r}")
+    col = {c: header.index(c) for c in KINETICS_COLUMNS}
+    entries = []
+    for lineno, line in lines[1:]:
+        where = f"{path}:{lineno}"
+        row = _csv_fields(line)
+        if len(row) != len(header):
+            raise AnnotationError(f"{where}: {len(row)} fields where the header has {len(header)} "
+                                  '(a label that holds a comma must be quoted: "a, b")')
+        label, ytid = row[col["label"]], row[col["youtube_id"]]
+        if not label or not ytid:
+            raise AnnotationError(f"{where}: empty {'label' if not label else 'youtube_id'}")
+        start, end = (_seconds(row[col[c]], where, c) for c in ("time_start", "time_end"))
+        clip = f"{ytid}_{start:06d}_{end:06d}"
+        found = videos.get(clip) or videos.get(ytid) or []
+        # a namesake in the label's folder (the downloader's layout) wins over one elsewhere
+        chosen = sorted(found, key=lambda p: (p.parent.name not in (label, label.replace(" ", "_")), str(p)))
+        if chosen:
+            entries.append(_Entry(str(chosen[0]), label, where))
+        else:
+            entries.append(_Entry(f"{clip}.mp4", label, where, missing=True))
+    if not entries:
+        raise AnnotationError(f"{path}: no videos listed (only a header)")
     return entries
+
+
+def _drop_missing(entries: dict[str, list[_Entry]], lists: dict, bases: dict[str, Path]) -> dict[str, list[_Entry]]:
+    """Kinetics rows without a video left out, with ONE warning counting and naming them."""
+    missing = [e for es in entries.values() for e in es if e.missing]
+    if not missing:
+        return entries
+    total = sum(len(es) for es in entries.values())
+    named = ", ".join(f"{e.path} ({e.source})" for e in missing[:MAX_LISTED_MISSING])
+    more = f" and {len(missing) - MAX_LISTED_MISSING} more" if len(missing) > MAX_LISTED_MISSING else ""
+    where = ", ".join(sorted({str(b) for k, b in bases.items() if any(e.missing for e in entries[k])}))
+    logger.warning("%d of %d listed Kinetics videos are missing under %s (left out; normal for Kinetics): %s%s",
+                   len(missing), total, where, named, more)
+    kept = {k: [e for e in es if not e.missing] for k, es in entries.items()}
+    for k, es in kept.items():
+        if not es:
+            raise AnnotationError(f"{lists[k]}: none of its {len(entries[k])} videos is under {bases[k]}")
+    return kept
 
 
 def _resolve(entries: list[_Entry], base_dir: Path, classes: list[str], label_base: int) -> list[Sample]:
@@ -151,7 +274,7 @@ def _resolve(entries: list[_Entry], base_dir: Path, classes: list[str], label_ba
             raise AnnotationError(f"{e.source}: unknown class {e.label!r}")
         # realpath, not Path.resolve(): a symlink loop must reach the video reader (a named skip),
         # not raise RuntimeError here and end the run
-        samples.append(Sample(os.path.realpath(base_dir / e.path), label))
+        samples.append(Sample(os.path.realpath(base_dir / e.path), label, e.frames, e.source))
     return samples
 
 
@@ -176,19 +299,24 @@ def _classes_from_labels(entries: list[_Entry], label_base: int) -> list[str]:
     return sorted(set(tokens))
 
 
-def scan_folder(root: str | os.PathLike) -> tuple[list[Sample], list[str]]:
-    """Videos under ``root/<class>/`` (any depth below the class folder), and the sorted class names."""
+def scan_folder(root: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATTERN) -> tuple[list[Sample], list[str]]:
+    """Videos and frame folders (folders holding a file ``frame_pattern`` names) under ``root/<class>/``
+    (any depth below the class folder), and the sorted class names."""
     root = Path(root)
     if not root.is_dir():
         raise AnnotationError(f"{root}: data root is not a folder")
     classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
     samples = []
     for label, name in enumerate(classes):
-        for f in sorted((root / name).rglob("*")):
-            if f.is_file() and is_video_path(f):
-                samples.append(Sample(str(f.resolve()), label))
+        found = []
+        for folder, _, files in os.walk(root / name):
+            found += [Path(folder) / f for f in files if is_video_path(f) and (Path(folder) / f).is_file()]
+            if any(is_frame_name(f, frame_pattern) for f in files):
+                found.append(Path(folder))
+        samples += [Sample(str(f.resolve()), label) for f in sorted(found)]
     if not samples:
-        raise AnnotationError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) in class sub-folders")
+        raise AnnotationError(f"{root}: no videos ({', '.join(VIDEO_EXTENSIONS)}) or frame folders ({frame_pattern}) "
+                              "in class sub-folders")
     return samples, classes
 
 
@@ -268,6 +396,7 @@ def load_splits(
     test_fraction: float = 0.2,
     seed: int = 0,
     strict: bool = False,
+    frame_pattern: str = DEFAULT_FRAME_PATTERN,
 ) -> Splits:
     """Train/val/test samples and class names from a class-per-folder ``root`` or annotation lists
 (``root/{train,val,test}.txt`` when no list is given and ``root/train.txt`` exists).
@@ -276,7 +405,8 @@ def load_splits(
     from the training list or folder first, then val (``val_fraction`` of all) from what remains.
     A class-index file is looked for next to the training list and in ``root`` when not given.
     A video listed twice in a list, or found in more than one split, is a warning with a count and
-    examples (an :class:`AnnotationError` with ``strict``).
+    examples (an :class:`AnnotationError` with ``strict``). ``frame_pattern`` names the frames of
+    frame folders in a folder-per-class ``root``.
     """
     if train_list is None and val_list is None and test_list is None and root is not None:
         lists = {k: Path(root) / f"{k}.txt" for k in ("train", "val", "test")}
@@ -290,11 +420,13 @@ def load_splits(
             raise AnnotationError("data.val_list / data.test_list given without data.train_list")
         if root is None:
             raise AnnotationError("give data.root (a folder per class) or data.train_list")
-        samples, classes = scan_folder(root)
+        samples, classes = scan_folder(root, frame_pattern)
         given_val, given_test = None, None
     else:
-        lists = {"train": train_list, "val": val_list, "test": test_list}
-        entries = {k: _read_list(v) for k, v in lists.items() if v is not None}
+        lists = {k: v for k, v in {"train": train_list, "val": val_list, "test": test_list}.items() if v is not None}
+        bases = {k: Path(root) if root is not None else Path(v).parent for k, v in lists.items()}
+        video_index: dict[Path, dict] = {}
+        entries = {k: _read_list(v, bases[k], video_index) for k, v in lists.items()}
         if class_index is None:
             class_index = find_class_index(Path(train_list).parent, root)
             if class_index is not None:
@@ -305,10 +437,9 @@ def load_splits(
         else:
             base = 0 if label_base is None else label_base
             classes = _classes_from_labels([e for es in entries.values() for e in es], base)
-        resolved = {
-            k: _resolve(entries[k], Path(root) if root is not None else Path(lists[k]).parent, classes, base)
-            for k in entries
-        }
+        # classes come from every row above, missing videos' too: indices do not depend on what was downloaded
+        entries = _drop_missing(entries, lists, bases)
+        resolved = {k: _resolve(entries[k], bases[k], classes, base) for k in entries}
         for k in entries:
             _check_duplicates(entries[k], resolved[k], classes, strict)
         samples = resolved["train"]

@@ -25,7 +25,7 @@ import torch
 from actionflow.annotations import Sample
 from flow_engine.engine import FlowEngineError, resolve_device
 from flow_engine.pwcnet import WeightsError, load_weights_only
-from flow_engine.video import VideoError, decode_size, iter_frames, probe
+from flow_engine.video import DEFAULT_FRAME_PATTERN, VideoError, decode_size, frame_pattern_arg, iter_frames, probe
 
 log = logging.getLogger(__name__)
 
@@ -78,11 +78,13 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
 
 
-def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None) -> dict[str, torch.Tensor]:
-    """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling)."""
+def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None,
+             frame_pattern: str = DEFAULT_FRAME_PATTERN) -> dict[str, torch.Tensor]:
+    """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling); a frame
+    folder's frames are the files ``frame_pattern`` names."""
     from actionflow.data import Clip, VideoClips, collate
 
-    info = probe(video)
+    info = probe(video, frame_pattern)
     if info.num_frames < 2 and model.hparams.mode != "rgb":
         log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
                     "fused ones rest on appearance alone", video)
@@ -99,6 +101,7 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
         test_clips=int(clips or h.get("test_clips", 5)),
         crop_size=(crop, crop) if isinstance(crop, int) else tuple(crop),
         strict=True,
+        frame_pattern=frame_pattern,
     )
     batch = collate([dataset[0]])
     batch = {k: v.to(model.device) if torch.is_tensor(v) else [t.to(model.device) for t in v] for k, v in batch.items()}
@@ -116,24 +119,29 @@ def topk(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
     return [{"label": names[i], "prob": round(float(p), 6)} for p, i in zip(values.tolist(), indices.tolist())]
 
 
-def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str | Path, chunk: int = 32) -> int:
+def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str | Path, chunk: int = 32,
+                     frame_pattern: str = DEFAULT_FRAME_PATTERN) -> int:
     """The whole video's flow (model's engine, at ``size``) colour-coded into an MP4; returns frames written."""
     from flow_engine.viz import flow_to_color_torch, write_video
 
-    flows = [f.half().cpu() for f in model.flow_engine.stream(iter_frames(video, chunk, size), chunk)]
+    frames = iter_frames(video, chunk, size, frame_pattern)
+    flows = [f.half().cpu() for f in model.flow_engine.stream(frames, chunk)]
     if not flows:
         log.warning("%s has a single frame: no flow video written", video)
         return 0
     flow = torch.cat(flows).float()
     max_flow = float(flow.norm(dim=1).max().clamp_min(1e-3))  # one normaliser for the whole clip: steady colours
     colours = flow_to_color_torch(flow, max_flow=max_flow).permute(0, 2, 3, 1).numpy()
-    fps = probe(video).fps or 25.0
+    fps = probe(video, frame_pattern).fps or 25.0
     write_video(list(colours), out, fps=fps)
     return len(colours)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("video", type=Path, help="video file (any format and resolution decord reads)")
+    parser.add_argument("video", type=Path, help="video file (any format and resolution decord reads) or frame folder")
+    parser.add_argument("--frame-pattern", type=frame_pattern_arg, default=None, metavar="PATTERN",
+                        help="file names of a frame folder's frames (default: the training config's data.frame_pattern, "
+                             "else img_{:05d}.jpg)")
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py")
     parser.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
@@ -155,10 +163,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     names = model.hparams.class_names
     try:
-        probs = classify(model, data_hparams, args.video, args.clips)
+        pattern = args.frame_pattern or data_hparams.get("frame_pattern") or DEFAULT_FRAME_PATTERN  # as in training
+        probs = classify(model, data_hparams, args.video, args.clips, pattern)
         if args.flow_video is not None:
-            info = probe(args.video)
-            write_flow_video(model, args.video, decode_size(info.height, info.width, _size_setting(data_hparams)), args.flow_video)
+            info = probe(args.video, pattern)
+            size = decode_size(info.height, info.width, _size_setting(data_hparams))
+            write_flow_video(model, args.video, size, args.flow_video, frame_pattern=pattern)
     except VideoError as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 1

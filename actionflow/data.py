@@ -12,12 +12,13 @@ Each item is one video as a dict of tensors (S = num_segments, times test_clips 
 * ``label``, ``index``: int64.
 
 Frames are decoded at ``size``: (H, W) for every video, or an int, the short side, each video
-keeping its aspect ratio (portrait, landscape and square videos mix in one dataset). Training
-picks a random multi-scale box (TSN's scale jitter: each side a fraction in ``scales`` of the
-largest box with the crop's aspect ratio, at a random place), validation and test the centre box
-at the middle training scale (``EVAL_SCALE``); the box is resized to ``crop_size`` and (training)
-flipped, identically for every frame and flow of the item (:func:`crop_box`: a flip negates the x
-flow channels, a resize scales flow by its factor).
+keeping its aspect ratio (portrait, landscape and square videos mix in one dataset); an item may
+also be a folder of ``frame_pattern`` images (see ``flow_engine.video``), read the same way.
+Training picks a random multi-scale box (TSN's scale jitter: each side a fraction in ``scales`` of
+the largest box with the crop's aspect ratio, at a random place), validation and test the centre
+box at the middle training scale (``EVAL_SCALE``); the box is resized to ``crop_size`` and
+(training) flipped, identically for every frame and flow of the item (:func:`crop_box`: a flip
+negates the x flow channels, a resize scales flow by its factor).
 
 One flow function: the temporal input is always the flow of the decoded frames, bounded at
 ±``flow_bound``, then cropped like the RGB frames. The cache stores exactly that (quantised);
@@ -47,7 +48,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from actionflow.annotations import Sample, load_splits
 from actionflow.model import MODES
 from actionflow.sampling import snippet_frames, snippet_starts
-from flow_engine.video import VideoError, decode_size, probe, read_frames
+from flow_engine.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -133,6 +134,7 @@ class VideoClips(Dataset):
         flip: bool = True,
         cache=None,
         strict: bool = False,
+        frame_pattern: str = DEFAULT_FRAME_PATTERN,
     ):
         self.clips = clips
         self.phase = phase
@@ -146,6 +148,7 @@ class VideoClips(Dataset):
         self.flip = flip
         self.cache = cache
         self.strict = strict
+        self.frame_pattern = frame_pattern
         self.needs_rgb = mode in ("rgb", "two_stream")
         self.needs_flow = mode in ("flow", "two_stream")
         # RGB-only snippets are one frame; with flow, L+1 frames so that the L flows fit.
@@ -179,12 +182,12 @@ class VideoClips(Dataset):
         box, flip = self._box(size, rng)
         if self.needs_flow and self.flow_source == "online":
             idx = snippet_frames(starts, self.span, n)  # [S, L+1]
-            frames = read_frames(path, idx.reshape(-1), size)
+            frames = read_frames(path, idx.reshape(-1), size, self.frame_pattern)
             frames = torch.from_numpy(frames).view(*idx.shape, *frames.shape[1:]).permute(0, 1, 4, 2, 3)
             return {"frames": frames, "box": torch.tensor(box), "flip": torch.tensor(flip)}
         item: dict[str, torch.Tensor] = {}
         if self.needs_rgb:
-            rgb = torch.from_numpy(read_frames(path, starts, size)).permute(0, 3, 1, 2)
+            rgb = torch.from_numpy(read_frames(path, starts, size, self.frame_pattern)).permute(0, 3, 1, 2)
             item["rgb"] = crop_box(rgb, box, flip, self.crop_size)
         if cached is not None:
             flow_idx = snippet_frames(starts, self.flow_length, max(cached.num_flows, 1)) % cached.num_flows
@@ -248,8 +251,14 @@ def _read_cached_flows(cached, flow_idx: np.ndarray, path: str, size: tuple[int,
             flow = block[torch.as_tensor(flow_idx - lo)].flatten(1, 2)
     except (CacheError, OSError, ValueError) as exc:
         raise BadVideo(f"cached flow unreadable ({exc})") from None
-    if tuple(flow.shape[-2:]) != tuple(size):  # FlowCache.open checks the size: only a replaced file gets here
-        raise BadVideo(f"cached flow is {flow.shape[-2]}x{flow.shape[-1]}, the video decodes at {size[0]}x{size[1]}")
+    if tuple(flow.shape[-2:]) != tuple(size):
+        if "import" not in cached.header:  # FlowCache.open checks computed entries' size: only a replaced file gets here
+            raise BadVideo(f"cached flow is {flow.shape[-2]}x{flow.shape[-1]}, the video decodes at {size[0]}x{size[1]}")
+        # imported flow (TSN/denseflow) keeps its own size: brought to the decode size, displacements with it
+        sy, sx = size[0] / flow.shape[-2], size[1] / flow.shape[-1]
+        flow = _crop_resize(flow.float(), size)
+        flow[:, 0::2] *= sx
+        flow[:, 1::2] *= sy
     return flow.float()
 
 
@@ -305,7 +314,15 @@ class ActionDataModule(pl.LightningDataModule):
         flip: random horizontal flips (training; the x flow is negated).
         batch_size: videos per batch.
         num_workers: DataLoader worker processes.
-        strict: bad videos, and videos listed twice or in two splits, raise instead of being skipped / warned about.
+        strict: bad videos, videos listed twice or in two splits, and frame folders holding fewer frames than
+            their rawframe list says raise instead of being skipped / warned about.
+        frame_pattern: file names of the frames of a frame folder (a dataset item that is a folder):
+            ``img_{:05d}.jpg`` (mmaction2/denseflow), ``{:05d}.jpg``, ``frame_{:06d}.png``... numbered from
+            0 or 1, or a glob such as ``*.png`` (name order). Other files in the folder are ignored.
+        imported_flow: the flow engine that flow imported into ``cache_dir`` (``python -m actionflow cache
+            import``, engine unknown) stands for, e.g. ``tvl1``; it must equal ``flow_model``, and then
+            imported entries are served (at any size and bound: flow is resized and rescaled to ``size``).
+            None: imported entries are refused like any other engine's.
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
@@ -343,6 +360,8 @@ class ActionDataModule(pl.LightningDataModule):
         num_workers: int = 2,
         strict: bool = False,
         demo: bool | dict = False,
+        frame_pattern: str = DEFAULT_FRAME_PATTERN,
+        imported_flow: str | None = None,
     ):
         super().__init__()
         self.save_hyperparameters()
@@ -372,6 +391,13 @@ class ActionDataModule(pl.LightningDataModule):
                           ("test_list", test_list), ("class_index", class_index)):
             if path is not None and not os.path.exists(path):
                 raise DataConfigError(f"data.{key}: {path} does not exist")
+        try:
+            check_frame_pattern(frame_pattern)
+        except ValueError as exc:
+            raise DataConfigError(f"data.frame_pattern: {exc}") from None
+        if imported_flow is not None and imported_flow != flow_model:
+            raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_model is {flow_model!r}: "
+                                  "imported flow stands in only for the engine that fills the rest of the cache")
         self.size = _pair(size, "size", short_side=True)
         if crop_size is None and isinstance(self.size, int):
             raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")
@@ -381,7 +407,7 @@ class ActionDataModule(pl.LightningDataModule):
         if not (np.isfinite(flow_bound) and flow_bound > 0):
             raise DataConfigError(f"data.flow_bound must be a positive number of pixels, got {flow_bound}")
         self.splits = load_splits(root, train_list, val_list, test_list, class_index, label_base,
-                                  val_fraction, test_fraction, split_seed, strict)
+                                  val_fraction, test_fraction, split_seed, strict, frame_pattern)
         self.clips: dict[str, list[Clip]] = {}
         self.skipped: list[str] = []  # "path: reason" of videos left out at setup
         self._engine = None
@@ -407,7 +433,7 @@ class ActionDataModule(pl.LightningDataModule):
 
         h = self.hparams  # the cache is keyed by the engine's identity: nothing is built to read it
         identity = engine_identity(h.flow_model, h.flow_weights, h.flow_updates)
-        return FlowCache(h.cache_dir, identity, size=self.size, bound=h.flow_bound)
+        return FlowCache(h.cache_dir, identity, size=self.size, bound=h.flow_bound, accept_imported=h.imported_flow is not None)
 
     def flow_engine(self):
         """The ``FlowEngine`` whose flow is cached (built once, on first use)."""
@@ -446,7 +472,8 @@ class ActionDataModule(pl.LightningDataModule):
         engine = self.flow_engine()
         cache.root.mkdir(parents=True, exist_ok=True)
         logger.info("computing flow of %d video(s) missing from %s with %s", len(missing), cache.root, engine.name)
-        summary = precompute([Path(p) for p in missing], cache, engine, workers=2)
+        summary = precompute([Path(p) for p in missing], cache, engine, workers=2,
+                             frame_pattern=self.hparams.frame_pattern)
         for path, reason in summary.failed:  # setup() then skips these as uncached
             if self.hparams.strict:
                 raise BadVideo(f"{path}: no flow ({reason})")
@@ -461,7 +488,7 @@ class ActionDataModule(pl.LightningDataModule):
 
         def check(path: str) -> str | tuple[int, tuple[int, int]]:
             try:
-                info = probe(path)
+                info = probe(path, self.hparams.frame_pattern)
             except VideoError as exc:
                 return exc.reason
             if info.num_frames < min_frames:
@@ -478,6 +505,7 @@ class ActionDataModule(pl.LightningDataModule):
         for path, reason in bad.items():
             logger.warning("skipping bad video %s: %s", path, reason)
         self.skipped = [f"{p}: {r}" for p, r in bad.items()]
+        self._check_listed_frames(all_samples, result)
         for name, split in (("train", self.splits.train), ("val", self.splits.val), ("test", self.splits.test)):
             self.clips[name] = [Clip(s, *result[s.path]) for s in split if s.path not in bad]
         small = [p for p, r in result.items() if not isinstance(r, str) and min(
@@ -491,11 +519,24 @@ class ActionDataModule(pl.LightningDataModule):
         if not self.clips["train"]:
             raise BadVideo("no usable training videos left")
 
+    def _check_listed_frames(self, samples: dict[str, Sample], frames: dict[str, str | int]) -> None:
+        """One warning (an error under data.strict) for frame folders holding fewer frames than their
+        rawframe list line says; they are used with the frames they have."""
+        short = [f"{p} has {frames[p]} ({s.source} says {s.listed_frames})" for p, s in samples.items()
+                 if s.listed_frames is not None and isinstance(frames[p], int) and frames[p] < s.listed_frames]
+        if not short:
+            return
+        problem = (f"{len(short)} frame folder(s) hold fewer frames than their list says (the frames there are used): "
+                   + "; ".join(short[:10]) + (f" and {len(short) - 10} more" if len(short) > 10 else ""))
+        if self.hparams.strict:
+            raise BadVideo(problem + " (data.strict is true)")
+        logger.warning("%s", problem)
+
     def dataset(self, phase: str) -> VideoClips:
         h = self.hparams
         return VideoClips(
             self.clips[phase], phase, h.mode, h.flow_source, h.num_segments, h.flow_length, h.test_clips,
-            self.crop_size, h.scales, h.flip, self.cache, h.strict,
+            self.crop_size, h.scales, h.flip, self.cache, h.strict, h.frame_pattern,
         )
 
     def _loader(self, phase: str) -> DataLoader:

@@ -2,6 +2,8 @@
 
 ``python -m actionflow precompute --videos DIR|LIST --cache DIR [--engine pwcnet] [--size 340x256] ...``
 
+Videos may be frame folders (``--frame-pattern``, default ``img_{:05d}.jpg``): see ``flow_engine.video``.
+
 Pipeline: decord decodes chunks of frames, resized on decode to ``--size``, in background
 threads (``--decoders`` videos at once: the one in the engine and the next); the engine
 computes flow for ``--batch`` consecutive pairs at a time on its device (a classical OpenCV
@@ -55,7 +57,9 @@ from actionflow.flow_cache import (
 )
 from flow_engine.engine import LEARNED_MODELS, MODELS
 from flow_engine.estimate import parse_size as _parse_wxh
-from flow_engine.video import ListFileError, VideoError, iter_frames, list_videos
+from flow_engine.video import (
+    DEFAULT_FRAME_PATTERN, ListFileError, VideoError, frame_pattern_arg, iter_frames, list_videos,
+)
 
 log = logging.getLogger(__name__)
 
@@ -195,11 +199,13 @@ def write_video_entry(
     max_pending: int = 8,
     frames: Prefetch | None = None,
     header: dict | None = None,
+    frame_pattern: str = DEFAULT_FRAME_PATTERN,
 ) -> CacheWriter:
     """Compute and write ``video``'s entry (no locking: the caller holds the video's lock).
 
     ``frames``: the video's decoded chunks when the caller started decoding already (else
-    decoded here); ``header``: ``cache.header_for(video)`` taken before decoding began.
+    decoded here; a frame folder's frames are the files ``frame_pattern`` names); ``header``:
+    ``cache.header_for(video)`` taken before decoding began.
     Returns the committed writer (``.path``, ``.num_flows``, ``.bytes_written``). Raises
     VideoError for unreadable videos and videos with fewer than two frames; nothing is left
     behind on any error.
@@ -211,7 +217,7 @@ def write_video_entry(
         header = _header(cache, video)
     h, w = header["height"], header["width"]  # the video's own size in a short-side cache
     if frames is None:
-        frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w)))
+        frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w), frame_pattern=frame_pattern))
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
     pending: deque[tuple[Future, np.ndarray]] = deque()
@@ -268,6 +274,7 @@ def precompute_video(
     batch: int = 32,
     pool: Executor | None = None,
     verify: bool = False,
+    frame_pattern: str = DEFAULT_FRAME_PATTERN,
 ) -> Path:
     """Make sure ``video`` has a valid entry in ``cache`` and return its path.
 
@@ -287,7 +294,7 @@ def precompute_video(
         if path is not None:
             return path
         cache.remove_temp_files(video)
-        return write_video_entry(video, cache, engine, batch=batch, pool=pool).path
+        return write_video_entry(video, cache, engine, batch=batch, pool=pool, frame_pattern=frame_pattern).path
 
 
 # ---------------------------------------------------------------------------- many videos
@@ -325,8 +332,10 @@ def precompute(
     decoders: int = 2,
     verify: bool = True,
     progress: bool = True,
+    frame_pattern: str = DEFAULT_FRAME_PATTERN,
 ) -> Summary:
     """Cache every video of ``videos`` (see module doc); failures are recorded, never raised.
+    Frame folders among them are read as ``frame_pattern`` names their frames.
 
     ``decoders`` videos are decoded at once (the one in the engine and the next ones), so a
     new video's first frames are ready when the previous one ends. Videos locked by another
@@ -379,8 +388,8 @@ def precompute(
             fail(video, exc.reason)
             return True
         cache.remove_temp_files(video)
-        frames = Prefetch(iter_frames(video, chunk=batch, size=(header["height"], header["width"])))
-        ahead.append(_Claim(video, lock, header, frames))
+        frames = iter_frames(video, chunk=batch, size=(header["height"], header["width"]), frame_pattern=frame_pattern)
+        ahead.append(_Claim(video, lock, header, Prefetch(frames)))
         return True
 
     def compute(c: _Claim) -> None:
@@ -452,7 +461,10 @@ def print_summary(summary: Summary, out=None) -> None:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--videos", required=True, type=Path, help="folder of videos (recursive) or a list file (path [label] per line)")
+    parser.add_argument("--videos", required=True, type=Path,
+                        help="folder of videos and frame folders (recursive), one frame folder, or a list file (path [label] per line)")
+    parser.add_argument("--frame-pattern", type=frame_pattern_arg, default=DEFAULT_FRAME_PATTERN, metavar="PATTERN",
+                        help="file names of a frame folder's frames (default img_{:05d}.jpg; e.g. {:05d}.jpg, frame_{:06d}.png, *.png)")
     parser.add_argument("--cache", required=True, type=Path, help="cache folder (one per engine/size/bound)")
     parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
     parser.add_argument("--weights", default=None, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
@@ -490,7 +502,7 @@ def run(args: argparse.Namespace, engine=None) -> int:
     """Run the precompute command; ``engine`` replaces the one the arguments name (tests)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        videos = list_videos(args.videos)
+        videos = list_videos(args.videos, args.frame_pattern)
     except (FileNotFoundError, OSError, ListFileError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
@@ -520,6 +532,6 @@ def run(args: argparse.Namespace, engine=None) -> int:
              index, count, len(mine), len(videos), getattr(engine, "name", "?"), getattr(engine, "device", "?"),
              size, cache.bound, cache.codec, cache.root)
     summary = precompute(mine, cache, engine, batch=args.batch, workers=args.workers, decoders=args.decoders,
-                         verify=args.verify, progress=not args.no_progress)
+                         verify=args.verify, progress=not args.no_progress, frame_pattern=args.frame_pattern)
     print_summary(summary)
     return 1 if summary.failed else 0

@@ -3,6 +3,7 @@
     python -m flow_engine estimate frame1.png frame2.png -o flow.flo      # .flo, or .png = KITTI 16-bit
     python -m flow_engine estimate --video clip.mp4 -o out/ --flo --png --mp4 out/flow.mp4
     python -m flow_engine estimate --frames frames/ -o out/ --png --batch 16 --size 512x256
+    python -m flow_engine estimate --video rawframes/v_001/ -o out/ --flo     # frame folder img_00001.jpg...
 
 Sequences give the flow from each frame to the next: ``out/NAME.flo`` / ``out/NAME.png``
 (colour-coded) where NAME is the first frame's file stem (``--frames``) or its 0-based index
@@ -23,13 +24,12 @@ import torch
 from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
 from flow_engine.io import FlowFileError, read_image, write_flow, write_image
 from flow_engine.pwcnet import FlowInputError, WeightsError
-from flow_engine.video import VideoError, iter_frames, probe, resize_frames
+from flow_engine.video import (
+    DEFAULT_FRAME_PATTERN, VideoError, frame_files, frame_pattern_arg, iter_frames, probe, resize_frames,
+)
 from flow_engine.viz import flow_to_color, write_video
 
 log = logging.getLogger(__name__)
-
-IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".ppm", ".pgm", ".bmp", ".tif", ".tiff", ".webp"}
-
 
 class EstimateError(ValueError):
     """Input the estimate command cannot use (names the file and the problem)."""
@@ -49,8 +49,13 @@ def parse_size(text: str) -> tuple[int, int]:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("pair", nargs="*", type=Path, metavar="FRAME", help="two frames: FRAME1 FRAME2 (with -o FILE.flo|.png)")
     src = parser.add_mutually_exclusive_group()
-    src.add_argument("--video", type=Path, metavar="FILE", help="flow between consecutive frames of this video")
-    src.add_argument("--frames", type=Path, metavar="DIR", help="flow between consecutive images of this folder (name order)")
+    src.add_argument("--video", type=Path, metavar="FILE", help="flow between consecutive frames of this video "
+                     "(or frame folder: frames img_00001.jpg... or as --frame-pattern says)")
+    src.add_argument("--frames", type=Path, metavar="DIR", help="flow between consecutive images of this folder "
+                     "(name order, or as --frame-pattern says)")
+    parser.add_argument("--frame-pattern", type=frame_pattern_arg, metavar="PATTERN",
+                        help="frame file names of a folder: img_{:05d}.jpg (--video's default), {:05d}.jpg, "
+                             "frame_{:06d}.png, or a glob such as *.png (--frames' default: every image, name order)")
     parser.add_argument("-o", "--out", type=Path, required=True, help="output .flo/.png file (pair) or folder (sequence)")
     parser.add_argument("--flo", action="store_true", help="sequence: write OUT/NAME.flo")
     parser.add_argument("--png", action="store_true", help="sequence: write colour-coded OUT/NAME.png")
@@ -128,10 +133,13 @@ def _run_pair(engine: FlowEngine, args: argparse.Namespace) -> int:
 
 
 # --- sequences -------------------------------------------------------------------------------------
-def _video_source(path: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None):
-    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of a video (flow_engine.video)."""
+def _sequence(path: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None, pattern: str,
+              frame_names: bool):
+    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of a video or frame folder (flow_engine.video).
+    Names are the frames' file stems with ``frame_names``, else 0-based indices (``000000``...)."""
     try:
-        info = probe(path)
+        info = probe(path, pattern)
+        names = [f.stem for f in frame_files(path, pattern)] if frame_names else None
     except VideoError as e:
         raise EstimateError(str(e)) from None
     n = info.num_frames if max_frames is None else min(info.num_frames, max_frames)
@@ -141,7 +149,7 @@ def _video_source(path: Path, chunk: int, size: tuple[int, int] | None, max_fram
     def chunks() -> Iterator[np.ndarray]:
         seen = 0
         try:
-            for frames in iter_frames(path, chunk, size):
+            for frames in iter_frames(path, chunk, size, pattern):
                 yield frames[: n - seen]
                 seen += len(frames)
                 if seen >= n:
@@ -149,43 +157,20 @@ def _video_source(path: Path, chunk: int, size: tuple[int, int] | None, max_fram
         except VideoError as e:
             raise EstimateError(str(e)) from None
 
-    return [f"{i:06d}" for i in range(n)], info.fps or 30.0, chunks()
-
-
-def _frames_source(folder: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None):
-    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of the images of ``folder`` in name order."""
-    if not folder.is_dir():
-        raise EstimateError(f"{folder}: no such folder")
-    files = sorted(p for p in folder.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
-    if max_frames is not None:
-        files = files[:max_frames]
-    if len(files) < 2:
-        raise EstimateError(f"{folder}: {len(files)} image(s) found; need at least 2")
-
-    def chunks() -> Iterator[np.ndarray]:
-        first_shape = None
-        for s in range(0, len(files), chunk):
-            imgs = []
-            for f in files[s : s + chunk]:
-                img = _resize(read_image(f), size)
-                if first_shape is None:
-                    first_shape = img.shape
-                elif img.shape != first_shape:
-                    raise EstimateError(f"{f}: size {img.shape[1]}x{img.shape[0]} differs from the first frame's "
-                                        f"{first_shape[1]}x{first_shape[0]} (use --size)")
-                imgs.append(img)
-            yield np.stack(imgs)
-
-    return [f.stem for f in files], 30.0, chunks()
+    return (names or [f"{i:06d}" for i in range(n)])[:n], info.fps or 30.0, chunks()
 
 
 def _run_sequence(engine: FlowEngine, args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     if args.video is not None:
-        names, fps, chunks = _video_source(args.video, args.batch, args.size, args.max_frames)
+        pattern = args.frame_pattern or DEFAULT_FRAME_PATTERN
+        names, fps, chunks = _sequence(args.video, args.batch, args.size, args.max_frames, pattern, False)
     else:
-        names, fps, chunks = _frames_source(args.frames, args.batch, args.size, args.max_frames)
+        if not args.frames.is_dir():
+            raise EstimateError(f"{args.frames}: no such folder")
+        names, fps, chunks = _sequence(args.frames, args.batch, args.size, args.max_frames,
+                                       args.frame_pattern or "*", True)
     if args.flo or args.png:
         args.out.mkdir(parents=True, exist_ok=True)
     if args.mp4 is not None:

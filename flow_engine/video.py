@@ -1,6 +1,17 @@
 """Video decoding with decord, with every failure turned into one clear ``VideoError``, and the
 lists that name videos.
 
+A "video" may also be a folder of frames (the mmaction2/denseflow ``rawframes`` layout):
+:func:`probe`, :func:`read_frames` and :func:`iter_frames` read it when given a folder, so every
+caller (precompute, the data module, classify, estimate) handles both the same way. Its frames
+are the files named by ``frame_pattern``: a numbered pattern with one integer field
+(default ``img_{:05d}.jpg``; also ``{:05d}.jpg``, ``frame_{:06d}.png``...), numbered
+consecutively from 0 or 1, or a glob without a field (``*``, ``*.png``: the images matching it,
+in name order). Files the pattern does not name (``x_00001.jpg`` flow, ``notes.txt``) are
+ignored; a missing frame (a gap in the numbers), a frame that does not decode, or frames of
+different sizes are a ``VideoError`` naming the frame. Frames are read with OpenCV and resized
+like video frames (:func:`resize_frames`).
+
 decord keeps decoder state (and, on long videos, memory) alive for as long as a
 ``VideoReader`` lives, and seeking far back and forth on variable-frame-rate files is
 slow and occasionally inexact. So readers here are short-lived (one per call), frame
@@ -12,8 +23,12 @@ what decord mis-sizes.
 """
 from __future__ import annotations
 
+import fnmatch
+import functools
 import os
+import re
 import stat
+import string
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -21,6 +36,8 @@ from pathlib import Path
 import numpy as np
 
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
+DEFAULT_FRAME_PATTERN = "img_{:05d}.jpg"  # mmaction2 / denseflow rawframes
 MAX_LIST_BYTES = 256 << 20  # a list file larger than this is not a list of videos
 
 
@@ -74,13 +91,18 @@ def split_list_line(line: str) -> tuple[str, str | None]:
     return line, None
 
 
-def list_videos(spec: str | os.PathLike) -> list[Path]:
+def list_videos(spec: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATTERN) -> list[Path]:
     """Videos named by ``spec``, sorted and unique: a folder (searched recursively for
-    :data:`VIDEO_EXTENSIONS`), a single video file, or a text list with one path per line,
-    optionally followed by a label (paths relative to the list's folder)."""
+    :data:`VIDEO_EXTENSIONS` and for frame folders: folders holding a file ``frame_pattern`` names),
+    a single video file, or a text list with one path per line, optionally followed by a label
+    (paths relative to the list's folder)."""
     spec = Path(spec)
     if spec.is_dir():
-        found = [p for p in spec.rglob("*") if is_video_path(p) and p.is_file()]
+        found = []
+        for folder, _, files in os.walk(spec):
+            found += [Path(folder) / f for f in files if is_video_path(f) and (Path(folder) / f).is_file()]
+            if any(is_frame_name(f, frame_pattern) for f in files):
+                found.append(Path(folder))
     elif spec.is_file() and is_video_path(spec):
         found = [spec]
     elif spec.is_file():
@@ -158,8 +180,11 @@ def _short(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def probe(path: str | os.PathLike) -> VideoInfo:
-    """Frame count, frame rate and size of a video, without decoding it."""
+def probe(path: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATTERN) -> VideoInfo:
+    """Frame count, frame rate and size of a video, without decoding it. A frame folder's
+    first and last frames are decoded (their sizes must agree); its frame rate is 0.0 (unknown)."""
+    if os.path.isdir(path):
+        return _probe_folder(path, frame_pattern)
     reader = _open(path)
     h, w = _frame_shape(reader, path)
     return VideoInfo(os.fspath(path), len(reader), float(reader.get_avg_fps() or 0.0), h, w)
@@ -190,11 +215,15 @@ def read_frames(
     path: str | os.PathLike,
     indices: Sequence[int] | np.ndarray | None = None,
     size: tuple[int, int] | None = None,
+    frame_pattern: str = DEFAULT_FRAME_PATTERN,
 ) -> np.ndarray:
     """Frames ``indices`` (all when None) as uint8 RGB ``[T,H,W,3]``, resized to ``size`` = (H, W) on decode.
 
     Indices may repeat and come in any order; they must lie in ``[0, num_frames)``.
+    ``path`` may be a frame folder (frames named by ``frame_pattern``).
     """
+    if os.path.isdir(path):
+        return _read_folder(path, indices, size, frame_pattern)
     try:
         return _read_frames(path, indices, size)
     except VideoError as exc:
@@ -242,15 +271,19 @@ def _pyav_chunks(path: str | os.PathLike, chunk: int, size: tuple[int, int] | No
         yield resize_frames(np.stack(buf), size) if size else np.stack(buf)
 
 
-def _read_frames(path, indices, size) -> np.ndarray:
-    reader = _open(path, size)
-    n = len(reader)
+def _unique_indices(path, indices, n: int, what: str = "video") -> tuple[np.ndarray, np.ndarray]:
+    """(ascending unique indices, inverse) of ``indices`` (all ``n`` when None), checked to lie in ``[0, n)``."""
     idx = np.arange(n) if indices is None else np.asarray(indices, dtype=np.int64).reshape(-1)
     if idx.size == 0:
         raise VideoError(path, "no frame indices asked for")
     if idx.min() < 0 or idx.max() >= n:
-        raise VideoError(path, f"frame index out of range: asked for {idx.min()}..{idx.max()}, video has {n} frames")
-    unique, inverse = np.unique(idx, return_inverse=True)
+        raise VideoError(path, f"frame index out of range: asked for {idx.min()}..{idx.max()}, {what} has {n} frames")
+    return np.unique(idx, return_inverse=True)
+
+
+def _read_frames(path, indices, size) -> np.ndarray:
+    reader = _open(path, size)
+    unique, inverse = _unique_indices(path, indices, len(reader))
     try:
         frames = reader.get_batch(unique.tolist()).asnumpy()
     except Exception as exc:
@@ -261,13 +294,18 @@ def _read_frames(path, indices, size) -> np.ndarray:
 
 
 def iter_frames(
-    path: str | os.PathLike, chunk: int = 64, size: tuple[int, int] | None = None
+    path: str | os.PathLike, chunk: int = 64, size: tuple[int, int] | None = None,
+    frame_pattern: str = DEFAULT_FRAME_PATTERN,
 ) -> Iterator[np.ndarray]:
     """Decode a whole video in order, ``chunk`` frames at a time, as uint8 RGB ``[t,H,W,3]`` arrays.
 
     Sequential decoding (no seeking), so memory stays bounded by one chunk however long the video.
-    A file that stops decoding part-way raises VideoError naming the frame.
+    A file that stops decoding part-way raises VideoError naming the frame. ``path`` may be a
+    frame folder (frames named by ``frame_pattern``).
     """
+    if os.path.isdir(path):
+        yield from _iter_folder(path, chunk, size, frame_pattern)
+        return
     try:
         yield from _iter_frames(path, chunk, size)
         return
@@ -289,3 +327,173 @@ def _iter_frames(path, chunk, size) -> Iterator[np.ndarray]:
                 raise VideoError(path, f"decoding failed at frames {start}..{stop - 1} ({_short(exc)})") from None
     finally:
         del reader
+
+
+# ----------------------------------------------------------------------------- frame folders
+
+
+def check_frame_pattern(pattern: str) -> str:
+    """``pattern`` when it names frames: a file name with one integer field (``img_{:05d}.jpg``)
+    or a glob without a field (``*.png``); ValueError saying why otherwise."""
+    _frame_regex(pattern)
+    return pattern
+
+
+def frame_pattern_arg(text: str) -> str:
+    """:func:`check_frame_pattern` as an argparse ``type``: a bad pattern is an argument error saying why."""
+    import argparse
+
+    try:
+        return check_frame_pattern(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+@functools.lru_cache(maxsize=64)
+def _frame_regex(pattern: str) -> re.Pattern | None:
+    """The regex of a numbered pattern's file names (one group: the number), None for a glob."""
+    if not pattern or "/" in pattern or os.sep in pattern:
+        raise ValueError(f"frame pattern {pattern!r} must be a file name (e.g. img_{{:05d}}.jpg), not a path")
+    try:
+        parts = list(string.Formatter().parse(pattern))
+    except ValueError as exc:
+        raise ValueError(f"frame pattern {pattern!r}: {exc}") from None
+    fields = [(field, spec, conv) for _, field, spec, conv in parts if field is not None]
+    if not fields:
+        return None
+    field, spec, conv = fields[0]
+    if len(fields) > 1 or field not in ("", "0") or conv or (spec and not re.fullmatch(r"0?[1-9]?[0-9]?d", spec)):
+        raise ValueError(f"frame pattern {pattern!r} must hold one integer field such as {{:05d}} or {{:d}}")
+    regex, seen = "", False
+    for literal, field_name, _, _ in parts:
+        regex += re.escape(literal)
+        if field_name is not None and not seen:
+            regex, seen = regex + "([0-9]+)", True
+    return re.compile(regex)
+
+
+def _frame_number(name: str, pattern: str) -> int | None:
+    """The number of a frame ``name`` that ``pattern`` (numbered) spells exactly, else None."""
+    m = _frame_regex(pattern).fullmatch(name)
+    if m is None or len(m.group(1)) > 9:
+        return None
+    number = int(m.group(1))
+    return number if pattern.format(number) == name else None  # img_1.jpg is not img_{:05d}.jpg
+
+
+def is_frame_name(name: str, pattern: str = DEFAULT_FRAME_PATTERN) -> bool:
+    """Whether a file called ``name`` is a frame under ``pattern``."""
+    if _frame_regex(pattern) is None:
+        return fnmatch.fnmatchcase(name, pattern) and name.lower().endswith(IMAGE_EXTENSIONS)
+    return _frame_number(name, pattern) is not None
+
+
+def numbered_files(folder: str | os.PathLike, pattern: str) -> dict[int, str]:
+    """{number: file name} of the entries of ``folder`` that the numbered ``pattern`` names exactly."""
+    out = {}
+    with os.scandir(folder) as entries:
+        for entry in entries:
+            number = _frame_number(entry.name, pattern)
+            if number is not None:
+                out[number] = entry.name
+    return out
+
+
+def frame_files(folder: str | os.PathLike, pattern: str = DEFAULT_FRAME_PATTERN) -> list[Path]:
+    """The frames of a frame folder, in order; VideoError (naming the folder and the frame) when it has
+    none, a numbered sequence does not start at 0 or 1, or a number in it is missing."""
+    folder = Path(folder)
+    glob = _frame_regex(pattern) is None
+    try:
+        if glob:
+            with os.scandir(folder) as entries:
+                numbered = dict(enumerate(sorted(e.name for e in entries if is_frame_name(e.name, pattern))))
+        else:
+            numbered = numbered_files(folder, pattern)
+    except OSError as exc:
+        raise VideoError(folder, f"cannot list the frame folder ({exc.strerror or exc})") from None
+    if not numbered:
+        example = pattern if glob else f"{pattern}: {pattern.format(1)}..."
+        raise VideoError(folder, f"no frames named {example} in this folder (set the frame pattern if they are named otherwise)")
+    if glob:
+        return [folder / numbered[i] for i in range(len(numbered))]
+    first, last = min(numbered), max(numbered)
+    if first > 1:
+        raise VideoError(folder, f"frame {pattern.format(1)} is missing (the first frame is {numbered[first]}; "
+                                 "frames are numbered from 0 or 1)")
+    if len(numbered) != last - first + 1:
+        gap = next(i for i in range(first, last + 1) if i not in numbered)
+        raise VideoError(folder, f"frame {pattern.format(gap)} is missing "
+                                 f"({len(numbered)} frames of {numbered[first]}..{numbered[last]} are there)")
+    return [folder / numbered[i] for i in range(first, last + 1)]
+
+
+def source_stat(path: str | os.PathLike) -> tuple[int, int]:
+    """(bytes, mtime in ns) of a video file; for a frame folder, of its files together (total bytes,
+    newest mtime), so a rewritten frame shows. OSError when it cannot be read."""
+    st = os.stat(path)
+    if not stat.S_ISDIR(st.st_mode):
+        return st.st_size, st.st_mtime_ns
+    size, mtime = 0, st.st_mtime_ns  # the folder's own mtime: a frame removed or renamed
+    with os.scandir(path) as entries:
+        for entry in entries:
+            if entry.is_file():
+                est = entry.stat()
+                size, mtime = size + est.st_size, max(mtime, est.st_mtime_ns)
+    return size, mtime
+
+
+def _read_frame(path: Path) -> np.ndarray:
+    """One frame file as uint8 RGB ``[H,W,3]``; VideoError naming its folder and the frame."""
+    from flow_engine.io import FlowFileError, read_image  # io imports torch: only frame folders need it
+
+    try:
+        if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader for ever
+            raise VideoError(path.parent, f"frame {path.name} is not a regular file")
+        return read_image(path)
+    except OSError as exc:
+        raise VideoError(path.parent, f"frame {path.name}: cannot open ({exc.strerror or exc})") from None
+    except FlowFileError as exc:
+        raise VideoError(path.parent, f"frame {path.name}: {exc.problem}") from None
+
+
+def _same_size(frames: list[np.ndarray], files: list[Path], first: tuple[np.ndarray, Path] | None = None) -> None:
+    """VideoError naming the first frame whose size differs from the reference (``first``, else frame 0)."""
+    ref, ref_file = first if first is not None else (frames[0], files[0])
+    for frame, file in zip(frames, files):
+        if frame.shape != ref.shape:
+            raise VideoError(file.parent, f"frame {file.name} is {frame.shape[1]}x{frame.shape[0]} but frame "
+                                          f"{ref_file.name} is {ref.shape[1]}x{ref.shape[0]}: the frames of a "
+                                          "folder must share one size")
+
+
+def _probe_folder(path, pattern: str) -> VideoInfo:
+    files = frame_files(path, pattern)
+    ends = [files[0], files[-1]] if len(files) > 1 else files[:1]
+    frames = [_read_frame(f) for f in ends]
+    _same_size(frames, ends)
+    h, w = frames[0].shape[:2]
+    return VideoInfo(os.fspath(path), len(files), 0.0, int(h), int(w))
+
+
+def _read_folder(path, indices, size, pattern: str) -> np.ndarray:
+    files = frame_files(path, pattern)
+    unique, inverse = _unique_indices(path, indices, len(files), "folder")
+    chosen = [files[i] for i in unique]
+    frames = [_read_frame(f) for f in chosen]
+    _same_size(frames, chosen)
+    stacked = np.stack(frames)
+    return (resize_frames(stacked, size) if size else stacked)[inverse]
+
+
+def _iter_folder(path, chunk: int, size, pattern: str) -> Iterator[np.ndarray]:
+    files = frame_files(path, pattern)
+    first = None
+    for start in range(0, len(files), chunk):
+        part = files[start: start + chunk]
+        frames = [_read_frame(f) for f in part]
+        if first is None:
+            first = (frames[0], part[0])
+        _same_size(frames, part, first)
+        stacked = np.stack(frames)
+        yield resize_frames(stacked, size) if size else stacked

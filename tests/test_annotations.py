@@ -234,3 +234,94 @@ def test_duplicates_and_videos_in_two_splits_are_warned_with_a_count_or_errors_w
     with caplog.at_level("WARNING"):
         load_splits(**lists, strict=True)  # clean lists: no error, no warning
     assert caplog.text == ""
+
+
+# ----------------------------------------------------------------------------- rawframe lists, Kinetics CSVs
+
+
+def test_mmaction2_rawframe_lists_are_recognised_from_their_lines(tmp_path):
+    (tmp_path / "classes.txt").write_text("spin\njump\n")
+    (tmp_path / "train.txt").write_text("spin/v1 120 0\njump/v2 75 1\n")
+    s = load_splits(root=tmp_path / "rawframes", train_list=tmp_path / "train.txt", val_list=tmp_path / "train.txt",
+                    test_list=tmp_path / "train.txt")
+    assert [(x.path, x.label, x.listed_frames, x.source) for x in s.train] == [
+        (str(tmp_path / "rawframes/spin/v1"), 0, 120, f"{tmp_path / 'train.txt'}:1"),
+        (str(tmp_path / "rawframes/jump/v2"), 1, 75, f"{tmp_path / 'train.txt'}:2"),
+    ]
+    (tmp_path / "plain.txt").write_text("spin/a.mp4 0\nspin/v1 1\n")  # two tokens: the usual "path label" list
+    s = load_splits(train_list=tmp_path / "plain.txt", val_list=tmp_path / "plain.txt", test_list=tmp_path / "plain.txt")
+    assert [(x.label, x.listed_frames) for x in s.train] == [(0, None), (1, None)]
+
+
+@pytest.mark.parametrize("line", ["jump/v2 75", "jump/v2 many 1", "jump/v2 75 1 3"])
+def test_a_bad_rawframe_line_names_file_and_line(tmp_path, line):
+    (tmp_path / "train.txt").write_text(f"spin/v1 120 0\n# comment\n{line}\n")
+    with pytest.raises(AnnotationError, match=r"train.txt:3: expected 'frame_dir total_frames label' like line 1"):
+        load_splits(train_list=tmp_path / "train.txt")
+
+
+def test_a_folder_per_class_root_may_hold_frame_folders(tmp_path):
+    touch(tmp_path / "spin" / "v1" / "img_00001.jpg")
+    touch(tmp_path / "spin" / "v1" / "x_00001.jpg")
+    touch(tmp_path / "jump" / "clip.mp4")
+    touch(tmp_path / "jump" / "v2" / "frame_000000.png")  # another pattern: not a frame folder by default
+    samples, classes = scan_folder(tmp_path)
+    assert classes == ["jump", "spin"]
+    assert [(Path(x.path).relative_to(tmp_path).as_posix(), x.label) for x in samples] == [("jump/clip.mp4", 0), ("spin/v1", 1)]
+    samples, _ = scan_folder(tmp_path, frame_pattern="frame_{:06d}.png")
+    assert [Path(x.path).name for x in samples] == ["clip.mp4", "v2"]
+
+
+KINETICS_HEADER = "label,youtube_id,time_start,time_end,split,is_cc\n"
+
+
+def test_kinetics_csvs_with_quoted_labels_extra_columns_and_missing_videos(tmp_path, caplog):
+    videos = tmp_path / "videos"
+    touch(videos / "abseiling" / "aaa_000010_000020.mp4")  # the downloader's <label>/<id>_<start>_<end>.mp4
+    touch(videos / "bbb.mp4")  # <id>.mp4 anywhere under the root
+    touch(videos / "other" / "ccc_000003_000013.mp4")
+    touch(videos / "zumba" / "ccc_000003_000013.mp4")  # a namesake in the label's folder wins
+    (tmp_path / "train.csv").write_text(
+        KINETICS_HEADER
+        + "abseiling,aaa,10,20,train,0\n"
+        + '"dancing, ballet",bbb,0.0,10,train,1\n'  # a quoted label holding a comma
+        + "zumba,ccc,3,13,train,0\n"
+        + "zumba,gone1,5,15,train,0\n"  # missing: left out, yet its class counts
+        + '"yoga, hot",gone2,1,11,train,0\n'
+    )
+    (tmp_path / "val.csv").write_text(KINETICS_HEADER + "zumba,ccc,3,13,val,0\nzumba,gone3,0,10,val,0\n")
+    with caplog.at_level("WARNING"):
+        s = load_splits(root=videos, train_list=tmp_path / "train.csv", val_list=tmp_path / "val.csv",
+                        test_list=tmp_path / "val.csv")
+    assert s.classes == ["abseiling", "dancing, ballet", "yoga, hot", "zumba"]  # from the CSVs, sorted
+    assert [(Path(x.path).relative_to(videos).as_posix(), x.label) for x in s.train] == [
+        ("abseiling/aaa_000010_000020.mp4", 0), ("bbb.mp4", 1), ("zumba/ccc_000003_000013.mp4", 3)]
+    assert [x.source for x in s.train] == [f"{tmp_path / 'train.csv'}:{n}" for n in (2, 3, 4)]
+    warnings = [r.getMessage() for r in caplog.records if "missing" in r.getMessage()]
+    assert len(warnings) == 1  # one warning for every missing video of every list
+    assert warnings[0].startswith(f"4 of 9 listed Kinetics videos are missing under {videos}")
+    for name, line in (("gone1_000005_000015.mp4", "train.csv:5"), ("gone2_000001_000011.mp4", "train.csv:6"),
+                       ("gone3_000000_000010.mp4", "val.csv:3")):
+        assert f"{name} ({tmp_path / line})" in warnings[0]
+
+
+@pytest.mark.parametrize(
+    "header, row, message",
+    [
+        (KINETICS_HEADER, "dancing, ballet,bbb,0,10,train,0\n", r"train.csv:2: 7 fields where the header has 6 \(a label that holds a comma must be quoted"),
+        (KINETICS_HEADER, "zumba,bbb,soon,10,train,0\n", r"train.csv:2: time_start 'soon' is not a number of seconds"),
+        (KINETICS_HEADER, ",bbb,0,10,train,0\n", r"train.csv:2: empty label"),
+        ("youtube_id,time_start,time_end,split\n", "bbb,0,10,test\n", r"train.csv:1: a Kinetics CSV needs the columns label,youtube_id,time_start,time_end; label missing"),
+    ],
+)
+def test_bad_kinetics_rows_name_file_and_line(tmp_path, header, row, message):
+    touch(tmp_path / "bbb.mp4")
+    (tmp_path / "train.csv").write_text(header + row)
+    with pytest.raises(AnnotationError, match=message):
+        load_splits(train_list=tmp_path / "train.csv")
+
+
+def test_a_kinetics_list_with_none_of_its_videos_is_an_error(tmp_path):
+    (tmp_path / "train.csv").write_text(KINETICS_HEADER + "zumba,gone,0,10,train,0\n")
+    with pytest.raises(AnnotationError, match=r"train.csv: none of its 1 videos is under"):
+        load_splits(train_list=tmp_path / "train.csv")

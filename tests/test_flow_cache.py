@@ -131,7 +131,8 @@ def test_jpeg_tables_are_stored_once_per_file_and_version_1_files_still_read(tmp
     full = encode_frames(quantize(flows, B)[0], {"name": "jpeg", "quality": 90})
     tables = split_jpeg(full[0])[0]
     with CachedFlow(path) as c:
-        assert c.header["version"] == FORMAT_VERSION == 2
+        # version 3 only adds TSN levels (imports): computed entries stay version 2, readable by version 2 readers
+        assert c.header["version"] == 2 and FORMAT_VERSION == 3
         assert base64.b64decode(c.header["codec"]["tables"]) == tables and len(tables) > 250
         assert list(c.index["length"]) == [len(f) - len(tables) - 2 for f in full]  # scan data only, no EOI
         v2 = c.read(0, N)
@@ -426,6 +427,8 @@ def with_header(path, header_text: bytes) -> None:
     (lambda h: {**h, "num_flows": "9"}, "header says '9' flows, index has 9"),
     (lambda h: {**h, "engine": ["dis"]}, "header engine is not a JSON object"),
     (lambda h: {**h, "codec": "png"}, "header codec is not a JSON object"),
+    (lambda h: {**h, "import": "tsn"}, "header import is not a JSON object"),
+    (lambda h: {**h, "levels": "linear"}, "header levels 'linear' is none of zero_exact, tsn"),
     (lambda h: {**h, "version": "1"}, "unsupported format 'actionflow-flow-cache' version '1'"),
 ])
 def test_crafted_headers_are_bad_in_verify_stats_and_reads(tmp_path, video, capsys, change, reason):

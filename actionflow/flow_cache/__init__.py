@@ -11,15 +11,16 @@ toolkits makes millions of tiny files. Here a video's flow is one file, ~90x sma
 - :mod:`~actionflow.flow_cache.lock`: per-video ``flock`` so processes never compute a video twice;
 - :mod:`~actionflow.flow_cache.cache`: :class:`FlowCache`, a folder of entries for one engine,
   size and bound, and how an entry is matched to its video;
-- :mod:`~actionflow.flow_cache.cli`: ``python -m actionflow cache verify|stats DIR``.
+- :mod:`~actionflow.flow_cache.tsn`: TSN/denseflow flow JPEGs in and out (``cache import|export``);
+- :mod:`~actionflow.flow_cache.cli`: ``python -m actionflow cache verify|stats|import|export``.
 """
 from actionflow.flow_cache.cache import (
-    DEFAULT_SIZE, IGNORED_CONFIG_KEYS, FlowCache, cache_files, orphan_temp_files, video_identity,
+    DEFAULT_SIZE, IGNORED_CONFIG_KEYS, IMPORTED_ENGINE, FlowCache, cache_files, orphan_temp_files, video_identity,
 )
 from actionflow.flow_cache.cli import add_arguments, run, stats_dir, verify_dir
 from actionflow.flow_cache.codec import (
-    CODECS, DEFAULT_BOUND, DEFAULT_CODEC, LEVELS, decode_frame, dequantize, encode_frames, flo_bytes, parse_codec,
-    quantize, split_jpeg, stack_flows,
+    CODECS, DEFAULT_BOUND, DEFAULT_CODEC, LEVEL_SCHEMES, LEVELS, TSN, ZERO_EXACT, decode_frame, dequantize,
+    encode_frames, flo_bytes, parse_codec, quantize, split_jpeg, stack_flows, tsn_levels,
 )
 from actionflow.flow_cache.entry import (
     FORMAT, FORMAT_VERSION, MAGIC, MAX_SIDE, SUFFIX, CacheCorrupt, CachedFlow, CacheError, CacheMismatch, CacheWriter,
@@ -29,8 +30,9 @@ from actionflow.flow_cache.lock import VideoLock, lock_is_held
 
 __all__ = [
     "CODECS", "DEFAULT_BOUND", "DEFAULT_CODEC", "DEFAULT_SIZE", "FORMAT", "FORMAT_VERSION", "IGNORED_CONFIG_KEYS",
-    "LEVELS", "MAGIC", "MAX_SIDE", "SUFFIX", "CacheCorrupt", "CacheError", "CacheMismatch", "CacheWriter", "CachedFlow",
+    "IMPORTED_ENGINE", "LEVEL_SCHEMES", "LEVELS", "MAGIC", "MAX_SIDE", "SUFFIX", "TSN", "ZERO_EXACT", "CacheCorrupt",
+    "CacheError", "CacheMismatch", "CacheWriter", "CachedFlow",
     "FlowCache", "VideoLock", "add_arguments", "cache_files", "check_header", "decode_frame", "dequantize",
     "encode_frames", "flo_bytes", "lock_is_held", "orphan_temp_files", "parse_codec", "quantize", "run",
-    "split_jpeg", "stack_flows", "stats_dir", "verify_dir", "video_identity",
+    "split_jpeg", "stack_flows", "stats_dir", "tsn_levels", "verify_dir", "video_identity",
 ]

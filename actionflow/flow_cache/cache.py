@@ -4,6 +4,11 @@ The entry of a video is ``<stem>-<10 hex of sha1(absolute path)>.afc``; its head
 the engine's identity, the flow size and bound, and the video's size and mtime, so an entry
 made by another engine, other weights, another size or bound, or from a changed video is
 reported (:class:`CacheMismatch`) and recomputed, never served.
+
+Entries imported from TSN/denseflow JPEGs (``cache import``, :mod:`~actionflow.flow_cache.tsn`)
+carry ``header["import"]`` and the engine name ``imported`` (its real engine is unknown): a cache
+serves them only when built with ``accept_imported`` (training: ``data.imported_flow``), at their
+own size and bound, and never in place of another engine's entries.
 """
 from __future__ import annotations
 
@@ -18,13 +23,15 @@ import numpy as np
 
 from actionflow.flow_cache.codec import DEFAULT_BOUND, parse_codec
 from actionflow.flow_cache.entry import (
-    FORMAT, FORMAT_VERSION, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
+    FORMAT, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
 )
 from actionflow.flow_cache.lock import VideoLock, lock_is_held
+from flow_engine.video import source_stat
 
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
 # Keys of an engine config that do not change the flow enough to invalidate a cache.
 IGNORED_CONFIG_KEYS = frozenset({"device", "dtype"})
+IMPORTED_ENGINE = {"name": "imported", "source_engine": "unknown"}  # the engine of an imported entry
 
 
 def _normalise(config: dict) -> dict:
@@ -33,10 +40,11 @@ def _normalise(config: dict) -> dict:
 
 
 def video_identity(video: str | os.PathLike) -> dict:
-    """Absolute path, size in bytes and mtime (ns) of a video: what a cache entry was built from."""
+    """Absolute path, size in bytes and mtime (ns) of a video (of a frame folder: its files' total
+    bytes and newest mtime): what a cache entry was built from."""
     path = Path(os.path.realpath(video))  # not Path.resolve(): it raises RuntimeError on a symlink loop
-    st = os.stat(path)
-    return {"path": str(path), "size": st.st_size, "mtime_ns": st.st_mtime_ns}
+    size, mtime_ns = source_stat(path)
+    return {"path": str(path), "size": size, "mtime_ns": mtime_ns}
 
 
 class FlowCache:
@@ -54,6 +62,8 @@ class FlowCache:
         codec: codec for new entries (``"jpeg:95"``...); readers decode any codec.
         check_video: compare the video's current size and mtime with the stored ones
             (turn off to read a cache whose videos are not present).
+        accept_imported: serve imported entries (``cache import``: engine unknown) as this
+            engine's flow, at their own size and bound; refused (CacheMismatch) otherwise.
 
     The file of a video is ``<stem>-<10 hex of sha1(absolute path)>.afc``. Keep one folder per
     configuration: an entry built by another engine, weights, size or bound, or from an
@@ -68,8 +78,10 @@ class FlowCache:
         bound: float = DEFAULT_BOUND,
         codec: str | dict | None = None,
         check_video: bool = True,
+        accept_imported: bool = False,
     ):
         self.root = Path(root)
+        self.accept_imported = accept_imported
         self.engine_config = _normalise(dict(engine_config))
         self.size: tuple[int, int] | int = int(size) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
         self.bound = float(bound)
@@ -128,7 +140,6 @@ class FlowCache:
         height, width = self._expected_size({"video": identity})
         return {
             "format": FORMAT,
-            "version": FORMAT_VERSION,
             "engine": self.engine_config,
             "height": height,
             "width": width,
@@ -149,18 +160,24 @@ class FlowCache:
         h = cached.header
         problems = []
         stored = h.get("engine") or {}
-        for key, want in self.engine_config.items():
-            if key in IGNORED_CONFIG_KEYS:
-                continue
-            if key not in stored or stored[key] != want:
-                problems.append(f"engine {key} is {stored.get(key)!r}, want {want!r}")
-        want = self._expected_size(h)
-        if want is None:
-            problems.append(f"made for size {cached.height}x{cached.width}, not for short side {self.size}")
-        elif (cached.height, cached.width) != want:
-            problems.append(f"size is {cached.height}x{cached.width}, want {want[0]}x{want[1]}")
-        if cached.bound != self.bound:
-            problems.append(f"bound is {cached.bound:g}, want {self.bound:g}")
+        if "import" in h:  # size and bound are its own: readers resize and rescale to theirs
+            if not self.accept_imported:
+                problems.append(f"flow imported from {h['import'].get('source')!r} (engine unknown), not computed by "
+                                f"{self.engine_config.get('name')!r}; to use it as that engine's flow set "
+                                "data.imported_flow to that engine's name")
+        else:
+            for key, want in self.engine_config.items():
+                if key in IGNORED_CONFIG_KEYS:
+                    continue
+                if key not in stored or stored[key] != want:
+                    problems.append(f"engine {key} is {stored.get(key)!r}, want {want!r}")
+            want = self._expected_size(h)
+            if want is None:
+                problems.append(f"made for size {cached.height}x{cached.width}, not for short side {self.size}")
+            elif (cached.height, cached.width) != want:
+                problems.append(f"size is {cached.height}x{cached.width}, want {want[0]}x{want[1]}")
+            if cached.bound != self.bound:
+                problems.append(f"bound is {cached.bound:g}, want {self.bound:g}")
         if self.check_video:
             try:
                 now = video_identity(video)

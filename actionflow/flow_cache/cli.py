@@ -1,4 +1,5 @@
-"""``python -m actionflow cache verify|stats DIR``: check every checksum of a cache, or total it up."""
+"""``python -m actionflow cache verify|stats DIR``: check every checksum of a cache, or total it up;
+``cache import|export``: TSN/denseflow flow JPEGs in and out (:mod:`~actionflow.flow_cache.tsn`)."""
 from __future__ import annotations
 
 import argparse
@@ -10,19 +11,21 @@ import sys
 from collections import Counter
 from pathlib import Path
 
+from actionflow.flow_cache import tsn
 from actionflow.flow_cache.cache import cache_files, orphan_temp_files
 from actionflow.flow_cache.codec import flo_bytes
 from actionflow.flow_cache.entry import MAGIC, CacheError, CachedFlow
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    sub = parser.add_subparsers(dest="cache_command", metavar="{verify,stats}", required=True)
+    sub = parser.add_subparsers(dest="cache_command", metavar="{verify,stats,import,export}", required=True)
     v = sub.add_parser("verify", help="Check every checksum of every cache file; exit 1 when any is bad.")
     v.add_argument("dir", type=Path, help="cache folder")
     v.add_argument("--delete-bad", action="store_true", help="delete bad flow caches (and temp files of dead writers); other .afc files are left alone")
     s = sub.add_parser("stats", help="Videos, flow frames and bytes in a cache, against the same flow as .flo.")
     s.add_argument("dir", type=Path, help="cache folder")
     s.add_argument("--json", action="store_true", help="print one JSON object instead of a table")
+    tsn.add_arguments(sub)
 
 
 def _carries_magic(path: Path) -> bool:
@@ -107,6 +110,8 @@ def run(args: argparse.Namespace) -> int:
     (``--delete-bad`` deletes only files with the cache's magic; other ``.afc`` files are listed, never deleted).
     ``cache stats``: 0 (2 when DIR is not a folder)."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    if args.cache_command in ("import", "export"):
+        return tsn.run(args)
     if not args.dir.is_dir():
         print(f"error: {args.dir} is not a folder", file=sys.stderr)
         return 2

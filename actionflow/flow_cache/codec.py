@@ -8,6 +8,11 @@ exactly static. Values beyond ±B clip; the number of clipped pixels (either com
 beyond B) is kept per frame. The round-trip error inside the bound is at most half a step
 per component (B/254 = 0.079 px), plus what a lossy codec adds.
 
+Flow imported from TSN/denseflow JPEGs keeps their levels (``levels: "tsn"`` in its header):
+``j = 255 * (f + B) / 2B`` rounded, j in [0, 255], so ``f = j * 2B/255 - B`` on reading. Converting
+them to the levels above would merge two of their 256 levels (127 and 128, around zero: the most
+common values); kept as they are, an import reads back exactly and exports to the same values.
+
 Each flow frame ``[2,H,W]`` is one grey image ``[2H,W]`` (u rows above v rows) encoded with
 an OpenCV image codec (default JPEG quality 90 with the standard Huffman tables). A JPEG's
 header (quantisation and Huffman tables, frame and scan headers: ~330 bytes, a tenth of a
@@ -21,6 +26,9 @@ import numpy as np
 
 DEFAULT_BOUND = 20.0
 LEVELS = 127  # quantisation steps on each side of zero: q in [0, 254], zero exact
+# header "levels": how stored uint8 values map to pixels (an entry without the key uses the first)
+ZERO_EXACT, TSN = "zero_exact", "tsn"
+LEVEL_SCHEMES = (ZERO_EXACT, TSN)
 
 # codec name -> (file extension for cv2.imencode, default quality or None = lossless)
 CODECS: dict[str, tuple[str, int | None]] = {
@@ -110,11 +118,19 @@ def quantize(flow, bound: float = DEFAULT_BOUND):
     return q, clipped
 
 
-def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
-    """uint8 quantised flow -> float32 pixels, ``(q - 127) * B/127``, in one vectorised pass."""
-    out = np.multiply(q, np.float32(bound / LEVELS), dtype=np.float32)
+def dequantize(q: np.ndarray, bound: float = DEFAULT_BOUND, levels: str = ZERO_EXACT) -> np.ndarray:
+    """uint8 quantised flow -> float32 pixels, ``(q - 127) * B/127`` (``levels="tsn"``: ``q * 2B/255 - B``),
+    in one vectorised pass."""
+    step = bound / LEVELS if levels == ZERO_EXACT else 2 * bound / 255
+    out = np.multiply(q, np.float32(step), dtype=np.float32)
     out -= np.float32(bound)
     return out
+
+
+def tsn_levels(flow: np.ndarray, bound: float = DEFAULT_BOUND) -> np.ndarray:
+    """Flow in pixels -> the TSN/denseflow grey levels ``round(255 * (f + B) / 2B)`` clipped to [0, 255], uint8."""
+    j = (np.asarray(flow, dtype=np.float32) + np.float32(bound)) * np.float32(255 / (2 * bound))
+    return np.clip(np.rint(j), 0, 255).astype(np.uint8)
 
 
 def stack_flows(flows):

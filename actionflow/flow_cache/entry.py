@@ -16,9 +16,12 @@ is covered by a check: the two magics, the crc32 of header+index, the crc32 of e
 payload, and the footer fields must add up to the file size. Every header field is checked
 (types, ranges) on every open.
 
-Version 2 (this writer) keeps a JPEG's tables once, base64 in ``header["codec"]["tables"]``,
-and each payload is that frame's scan data; version 1 files (a complete image per payload)
-read as before.
+Version 2 keeps a JPEG's tables once, base64 in ``header["codec"]["tables"]``, and each payload
+is that frame's scan data; version 1 files (a complete image per payload) read as before.
+Version 3 adds ``header["levels"]``: ``"tsn"`` for flow imported from TSN/denseflow JPEGs, whose
+values map to pixels differently (see codec). The writer records the lowest version that
+describes a file (3 only for such entries), so version 2 readers still read every other entry,
+and refuse the ones they would misread.
 
 Writes are atomic: a hidden temp file in the same folder, fsync, ``os.replace``. A killed
 writer leaves only ``.NAME.afc.PID.XXXX.tmp``, which readers ignore and which is removed by
@@ -42,11 +45,13 @@ from typing import Any
 
 import numpy as np
 
-from actionflow.flow_cache.codec import decode_frame, dequantize, encode_frames, parse_codec, quantize, split_jpeg, stack_flows
+from actionflow.flow_cache.codec import (
+    LEVEL_SCHEMES, ZERO_EXACT, decode_frame, dequantize, encode_frames, parse_codec, quantize, split_jpeg, stack_flows,
+)
 
 MAGIC = b"\x89AFC\r\n\x1a\n"  # PNG-style: a text-mode copy or a truncation to 7 bits is caught
 FORMAT = "actionflow-flow-cache"
-FORMAT_VERSION = 2
+FORMAT_VERSION = 3  # the newest version this reader knows (the writer writes 2 where 3 is not needed)
 SUFFIX = ".afc"
 MAX_SIDE = 8192  # px: flow of 8K video fits; a larger side in a header is crafted, not computed
 MAX_TABLES_BASE64 = 1 << 16
@@ -102,9 +107,11 @@ def check_header(header: Any, path: Path, num_flows: int) -> None:
     bound = header.get("bound")
     if not (_number(bound) and math.isfinite(bound) and bound > 0):
         raise CacheCorrupt(path, f"header bound {bound!r} is not a positive, finite number of pixels")
-    for key in ("engine", "codec", "video"):
+    for key in ("engine", "codec", "video", "import"):
         if not isinstance(header.get(key, {}), dict):
             raise CacheCorrupt(path, f"header {key} is not a JSON object")
+    if header.get("levels", ZERO_EXACT) not in LEVEL_SCHEMES:
+        raise CacheCorrupt(path, f"header levels {str(header.get('levels'))[:40]!r} is none of {', '.join(LEVEL_SCHEMES)}")
     tables = header.get("codec", {}).get("tables")
     if tables is not None and not (isinstance(tables, str) and len(tables) <= MAX_TABLES_BASE64):
         raise CacheCorrupt(path, "header codec tables are not a short base64 string")
@@ -192,6 +199,7 @@ class CachedFlow:
         self.height = int(header["height"])
         self.width = int(header["width"])
         self.bound = float(header["bound"])
+        self.levels = header.get("levels", ZERO_EXACT)
         self.file_size = size
         self._ident = (st.st_dev, st.st_ino)
         self._set_fd(fd)
@@ -263,7 +271,7 @@ class CachedFlow:
 
     def read(self, start: int, count: int) -> np.ndarray:
         """Flows ``start .. start+count-1`` as float32 ``[count,2,H,W]`` in pixels (u, v)."""
-        return dequantize(self.read_quantized(start, count), self.bound)
+        return dequantize(self.read_quantized(start, count), self.bound, self.levels)
 
     def read_stacked(self, start: int, length: int) -> np.ndarray:
         """``length`` consecutive flows as float32 ``[2*length,H,W]``: x1,y1,x2,y2,... (two-stream input)."""
@@ -303,7 +311,7 @@ class CacheWriter:
         self.path = Path(path)
         self.header = dict(header)
         self.header.setdefault("format", FORMAT)
-        self.header.setdefault("version", FORMAT_VERSION)
+        self.header.setdefault("version", 2 if self.header.get("levels", ZERO_EXACT) == ZERO_EXACT else 3)
         self.header["codec"] = parse_codec(self.header.get("codec"))
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.tmp_path = self.path.parent / f".{self.path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp"
@@ -334,7 +342,9 @@ class CacheWriter:
         self.bytes_written += len(payload)
 
     def add_flows(self, flows, clipped: Sequence[int] | None = None) -> None:
-        """Quantise, encode and append float flows ``[N,2,H,W]`` in pixels (numpy or torch)."""
+        """Quantise, encode and append float flows ``[N,2,H,W]`` in pixels (numpy or torch; zero-exact levels)."""
+        if self.header.get("levels", ZERO_EXACT) != ZERO_EXACT:
+            raise ValueError(f"{self.path}: add_flows quantises to zero-exact levels; this entry stores {self.header['levels']}")
         h, w = int(self.header["height"]), int(self.header["width"])
         if tuple(flows.shape[1:]) != (2, h, w):
             raise ValueError(f"{self.path}: flows of shape {tuple(flows.shape)} do not match [N,2,{h},{w}]")
