@@ -519,11 +519,13 @@ class ActionDataModule(pl.LightningDataModule):
         if not self.clips["train"]:
             raise BadVideo("no usable training videos left")
 
-    def _check_listed_frames(self, samples: dict[str, Sample], frames: dict[str, str | int]) -> None:
+    def _check_listed_frames(self, samples: dict[str, Sample], probed: dict[str, str | tuple]) -> None:
         """One warning (an error under data.strict) for frame folders holding fewer frames than their
-        rawframe list line says; they are used with the frames they have."""
+        rawframe list line says; they are used with the frames they have. ``probed``: setup's
+        (frame count, decode size) per path, or the reason it is bad."""
+        frames = {p: r[0] for p, r in probed.items() if not isinstance(r, str)}
         short = [f"{p} has {frames[p]} ({s.source} says {s.listed_frames})" for p, s in samples.items()
-                 if s.listed_frames is not None and isinstance(frames[p], int) and frames[p] < s.listed_frames]
+                 if s.listed_frames is not None and p in frames and frames[p] < s.listed_frames]
         if not short:
             return
         problem = (f"{len(short)} frame folder(s) hold fewer frames than their list says (the frames there are used): "

@@ -277,8 +277,8 @@ def test_a_frame_that_fails_after_setup_drops_the_item_with_its_name(tmp_path, c
     folder = write_frames(tmp_path / "v", ramp(8))
     (folder / "img_00004.jpg").write_bytes(b"\xff\xd8 truncated")  # first and last frames (what setup probes) are fine
     assert probe(folder).num_frames == 8
-    ds = VideoClips([Clip(Sample(str(folder), 0), 8)], "test", mode="two_stream", flow_source="online",
-                    num_segments=2, flow_length=3, size=(24, 32), crop_size=(24, 32))
+    ds = VideoClips([Clip(Sample(str(folder), 0), 8, (24, 32))], "test", mode="two_stream", flow_source="online",
+                    num_segments=2, flow_length=3, crop_size=(24, 32))
     with caplog.at_level(logging.WARNING):
         batch = collate([ds[0]])
     assert int(batch["num_dropped"]) == 1
