@@ -307,7 +307,7 @@ def test_cli_with_the_real_dis_engine(mixed_folder, tmp_path, capsys):
 def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
     out = tmp_path / "bench.json"
     rc = cli(["bench-cache", "--videos", str(good_videos[0].parent), "--size", "64x48", "--engine", "dis",
-              "--seconds", "0.2", "--codecs", "png", "--json", str(out)])
+              "--seconds", "0.2", "--codecs", "png,jpeg:90,hevc:12", "--json", str(out)])
     r = json.loads(out.read_text())
     assert rc == (0 if all(r["targets_met"].values()) else 1)
     assert r["files_in_cache"] == len(good_videos) and r["one_file_per_video"]
@@ -315,6 +315,9 @@ def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
     assert r["flo_bytes_per_frame"] == 12 + 8 * 48 * 64 and r["ratio_vs_flo"] > 5
     assert r["epe_cache"] < 0.15 and r["epe_two_jpeg"] < 0.15
     assert r["codecs"][0]["codec"] == "png" and r["codecs"][0]["epe"] <= 20 / 255 * np.sqrt(2)
+    assert r["codecs"][1]["codec"] == "jpeg:90" and r["codecs"][1]["epe"] < 0.15
+    hevc = r["codecs"][2]
+    assert hevc["codec"] == "hevc:12" and hevc["random_read_frames_per_s"] > 0 and hevc["epe"] < 0.5
     assert r["single_process_frames_per_s"] > 0 and r["2_workers_frames_per_s"] > 0
     assert set(r["precompute_frames_per_s_by_workers"]) == {"1", "2"}  # a classical engine: 1 and 2 flow processes
     text = capsys.readouterr().out
