@@ -8,9 +8,12 @@
 * Segmental consensus: the average of each stream's logits over the snippets of a video
   (K segments, times the clips at test time, which makes multi-clip testing the average too).
 * Late fusion of softmax scores: ``p = (w_rgb softmax(rgb) + w_flow softmax(flow)) / (w_rgb + w_flow)``
-  with fixed weights (default 1 : 1.5) or learned ones (softmax of two learned logits, initialised
-  at the given ratio). The fused output is returned as log-probabilities ``log p``, so that
-  ``softmax``, ``argmax`` and ``cross_entropy`` apply to it exactly as to the streams' logits.
+  with fixed weights (``weighted``, default 1 : 1.5), learned ones (``learned``: two logits trained
+  on the training clips, initialised at the given ratio) or weights set on the validation set
+  (``validation``: after every validation pass, the ratio that maximises the fused scores'
+  log-likelihood there; see :func:`validation_weights`). The fused output is returned as
+  log-probabilities ``log p``, so that ``softmax``, ``argmax`` and ``cross_entropy`` apply to it
+  exactly as to the streams' logits.
 
 Inputs are normalised tensors: RGB by ImageNet mean/std (:func:`normalize_rgb`), flow in pixels
 less the camera's motion (each field's median) and divided by ``flow_scale`` (20 px, the flow
@@ -31,7 +34,8 @@ from flow_engine.pwcnet import WeightsError, load_weights_only
 logger = logging.getLogger(__name__)
 
 MODES = ("rgb", "flow", "two_stream")
-FUSIONS = ("weighted", "learned")
+FUSIONS = ("weighted", "learned", "validation")
+FUSION_GRID = 21  # RGB weights 0, 0.05, ..., 1 tried by validation_weights
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -198,6 +202,21 @@ def fuse(rgb_logits: torch.Tensor, flow_logits: torch.Tensor, weights: torch.Ten
     w = weights / weights.sum()
     p = w[0] * rgb_logits.softmax(dim=-1) + w[1] * flow_logits.softmax(dim=-1)
     return torch.log(p.clamp_min(1e-12))
+
+
+def validation_weights(rgb_probs: torch.Tensor, flow_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    """(w_rgb, w_flow), summing to 1, that maximise the mean log-likelihood of the fused scores
+    ``w_rgb p_rgb + w_flow p_flow`` of ``labels`` (on a grid of :data:`FUSION_GRID` weights).
+
+    A stream that does not generalise (its held-out scores are no better than chance, or
+    confidently wrong) gets little or no weight, so it cannot drown the stream that does.
+    """
+    w = torch.linspace(0, 1, FUSION_GRID, device=rgb_probs.device)[:, None]
+    p_rgb = rgb_probs.gather(1, labels[:, None]).view(1, -1)
+    p_flow = flow_probs.gather(1, labels[:, None]).view(1, -1)
+    loglik = (w * p_rgb + (1 - w) * p_flow).clamp_min(1e-12).log().mean(dim=1)
+    best = float(w[int(loglik.argmax()), 0])
+    return best, 1.0 - best
 
 
 class TwoStreamNet(nn.Module):

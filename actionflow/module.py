@@ -5,7 +5,13 @@ snippet frames and the flow engine computes flow here, on the module's device, b
 snippets of the batch (under ``no_grad`` unless ``finetune_flow``, which trains the flow network
 end to end with the classifier; its weights are then part of this module's checkpoint).
 
-Loss: the sum of each stream's cross-entropy and, in two-stream mode, the fused output's.
+Loss: the sum of the streams' cross-entropies, each stream learning from its own predictions as
+in the two-stream paper (with ``fusion: learned`` the fused output's cross-entropy, on detached
+stream scores, trains the fusion weights alone). A loss on the fused output would tie the streams:
+a stream that memorises the training clips (RGB on labels that only motion decides) makes the
+fused loss small and starves the other stream of its share of the gradient. With ``fusion:
+validation`` the fusion weights are set after every validation pass from the streams' held-out
+scores (:func:`actionflow.model.validation_weights`).
 Metrics (top-1, top-5, mean class accuracy) per stream and fused, over the whole validation /
 test set gathered from every process; at test time a confusion matrix (PNG + JSON), a
 per-class report and ``metrics.json`` are written into ``<run dir>/test/``.
@@ -23,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from actionflow import metrics
-from actionflow.model import TwoStreamNet, normalize_flow, normalize_rgb
+from actionflow.model import TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
 
 logger = logging.getLogger(__name__)
 
@@ -43,7 +49,9 @@ class ActionRecognizer(pl.LightningModule):
             scratch, with one warning, when they cannot be had.
         pretrained_path: a saved torchvision state dict of the backbone (offline pretrained weights).
         flow_length: flows L per snippet, 2L input channels (linked from data.flow_length).
-        fusion: weighted (fixed fusion_weights) | learned (initialised at fusion_weights).
+        fusion: weighted (fixed fusion_weights) | learned (initialised at fusion_weights, trained on
+            the training clips) | validation (set after every validation pass to the weights that
+            score the validation videos best; fusion_weights until the first one).
         fusion_weights: late-fusion weights of the softmax scores, [RGB, flow].
         dropout: dropout before each stream's classifier.
         optimizer: sgd | adamw.
@@ -74,7 +82,7 @@ class ActionRecognizer(pl.LightningModule):
         pretrained: bool = False,
         pretrained_path: str | None = None,
         flow_length: int = 5,
-        fusion: Literal["weighted", "learned"] = "weighted",
+        fusion: Literal["weighted", "learned", "validation"] = "weighted",
         fusion_weights: tuple[float, float] = (1.0, 1.5),
         dropout: float = 0.5,
         optimizer: Literal["sgd", "adamw"] = "sgd",
@@ -205,8 +213,13 @@ class ActionRecognizer(pl.LightningModule):
             return None  # every video of the batch failed to decode
         out = self(*self.inputs(batch))
         y = batch["label"]
-        losses = {k: F.cross_entropy(v.float(), y) for k, v in out.items()}
+        losses = {k: F.cross_entropy(out[k].float(), y) for k in ("rgb", "flow") if k in out}
         loss = sum(losses.values())
+        if "two_stream" in out:
+            losses["two_stream"] = F.cross_entropy(out["two_stream"].float(), y).detach()
+            if self.hparams.fusion == "learned":  # trains the fusion weights only: the streams learn alone
+                fused = fuse(out["rgb"].detach(), out["flow"].detach(), self.net.fusion_logits.exp())
+                loss = loss + F.cross_entropy(fused.float(), y)
         bs = len(y)
         self.log("train/loss", loss, prog_bar=True, batch_size=bs, on_step=True, on_epoch=True, sync_dist=True)
         for k, v in out.items():
@@ -280,7 +293,14 @@ class ActionRecognizer(pl.LightningModule):
         result = self._epoch_metrics("val")
         if result is None or self.trainer.sanity_checking:
             return
-        summary, _, _ = result
+        summary, scores, labels = result
+        if self.hparams.fusion == "validation" and self.hparams.mode == "two_stream":
+            w_rgb, w_flow = validation_weights(scores["rgb"], scores["flow"], labels)
+            with torch.no_grad():  # a buffer: saved with the checkpoint, used by test and classify
+                self.net.fusion_logits.copy_(torch.tensor([w_rgb, w_flow]).clamp_min(1e-6).log())
+            fused = (w_rgb * scores["rgb"] + w_flow * scores["flow"])
+            summary["two_stream"] = metrics.summary(fused, labels)
+            self.log("val/fusion_rgb_weight", w_rgb, sync_dist=True)
         for stream, values in summary.items():
             for name, value in values.items():
                 self.log(f"val/{stream}/{name}", value, sync_dist=True)

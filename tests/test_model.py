@@ -183,3 +183,40 @@ def test_input_normalisation():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     torch.testing.assert_close(normalize_rgb(x)[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
     assert normalize_flow(torch.tensor([20.0, -10.0])).tolist() == [1.0, -0.5]
+
+
+def test_validation_fusion_weights_ignore_a_stream_that_does_not_generalise():
+    from actionflow.model import validation_weights
+
+    labels = torch.arange(6) % 3
+    good = torch.full((6, 3), 0.1).scatter(1, labels[:, None], 0.8)  # right with p = 0.8
+    wrong = torch.full((6, 3), 0.05).scatter(1, ((labels + 1) % 3)[:, None], 0.9)  # confidently wrong
+    assert validation_weights(wrong, good, labels) == (0.0, 1.0)
+    assert validation_weights(good, wrong, labels) == (1.0, 0.0)
+    half = torch.arange(6)[:, None] < 3  # RGB right on the first three videos, flow on the others
+    w_rgb, w_flow = validation_weights(torch.where(half, good, wrong), torch.where(half, wrong, good), labels)
+    assert w_rgb == pytest.approx(0.5) and w_rgb + w_flow == pytest.approx(1.0)
+
+
+def test_each_stream_learns_from_its_own_loss_alone():
+    """The cause of two-stream runs stuck at chance: with a loss on the fused output, a stream that
+    memorises the training clips took the other's gradient away. The flow stream's gradient must not
+    depend on what the RGB stream predicts."""
+    from actionflow.module import ActionRecognizer
+
+    torch.manual_seed(0)
+    module = ActionRecognizer(num_classes=3, mode="two_stream", backbone="small_cnn", flow_length=2, crop_size=[32, 32])
+    batch = {"rgb": torch.randint(0, 255, (4, 2, 3, 32, 32), dtype=torch.uint8), "flow": torch.randn(4, 2, 4, 32, 32) * 3,
+             "label": torch.tensor([0, 1, 2, 0]), "num_dropped": torch.tensor(0)}
+    module.log = lambda *a, **k: None  # no trainer here
+
+    def flow_grad() -> torch.Tensor:
+        module.zero_grad(set_to_none=True)
+        module.training_step(batch, 0).backward()
+        return module.net.flow.net.fc[1].weight.grad.clone()
+
+    module.eval()  # dropout off: the same forward pass twice
+    before = flow_grad()
+    with torch.no_grad():  # an RGB stream that now predicts the labels confidently (memorised)
+        module.net.rgb.net.fc[1].weight.mul_(50)
+    torch.testing.assert_close(flow_grad(), before)
