@@ -365,17 +365,23 @@ class ActionDataModule(pl.LightningDataModule):
     ):
         super().__init__()
         self.save_hyperparameters()
+        # The demo set is generated in prepare_data (once per node, not by every process of a
+        # multi-GPU run); until then its class names come from the generator's settings.
+        self._demo_classes: list[str] | None = None
         if demo:
-            # here rather than in prepare_data: the splits (and so num_classes, linked into the
-            # model when it is built) are read below
-            from actionflow.demo_data import generate_demo_dataset
+            from actionflow.demo_data import MOVES, DemoDataError, check_settings
 
             if root is None:
                 raise DataConfigError("data.demo needs data.root: the folder to write the demo dataset into")
             if _holds_other_data(Path(root)):  # e.g. `python train.py --data.root MY_DATA` over the default config
                 logger.info("data.root %s holds a dataset that is not the demo: using it, not generating the demo", root)
             else:
-                generate_demo_dataset(root, **(demo if isinstance(demo, dict) else {}))
+                settings = demo if isinstance(demo, dict) else {}
+                try:
+                    check_settings(**settings)
+                except (DemoDataError, TypeError) as exc:
+                    raise DataConfigError(f"data.demo: {exc}") from None
+                self._demo_classes = list(settings.get("classes", MOVES))
         for name, value, allowed in (
             ("mode", mode, MODES), ("flow_source", flow_source, FLOW_SOURCES), ("cache_missing", cache_missing, CACHE_MISSING)
         ):
@@ -389,6 +395,8 @@ class ActionDataModule(pl.LightningDataModule):
             raise DataConfigError(f"data.scales must be fractions in [0.1, 1], got {scales}")
         for key, path in (("root", root), ("train_list", train_list), ("val_list", val_list),
                           ("test_list", test_list), ("class_index", class_index)):
+            if self._demo_classes is not None:
+                continue  # the demo's root and lists are written by prepare_data
             if path is not None and not os.path.exists(path):
                 raise DataConfigError(f"data.{key}: {path} does not exist")
         try:
@@ -406,20 +414,24 @@ class ActionDataModule(pl.LightningDataModule):
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
         if not (np.isfinite(flow_bound) and flow_bound > 0):
             raise DataConfigError(f"data.flow_bound must be a positive number of pixels, got {flow_bound}")
-        self.splits = load_splits(root, train_list, val_list, test_list, class_index, label_base,
-                                  val_fraction, test_fraction, split_seed, strict, frame_pattern)
+        self.splits = None if self._demo_classes is not None else self._load_splits()
         self.clips: dict[str, list[Clip]] = {}
         self.skipped: list[str] = []  # "path: reason" of videos left out at setup
         self._engine = None
         self.cache = None
 
+    def _load_splits(self):
+        h = self.hparams
+        return load_splits(h.root, h.train_list, h.val_list, h.test_list, h.class_index, h.label_base,
+                           h.val_fraction, h.test_fraction, h.split_seed, h.strict, h.frame_pattern)
+
     @property
     def num_classes(self) -> int:
-        return len(self.splits.classes)
+        return len(self.class_names)
 
     @property
     def class_names(self) -> list[str]:
-        return list(self.splits.classes)
+        return list(self.splits.classes) if self.splits is not None else list(self._demo_classes)
 
     @property
     def needs_flow(self) -> bool:
@@ -451,7 +463,15 @@ class ActionDataModule(pl.LightningDataModule):
         return self._engine
 
     def prepare_data(self) -> None:
-        """Fill the flow cache for every video that lacks an entry (rank 0 of each node)."""
+        """Generate the demo set when asked, then fill the flow cache for every video that lacks an
+        entry (Lightning runs this on one process per node)."""
+        if self._demo_classes is not None:
+            from actionflow.demo_data import generate_demo_dataset
+
+            demo = self.hparams.demo
+            generate_demo_dataset(self.hparams.root, **(demo if isinstance(demo, dict) else {}))
+        if self.splits is None:
+            self.splits = self._load_splits()
         if not (self.needs_flow and self.hparams.flow_source == "cache"):
             return
         from actionflow.precompute import precompute
@@ -482,6 +502,10 @@ class ActionDataModule(pl.LightningDataModule):
         """Probe every video of the splits once; bad ones are skipped (warned, counted) or raise if strict."""
         if self.clips:
             return
+        if self.splits is None:  # the other processes: prepare_data ran on one per node
+            self.splits = self._load_splits()
+            if self.splits.classes != self.class_names:
+                raise DataConfigError(f"{self.hparams.root}: classes {self.splits.classes} differ from the demo's {self.class_names}")
         cache = self.flow_cache() if self.needs_flow and self.hparams.flow_source == "cache" else None
         min_frames = 2 if self.needs_flow else 1
         all_samples = {s.path: s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split}

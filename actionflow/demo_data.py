@@ -508,6 +508,18 @@ def _check(classes: Sequence[str], clips_per_class: int, frames: int, size: int,
         )
 
 
+def check_settings(**settings) -> None:
+    """Raise :class:`DemoDataError` for settings :func:`generate_demo_dataset` would refuse (TypeError
+    for a setting it does not have), without generating anything."""
+    import inspect
+
+    args = inspect.signature(generate_demo_dataset).bind("out", **settings)
+    args.apply_defaults()
+    a = args.arguments
+    _check(list(a["classes"]), a["clips_per_class"], a["frames"], a["size"], a["fps"], a["val_frac"], a["test_frac"],
+           a["distractors"])
+
+
 def split_sizes(clips_per_class: int, val_frac: float, test_frac: float) -> tuple[int, int]:
     """(val, test) clips per class; the rest are for training."""
     return int(round(clips_per_class * val_frac)), int(round(clips_per_class * test_frac))

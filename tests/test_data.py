@@ -191,7 +191,16 @@ def test_demo_option_generates_the_bundled_dataset_first(tmp_path):
                           test_list=str(root / "test.txt"), mode="rgb", size=(48, 48), crop_size=(48, 48),
                           demo={"clips_per_class": 5, "frames": 6, "size": 48, "workers": 1})
     assert dm.class_names == ["arm_wave", "spin", "jump", "side_step", "kick", "sway"]
+    assert not root.exists()  # nothing written when the module is built: every process of a DDP run builds one
+    dm.prepare_data()  # one process per node generates
     assert len(dm.splits.train) + len(dm.splits.val) + len(dm.splits.test) == 30
+    other = ActionDataModule(root=str(root), train_list=str(root / "train.txt"), val_list=str(root / "val.txt"),
+                             test_list=str(root / "test.txt"), mode="rgb", size=(48, 48), crop_size=(48, 48),
+                             demo={"clips_per_class": 5, "frames": 6, "size": 48, "workers": 1})
+    other.setup("fit")  # another process: reads what prepare_data wrote
+    assert other.class_names == dm.class_names and len(other.clips["train"]) == len(dm.splits.train)
+    with pytest.raises(DataConfigError, match="data.demo: .*frames must be >= 2"):
+        ActionDataModule(root=str(tmp_path / "x"), demo={"frames": 1})
     with pytest.raises(DataConfigError, match="data.demo needs data.root"):
         ActionDataModule(root=None, demo=True)
 
