@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -55,6 +56,7 @@ logger = logging.getLogger(__name__)
 FLOW_SOURCES = ("cache", "online")
 CACHE_MISSING = ("compute", "error")
 DEFAULT_SCALES = (1.0, 0.875, 0.75, 0.66)
+OPEN_ENTRIES = 128  # cache entries a dataset keeps open (file descriptors per DataLoader worker)
 EVAL_SCALE = 0.875  # box side (fraction of the largest box) that validation and test crop
 
 
@@ -149,6 +151,7 @@ class VideoClips(Dataset):
         self.cache = cache
         self.strict = strict
         self.frame_pattern = frame_pattern
+        self._entries: OrderedDict[str, object] = OrderedDict()  # path -> open CachedFlow
         self.needs_rgb = mode in ("rgb", "two_stream")
         self.needs_flow = mode in ("flow", "two_stream")
         # RGB-only snippets are one frame; with flow, L+1 frames so that the L flows fit.
@@ -176,7 +179,7 @@ class VideoClips(Dataset):
         path, n, size = clip.sample.path, clip.num_frames, clip.size
         cached = None
         if self.needs_flow and self.flow_source == "cache":
-            cached = _open_cached(self.cache, path)
+            cached = self._cached(path)
             n = min(n, cached.num_flows + 1)
         starts = snippet_starts(n, self.num_segments, self.span, self.phase, self.test_clips, rng).reshape(-1)
         box, flip = self._box(size, rng)
@@ -193,6 +196,22 @@ class VideoClips(Dataset):
             flow_idx = snippet_frames(starts, self.flow_length, max(cached.num_flows, 1)) % cached.num_flows
             item["flow"] = crop_box(_read_cached_flows(cached, flow_idx, path, size), box, flip, self.crop_size, flow=True)
         return item
+
+    def _cached(self, path: str):
+        """The video's open cache entry, checked once and kept (each DataLoader worker has its own
+        copy of this dataset, so its own handles; at most :data:`OPEN_ENTRIES`, least recently used closed)."""
+        from actionflow.flow_cache import CacheError
+
+        cached = self._entries.pop(path, None)
+        if cached is None:
+            try:
+                cached = self.cache.open(path)
+            except (CacheError, OSError) as exc:
+                raise BadVideo(f"cached flow unusable ({exc})") from None
+            if len(self._entries) >= OPEN_ENTRIES:
+                self._entries.pop(next(iter(self._entries))).close()
+        self._entries[path] = cached  # most recently used last
+        return cached
 
     def _box(self, size: tuple[int, int], rng: np.random.Generator) -> tuple[tuple[int, int, int, int], bool]:
         """The item's crop box (top, left, height, width) in decoded pixels and its flip."""
@@ -225,15 +244,6 @@ def _crop_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     y = F.interpolate(x.reshape(-1, 1, *x.shape[-2:]).float(), size=size, mode="bilinear", align_corners=False)
     y = y.reshape(*lead, *size)
     return y.round().clamp(0, 255).to(torch.uint8) if x.dtype == torch.uint8 else y
-
-
-def _open_cached(cache, path: str):
-    from actionflow.flow_cache import CacheError
-
-    try:
-        return cache.open(path)
-    except (CacheError, OSError) as exc:
-        raise BadVideo(f"cached flow unusable ({exc})") from None
 
 
 def _read_cached_flows(cached, flow_idx: np.ndarray, path: str, size: tuple[int, int]) -> torch.Tensor:

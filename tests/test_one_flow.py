@@ -146,3 +146,23 @@ def test_data_module_takes_a_short_side_and_mixed_shapes(shapes, tmp_path, caplo
         ActionDataModule(train_list=str(listing), size=SHORT_SIDE, crop_size=None)
     with pytest.raises(Exception, match=r"\[H, W\] \(e\.g\. \[256, 340\]\) or one int"):
         ActionDataModule(train_list=str(listing), size=[256, 340, 3])
+
+
+def test_each_cache_entry_is_opened_once_per_dataset(shapes, cache, monkeypatch):
+    import actionflow.data as data
+
+    opened = []
+    real_open = cache.open
+    monkeypatch.setattr(cache, "open", lambda video: opened.append(video) or real_open(video))
+    clips = VideoClips([_clip(v) for v in shapes], "train", mode="flow", flow_source="cache", cache=cache,
+                       num_segments=2, flow_length=3, crop_size=CROP)
+    for _ in range(3):
+        for i in range(len(shapes)):
+            assert clips[i] is not None
+    assert sorted(opened) == sorted(str(v) for v in shapes)  # once each, not once per item
+    monkeypatch.setattr(data, "OPEN_ENTRIES", 2)  # a bounded number of open files: the oldest is closed
+    clips = VideoClips([_clip(v) for v in shapes], "train", mode="flow", flow_source="cache", cache=cache,
+                       num_segments=2, flow_length=3, crop_size=CROP)
+    for i in range(len(shapes)):
+        clips[i]
+    assert len(clips._entries) == 2
