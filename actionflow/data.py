@@ -361,7 +361,7 @@ class ActionDataModule(pl.LightningDataModule):
         num_segments: int = 3,
         flow_length: int = 5,
         test_clips: int = 5,
-        size: tuple[int, int] | int = (128, 128),
+        size: tuple[int, int] | int | str = (128, 128),
         crop_size: tuple[int, int] | None = (112, 112),
         flow_bound: float = 20.0,
         scales: tuple[float, ...] = DEFAULT_SCALES,
@@ -416,6 +416,9 @@ class ActionDataModule(pl.LightningDataModule):
         if imported_flow is not None and imported_flow != flow_model:
             raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_model is {flow_model!r}: "
                                   "imported flow stands in only for the engine that fills the rest of the cache")
+        if isinstance(size, str):  # command-line sizes are WIDTHxHEIGHT; configs hold [H, W]
+            raise DataConfigError(f"data.size is [H, W] or a short side, not text: for {size} write --data.size "
+                                  f"'[{size.lower().partition('x')[2] or 'H'}, {size.lower().partition('x')[0] or 'W'}]'")
         self.size = _pair(size, "size", short_side=True)
         if crop_size is None and isinstance(self.size, int):
             raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")

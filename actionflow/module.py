@@ -377,9 +377,15 @@ class ActionRecognizer(pl.LightningModule):
         h = self.hparams
         flow_params = list(self.flow_net.parameters()) if hasattr(self, "flow_net") else []
         flow_ids = {id(p) for p in flow_params}
-        groups = [{"params": [p for p in self.parameters() if id(p) not in flow_ids]}]
+        rest = [p for p in self.parameters() if id(p) not in flow_ids]
+        # Weight decay on weights (dim >= 2) only: decaying BatchNorm scales and biases only pulls them
+        # off their working values (as nanoGPT and most vision recipes do).
+        groups = [{"params": [p for p in rest if p.dim() >= 2]},
+                  {"params": [p for p in rest if p.dim() < 2], "weight_decay": 0.0}]
         if flow_params:
-            groups.append({"params": flow_params, "lr": h.lr * h.flow_lr_scale})
+            groups += [{"params": [p for p in flow_params if p.dim() >= 2], "lr": h.lr * h.flow_lr_scale},
+                       {"params": [p for p in flow_params if p.dim() < 2], "lr": h.lr * h.flow_lr_scale, "weight_decay": 0.0}]
+        groups = [g for g in groups if g["params"]]
         if h.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
         else:

@@ -100,7 +100,7 @@ class FlowPairs(Dataset):
 
 def _require_dir(path: Path, what: str) -> Path:
     if not path.is_dir():
-        raise DatasetError(f"{path}: missing folder ({what})")
+        raise DatasetError(f"{path}: not a folder (missing folder of {what})")
     return path
 
 
@@ -112,11 +112,11 @@ def _frame_number(path: Path) -> int:
 
 
 def _find_image(folder: Path, stem: str) -> Path:
-    for suffix in IMAGE_SUFFIXES:
-        candidate = folder / f"{stem}{suffix}"
-        if candidate.is_file():
-            return candidate
-    raise DatasetError(f"{folder}: no {stem}.* image ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)})")
+    found = [folder / f"{stem}{suffix}" for suffix in IMAGE_SUFFIXES if (folder / f"{stem}{suffix}").is_file()]
+    if len(found) == 1:
+        return found[0]
+    problem = f"ambiguous ({', '.join(p.name for p in found)})" if found else f"missing ({'/'.join(s[1:] for s in IMAGE_SUFFIXES)})"
+    raise DatasetError(f"{folder}: case {folder.name!r}: {stem}.* is {problem}")
 
 
 # ----------------------------------------------------------------------------- FlyingChairs
@@ -241,7 +241,9 @@ class KITTI(FlowPairs):
 
 
 class FlowCases(FlowPairs):
-    """The ``cases`` layout: one folder per pair with ``frame1.*``, ``frame2.*`` and ``flow.flo``."""
+    """The ``cases`` layout: one folder per pair with ``frame1.*``, ``frame2.*`` and ``flow.flo``
+    (the one reader of it: training validation and ``eval --cases``). A folder without ``flow.flo``
+    is not a case (skipped with a warning); a case whose frames are missing or ambiguous is an error."""
 
     def __init__(self, root: str | Path, names: list[str] | None = None):
         root = _require_dir(Path(root), "flow cases")
@@ -255,7 +257,7 @@ class FlowCases(FlowPairs):
         for case in folders:
             flow = case / "flow.flo"
             if not flow.is_file():
-                log.info("%s: no flow.flo, not a case; skipped", case)
+                log.warning("%s: no flow.flo, not a case; skipped", case)
                 continue
             pairs.append(FlowPair(_find_image(case, "frame1"), _find_image(case, "frame2"), flow, case.name))
         super().__init__(pairs, root, "cases")

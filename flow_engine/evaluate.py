@@ -47,26 +47,14 @@ class Case:
 
 
 def load_cases(root: str | Path) -> list[Case]:
-    """The cases under ``root``, sorted by name: one folder per case with frame1.*, frame2.*, flow.flo."""
-    root = Path(root)
-    if not root.is_dir():
-        raise FlowFileError(root, "not a folder of cases")
-    cases = []
-    for folder in sorted(p for p in root.iterdir() if p.is_dir()):
-        frames = []
-        for stem in ("frame1", "frame2"):
-            found = sorted(folder.glob(f"{stem}.*"))
-            if len(found) != 1:
-                problem = "missing" if not found else f"ambiguous ({', '.join(p.name for p in found)})"
-                raise FlowFileError(folder, f"case {folder.name!r}: {stem}.* is {problem}")
-            frames.append(found[0])
-        flow = folder / "flow.flo"
-        if not flow.is_file():
-            raise FlowFileError(folder, f"case {folder.name!r}: flow.flo is missing")
-        cases.append(Case(folder.name, frames[0], frames[1], flow))
-    if not cases:
-        raise FlowFileError(root, "no case folders (each needs frame1.*, frame2.*, flow.flo)")
-    return cases
+    """The cases under ``root``, sorted by name (the layout of :class:`flow_engine.datasets.FlowCases`)."""
+    from flow_engine.datasets import DatasetError, FlowCases
+
+    try:
+        pairs = FlowCases(root).pairs
+    except DatasetError as e:
+        raise FlowFileError(root, str(e).removeprefix(f"{root}: ")) from None
+    return [Case(p.name, p.img1, p.img2, p.flow) for p in pairs]
 
 
 def evaluate(method_fn: MethodFn, cases: list[Case], progress: bool = True) -> dict:

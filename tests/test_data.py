@@ -210,3 +210,8 @@ def test_demo_option_leaves_a_folder_of_other_data_alone(tiny):
     dm = ActionDataModule(root=str(tiny), train_list=str(tiny / "train.txt"), val_list=str(tiny / "val.txt"),
                           test_list=str(tiny / "test.txt"), mode="rgb", size=(32, 32), crop_size=(32, 32), demo=True)
     assert sorted(p.name for p in tiny.rglob("*")) == before and "arm_wave" not in dm.class_names
+
+
+def test_a_width_x_height_size_is_refused_with_the_form_to_write(tiny):
+    with pytest.raises(DataConfigError, match=r"for 340x256 write --data.size '\[256, 340\]'"):
+        ActionDataModule(root=str(tiny), train_list=str(tiny / "train.txt"), size="340x256")

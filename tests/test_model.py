@@ -220,3 +220,13 @@ def test_each_stream_learns_from_its_own_loss_alone():
     with torch.no_grad():  # an RGB stream that now predicts the labels confidently (memorised)
         module.net.rgb.net.fc[1].weight.mul_(50)
     torch.testing.assert_close(flow_grad(), before)
+
+
+def test_weight_decay_only_on_weights():
+    from actionflow.module import ActionRecognizer
+
+    module = ActionRecognizer(num_classes=3, mode="two_stream", backbone="small_cnn", weight_decay=0.1, scheduler="none")
+    opt = module.configure_optimizers()
+    decayed = {id(p) for g in opt.param_groups if g["weight_decay"] > 0 for p in g["params"]}
+    assert decayed == {id(p) for p in module.parameters() if p.dim() >= 2}
+    assert sum(len(g["params"]) for g in opt.param_groups) == len(list(module.parameters()))
