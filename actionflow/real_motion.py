@@ -2,23 +2,27 @@
 
 ``python -m actionflow real-motion OUT [--source ../shared/data/video_real]`` cuts the 30 real
 clips of ``../shared/data/video_real`` (dance, sports, exercise, everyday actions, crowds; any
-size, 10 to 60 fps) into short clips of three classes that only motion tells apart:
+size, 10 to 60 fps) into short clips of three classes that only motion tells apart: how fast the
+footage plays.
 
-- ``normal``: 16 frames played at the base rate (15 frames per second of real time);
-- ``fast``: 16 frames at twice that speed (every second base frame: 2.1 s of real time);
-- ``reverse``: 16 frames at the base rate, played backwards.
+- ``normal``: 16 frames at the base rate, 15 frames per second of real time (1.0 s);
+- ``fast``: 16 frames at twice that speed, every second base frame (2.0 s of real time);
+- ``faster``: 16 frames at four times that speed, every fourth base frame (4.0 s).
 
-Every class is drawn from the same videos and times, so a single frame says nothing about the
-label (the RGB stream can only guess); the flow's magnitude separates ``fast`` and its temporal
-asymmetry (gravity, anticipation, how limbs accelerate) ``reverse``. Frames are resampled from
-each video's own frame rate to the base rate, so a 60 fps dance and a 10 fps breakdance move as
-fast per frame as they did in reality. Clips keep their video's aspect ratio (portrait phone
-videos, landscape broadcast) at a short side of 128 px.
+Every class is drawn from the same videos, so a single frame says little about the label (the
+RGB stream can only guess): the motion between frames decides, and not its size alone, since
+people move at every speed (a slow yoga pose played fast is still slower than a breakdance played
+normally). Frames are resampled from each video's own frame rate to the base rate, so a 60 fps
+dance and a 10 fps breakdance move as fast per frame as they did in reality. Clips keep their
+video's aspect ratio (portrait phone videos, landscape broadcast) at a short side of 128 px.
+Videos shorter than a ``faster`` clip (4.0 s; ten of the thirty) give ``normal`` and ``fast``
+clips only. (An earlier version had a ``reverse`` class, the footage played backwards: a small
+network on a few hundred clips could not tell it from ``normal`` at all, so it measured nothing.)
 
 Splits are by video, so test clips come from videos never seen in training (and that the
 shipped PWC-Net weights were not distilled on either, ``configs/flow/distill_videos.txt``):
 :data:`TEST_VIDEOS` (6 videos, 2 of them dance), :data:`VAL_VIDEOS` (4), the other 20 train.
-With the defaults: 300 training, 60 validation and 90 test clips. Layout as the demo's:
+With the defaults: 247 training, 60 validation and 90 test clips. Layout as the demo's:
 ``OUT/videos/<class>/<video>_<i>.mp4``, ``train.txt``/``val.txt``/``test.txt`` (``path label``),
 ``classes.txt``, and ``meta.json`` (written last: a complete set is not rebuilt).
 """
@@ -37,14 +41,14 @@ from flow_engine.viz import write_video
 
 log = logging.getLogger(__name__)
 
-CLASSES = ("normal", "fast", "reverse")
+CLASSES = ("normal", "fast", "faster")
 BASE_FPS = 15.0
-FAST = 2  # the fast class skips this many base frames per frame
+SPEEDS = {"normal": 1, "fast": 2, "faster": 4}  # base frames per clip frame
 TEST_VIDEOS = ("vibeold_dance_duo", "unianimate_dance_indoor", "gvhmr_tennis", "askanything_yoga",
                "sam2_kids_jumping_on_bed", "tokenflow_woman_running")
 VAL_VIDEOS = ("mimicmotion_tiktok_dance_b", "askanything_hitting_baseball", "sam2_pouring_coffee", "alphapose_street_crowd")
 DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video_real"
-VERSION = 1
+VERSION = 2
 
 
 class RealMotionError(ValueError):
@@ -68,17 +72,13 @@ def cut_clips(base: np.ndarray, clips_per_class: int, frames: int) -> dict[str, 
     starts evenly spread over the video (fewer when the video is too short for a fast clip)."""
     out: dict[str, list[np.ndarray]] = {c: [] for c in CLASSES}
     for cls in CLASSES:
-        step = FAST if cls == "fast" else 1
+        step = SPEEDS[cls]
         span = (frames - 1) * step + 1
         room = len(base) - span
         if room < 0:
             continue
-        # reverse clips start half a spacing later than normal ones: not one clip played both ways
-        shift = 0.5 if cls == "reverse" else 0.0
-        starts = sorted({int(round((i + shift) * room / max(clips_per_class - 1 + shift, 1))) for i in range(clips_per_class)})
-        for s in starts:
-            clip = base[s : s + span : step]
-            out[cls].append(clip[::-1] if cls == "reverse" else clip)
+        starts = sorted({int(round(i * room / max(clips_per_class - 1, 1))) for i in range(clips_per_class)})
+        out[cls] += [base[s : s + span : step] for s in starts]
     return out
 
 
@@ -91,7 +91,7 @@ def build(out: str | Path, source: str | Path = DEFAULT_SOURCE, clips_per_class:
         raise RealMotionError("clips_per_class >= 1, frames >= 4 and short_side >= 32 are needed")
     if not source.is_dir():
         raise RealMotionError(f"{source}: no such folder (the real clips live in ../shared/data/video_real)")
-    meta = {"version": VERSION, "classes": list(CLASSES), "base_fps": BASE_FPS, "fast": FAST, "clips_per_class": clips_per_class,
+    meta = {"version": VERSION, "classes": list(CLASSES), "base_fps": BASE_FPS, "speeds": SPEEDS, "clips_per_class": clips_per_class,
             "frames": frames, "short_side": short_side, "test_videos": list(TEST_VIDEOS), "val_videos": list(VAL_VIDEOS)}
     meta_path = out / "meta.json"
     if meta_path.is_file():
