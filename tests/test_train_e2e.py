@@ -179,3 +179,19 @@ def test_wandb_failure_falls_back_to_csv(tmp_path, monkeypatch, caplog):
         train.start_loggers(trainer)
     assert [type(lg) for lg in trainer.loggers] == [CSVLogger]
     assert "W&B did not start (wandb service unreachable)" in caplog.text
+
+
+def test_validation_fusion_sets_its_weights_on_the_validation_videos(tiny, tmp_path, capsys):
+    import csv
+
+    import torch
+
+    lines, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", "two_stream", "--model.fusion", "validation",
+                         "--model.backbone", "small_cnn", "--data.size", "32", "--trainer.max_epochs", "2")
+    _check_metrics(metrics, {"rgb", "flow", "two_stream"})
+    rows = [r for r in csv.DictReader(open(next((tmp_path / "run").rglob("metrics.csv")))) if r.get("val/fusion_rgb_weight")]
+    assert len(rows) == 2 and all(0.0 <= float(r["val/fusion_rgb_weight"]) <= 1.0 for r in rows)
+    ckpt = torch.load(lines[-2].removeprefix("checkpoint: "), weights_only=True)
+    weights = ckpt["state_dict"]["net.fusion_logits"].exp()
+    best = [float(r["val/fusion_rgb_weight"]) for r in rows if r["epoch"] == str(ckpt["epoch"])][0]
+    assert abs(float(weights[0] / weights.sum()) - best) < 1e-3  # the checkpoint keeps the weights its epoch chose
