@@ -10,8 +10,8 @@
 * Late fusion of softmax scores: ``p = (w_rgb softmax(rgb) + w_flow softmax(flow)) / (w_rgb + w_flow)``
   with fixed weights (``weighted``, default 1 : 1.5), learned ones (``learned``: two logits trained
   on the training clips, initialised at the given ratio) or weights set on the validation set
-  (``validation``: after every validation pass, the ratio that maximises the fused scores'
-  log-likelihood there; see :func:`validation_weights`). The fused output is returned as
+  (``validation``: after every validation pass, the ratio under which the fused scores classify
+  the validation videos best; see :func:`validation_weights`). The fused output is returned as
   log-probabilities ``log p``, so that ``softmax``, ``argmax`` and ``cross_entropy`` apply to it
   exactly as to the streams' logits.
 
@@ -205,17 +205,27 @@ def fuse(rgb_logits: torch.Tensor, flow_logits: torch.Tensor, weights: torch.Ten
 
 
 def validation_weights(rgb_probs: torch.Tensor, flow_probs: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    """(w_rgb, w_flow), summing to 1, that maximise the mean log-likelihood of the fused scores
-    ``w_rgb p_rgb + w_flow p_flow`` of ``labels`` (on a grid of :data:`FUSION_GRID` weights).
+    """(w_rgb, w_flow), summing to 1, under which the fused scores ``w_rgb p_rgb + w_flow p_flow``
+    classify the most of ``labels`` right (top-1), on a grid of :data:`FUSION_GRID` weights. Among
+    equally accurate weights the stream that is more accurate alone gets as much as it can (equally
+    accurate streams: the highest mean log-likelihood decides).
 
-    A stream that does not generalise (its held-out scores are no better than chance, or
-    confidently wrong) gets little or no weight, so it cannot drown the stream that does.
+    A stream that does not generalise (no better than chance on held-out videos, or confidently
+    wrong) gets little or no weight, so it cannot drown the stream that does. Accuracy rather than
+    likelihood: a stream at chance has near-uniform scores, and by likelihood it would win a large
+    weight as a mere smoother of the other stream's overconfident mistakes.
     """
-    w = torch.linspace(0, 1, FUSION_GRID, device=rgb_probs.device)[:, None]
-    p_rgb = rgb_probs.gather(1, labels[:, None]).view(1, -1)
-    p_flow = flow_probs.gather(1, labels[:, None]).view(1, -1)
-    loglik = (w * p_rgb + (1 - w) * p_flow).clamp_min(1e-12).log().mean(dim=1)
-    best = float(w[int(loglik.argmax()), 0])
+    w = torch.linspace(0, 1, FUSION_GRID, device=rgb_probs.device)[:, None, None]
+    fused = w * rgb_probs[None] + (1 - w) * flow_probs[None]  # [grid, N, C]
+    correct = (fused.argmax(dim=-1) == labels[None]).float().mean(dim=1)
+    acc_rgb, acc_flow = float(correct[-1]), float(correct[0])
+    if acc_rgb != acc_flow:
+        prefer = w.view(-1) if acc_rgb > acc_flow else 1 - w.view(-1)
+    else:
+        loglik = fused.gather(2, labels[None, :, None].expand(len(w), -1, 1)).clamp_min(1e-12).log().mean(dim=(1, 2))
+        prefer = torch.sigmoid(loglik)
+    score = correct + 1e-3 * prefer  # the tie-breaker stays below one video's share of accuracy
+    best = float(w[int(score.argmax()), 0, 0])
     return best, 1.0 - best
 
 
