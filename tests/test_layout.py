@@ -42,3 +42,10 @@ def test_every_cli_command_module_has_its_entry_points():
         # add_arguments(parser) + run(args), or main(argv, prog) for a command with a parser of its own (train)
         own_parser = callable(getattr(mod, "main", None))
         assert own_parser or (callable(mod.add_arguments) and callable(mod.run)), module
+
+
+def test_no_module_is_much_over_600_lines():
+    sizes = {str(p.relative_to(ROOT)): len(p.read_text().splitlines())
+             for package in ("flow_engine", "actionflow") for p in (ROOT / package).rglob("*.py")}
+    sizes["train.py"] = len((ROOT / "train.py").read_text().splitlines())
+    assert not {k: v for k, v in sizes.items() if v > 650}, sizes
