@@ -60,7 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="PWC-Net weights (with --engine pwcnet)")
     parser.add_argument("--device", default="auto", help="engine device (default auto)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
-    parser.add_argument("--codec", default="jpeg:95", help="the cache's codec (default jpeg:95)")
+    parser.add_argument("--codec", default="jpeg:90", help="the cache's codec (default jpeg:90, the cache's own default)")
     parser.add_argument("--codecs", default="", help="also compare these codecs on every 10th flow, e.g. jpeg:90,png,webp:95,avif:90; "
                         "hevc:CRF codes whole videos along time with H.265 (e.g. hevc:10)")
     parser.add_argument("--max-frames", type=int, default=0, help="use at most this many frames per video (0: all)")
