@@ -67,7 +67,8 @@ def spatial_transform(
     grid = torch.stack(torch.broadcast_tensors((2 * ux / W - 1)[:, None, :], (2 * uy / H - 1)[:, :, None]), -1)  # [B,h,w,2]
 
     def sample(x: torch.Tensor, mode: str) -> torch.Tensor:
-        return F.grid_sample(x, grid, mode=mode, padding_mode="zeros", align_corners=False)
+        # border, not zeros: output pixels at the edge of a just-covering crop blend with the edge, not with 0
+        return F.grid_sample(x, grid, mode=mode, padding_mode="border", align_corners=False)
 
     out1 = sample(img1.float(), "bilinear")
     out2 = sample(img2.float(), "bilinear")
@@ -104,12 +105,11 @@ def random_spatial(
 
     The scale is ``2^U(min_log2_scale, max_log2_scale)`` (applied with ``scale_prob``), each
     axis stretched by ``2^U(-max_log2_stretch, max_log2_stretch)`` (``stretch_prob``), and
-    never below what still covers the crop. Frames smaller than the crop are an error.
+    never below what still covers the crop: frames smaller than the crop (a teacher's labels of a
+    320x240 video under 256x256 crops) are scaled up to cover it, flow with them.
     """
     B, _, H, W = img1.shape
     h, w = crop
-    if H < h or W < w:
-        raise ValueError(f"frames {H}x{W} are smaller than the crop {h}x{w}")
     dev = img1.device
     log_s = _uniform(min_log2_scale, max_log2_scale, B, generator, dev) * (_rand((B,), generator, dev) < scale_prob)
     stretch = _uniform(-max_log2_stretch, max_log2_stretch, B, generator, dev) * (_rand((B,), generator, dev) < stretch_prob)

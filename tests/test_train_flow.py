@@ -145,8 +145,14 @@ def test_random_spatial_crop_size_and_sparse_values():
     batch = torch.arange(2)[:, None, None].expand(2, 32, 32)[v]
     assert valid.flatten(1)[batch, src].all()  # ... of a known one
     assert not f[~v[:, None].expand_as(f)].any()
-    with pytest.raises(ValueError, match="smaller than the crop"):
-        augment.random_spatial(img, img, flow, valid, (64, 64))
+    # Frames smaller than the crop (a 320x240 video's labels under 256x256 crops) are scaled up to cover it.
+    dense = torch.ones(2, 40, 50, dtype=torch.bool)
+    const = torch.tensor([3.0, -2.0]).view(1, 2, 1, 1).expand(2, 2, 40, 50)
+    i1, _, f, v = augment.random_spatial(img, img, const, dense, (64, 64), scale_prob=0.0, stretch_prob=0.0,
+                                         hflip_prob=0.0, vflip_prob=0.0, generator=g)
+    assert i1.shape == (2, 3, 64, 64) and v.all()
+    assert torch.allclose(f[:, 0], torch.full((2, 64, 64), 3.0 * 65 / 50), atol=1e-4)  # u grows with the x scale
+    assert torch.allclose(f[:, 1], torch.full((2, 64, 64), -2.0 * 65 / 40), atol=1e-4)
 
 
 def test_photometric_identity_and_range():
