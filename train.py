@@ -35,6 +35,7 @@ from actionflow.classify import CheckpointError, read_checkpoint
 from actionflow.data import ActionDataModule, BadVideo, DataConfigError
 from actionflow.model import ModelConfigError
 from actionflow.module import ActionRecognizer
+from flow_engine.train_module import ResumeError, check_resume_fits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself
@@ -115,12 +116,16 @@ def main(argv: list[str] | None = None) -> int:
                        parser_kwargs={"default_config_files": [] if has_config else [str(DEFAULT_CONFIG)]},
                        save_config_kwargs={"overwrite": True})
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
+        ckpt_path = cli.config.ckpt_path
+        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS and not ckpt_path.startswith("registry"):
+            check_resume_fits(model, read_checkpoint(ckpt_path), ckpt_path, model.param_groups(),
+                              hint="Train afresh (without --ckpt_path), or classify with it as it is.")
         start_loggers(trainer)
         trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path, weights_only=True)
         ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
         trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
         places = finish_loggers(trainer)
-    except (AnnotationError, DataConfigError, BadVideo, ModelConfigError, CheckpointError) as exc:
+    except (AnnotationError, DataConfigError, BadVideo, ModelConfigError, CheckpointError, ResumeError) as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_global_zero:

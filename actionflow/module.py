@@ -373,7 +373,8 @@ class ActionRecognizer(pl.LightningModule):
 
     # ------------------------------------------------------------------ optimisation
 
-    def configure_optimizers(self):
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: weights and norms/biases of the classifier, then of the flow network."""
         h = self.hparams
         flow_params = list(self.flow_net.parameters()) if hasattr(self, "flow_net") else []
         flow_ids = {id(p) for p in flow_params}
@@ -385,7 +386,11 @@ class ActionRecognizer(pl.LightningModule):
         if flow_params:
             groups += [{"params": [p for p in flow_params if p.dim() >= 2], "lr": h.lr * h.flow_lr_scale},
                        {"params": [p for p in flow_params if p.dim() < 2], "lr": h.lr * h.flow_lr_scale, "weight_decay": 0.0}]
-        groups = [g for g in groups if g["params"]]
+        return [g for g in groups if g["params"]]
+
+    def configure_optimizers(self):
+        h = self.hparams
+        groups = self.param_groups()
         if h.optimizer == "sgd":
             opt = torch.optim.SGD(groups, lr=h.lr, momentum=h.momentum, weight_decay=h.weight_decay)
         else:

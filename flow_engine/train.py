@@ -49,7 +49,7 @@ from flow_engine.distill import LabelError
 from flow_engine.engine import FlowEngineError
 from flow_engine.pwcnet import PWCNet, WeightsError, load_weights_only
 from flow_engine.train_data import FlowDataModule
-from flow_engine.train_module import ConfigError, FlowModule
+from flow_engine.train_module import ConfigError, FlowModule, ResumeError, check_resume_fits
 from flow_engine.video import ListFileError
 
 log = logging.getLogger(__name__)
@@ -323,6 +323,10 @@ def main(argv: list[str] | None = None, prog: str = "python -m flow_engine train
             print(export_weights(ckpt, c.export or DEFAULT_WEIGHTS_OUT))
             return 0
         trainer = cli.trainer
+        if cli.ckpt_path:
+            check_resume_fits(cli.model, load_weights_only(cli.ckpt_path, what="checkpoint to resume from"), cli.ckpt_path,
+                              cli.model.param_groups(), hint=f"Start a new run (another --out) from its weights with "
+                                                             f"--model.init {cli.ckpt_path}.")
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
         best = None
         for cb in trainer.checkpoint_callbacks:
@@ -331,7 +335,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m flow_engine train
                 print(f"best checkpoint: {best} (val EPE {float(cb.best_model_score):.3f} px)")
         if c.export:
             print(export_weights(best or Path(c.out) / "checkpoints" / "last.ckpt", c.export))
-    except (ConfigError, WeightsError, DatasetError, LabelError, ListFileError, FlowEngineError) as e:
+    except (ConfigError, WeightsError, ResumeError, DatasetError, LabelError, ListFileError, FlowEngineError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

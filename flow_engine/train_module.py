@@ -30,6 +30,10 @@ class ConfigError(ValueError):
     """A training setting that cannot be used (the message names the key)."""
 
 
+class ResumeError(ValueError):
+    """A checkpoint that does not fit the run that would resume from it (names the file and what differs)."""
+
+
 class FlowModule(pl.LightningModule):
     """PWC-Net trained with the multi-scale loss; validation EPE (px) on full-size frame pairs."""
 
@@ -165,18 +169,50 @@ class FlowModule(pl.LightningModule):
             if hasattr(lg, "log_image"):
                 lg.log_image(key="val/flow", images=[panel.permute(1, 2, 0).numpy()], caption=[f"{name}: frame 1 | predicted | ground truth"], step=self.global_step)
 
-    def configure_optimizers(self):
-        hp = self.hparams
+    def param_groups(self) -> list[dict]:
+        """The optimizer's parameter groups: weights (decayed), then biases (not decayed)."""
         params = [p for p in self.model.parameters() if p.requires_grad]
         # Decay weights only: shrinking biases towards zero regularises nothing useful (nanoGPT does the same).
-        groups = [{"params": [p for p in params if p.dim() >= 2], "weight_decay": hp.weight_decay},
-                  {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
-        opt = torch.optim.Adam(groups, lr=hp.lr)
+        return [{"params": [p for p in params if p.dim() >= 2], "weight_decay": self.hparams.weight_decay},
+                {"params": [p for p in params if p.dim() < 2], "weight_decay": 0.0}]
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        opt = torch.optim.Adam(self.param_groups(), lr=hp.lr)
         sched = make_scheduler(opt, hp.schedule, hp.max_steps, lr=hp.lr, milestones=hp.milestones, gamma=hp.gamma, pct_start=hp.pct_start,
                                cycle_steps=hp.cycle_steps, cycle_mult=hp.cycle_mult, min_lr=hp.min_lr)
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def check_resume_fits(module: pl.LightningModule, checkpoint: dict, path: str | Path, groups: list[dict], hint: str) -> None:
+    """Raises :class:`ResumeError` when ``checkpoint`` (a Lightning checkpoint read from ``path``) was
+    written by another model or optimizer setup than ``module`` with ``groups`` (its optimizer's
+    parameter groups): a run started by an older version, or with other model settings.
+
+    Lightning would fail on it only after data and model are built, deep in ``load_state_dict``;
+    this says what differs and ``hint`` says what to do instead.
+    """
+    have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    saved = {k: tuple(v.shape) for k, v in (checkpoint.get("state_dict") or {}).items() if hasattr(v, "shape")}
+    problems = []
+    if missing := sorted(have.keys() - saved.keys()):
+        problems.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
+    if extra := sorted(saved.keys() - have.keys()):
+        problems.append(f"{len(extra)} unexpected weights (e.g. {extra[0]})")
+    if wrong := sorted(k for k in have.keys() & saved.keys() if have[k] != saved[k]):
+        problems.append(f"{len(wrong)} weights of another shape (e.g. {wrong[0]}: {saved[wrong[0]]} here {have[wrong[0]]})")
+    states = checkpoint.get("optimizer_states") or []
+    if states and not problems:
+        sizes = [len(g.get("params", ())) for g in states[0].get("param_groups", [])]
+        expected = [len(g["params"]) for g in groups]
+        if sizes != expected:
+            problems.append(f"optimizer parameter groups of sizes {sizes}, this setup has {expected}")
+    if problems:
+        raise ResumeError(f"{path}: cannot resume from it: it was written by another model or optimizer setup "
+                          f"({'; '.join(problems)}). {hint}")
+
 
 
 def zero_flow_heads(model: PWCNet) -> None:

@@ -8,6 +8,7 @@ import logging
 from pathlib import Path
 
 import pytest
+import torch
 from tiny_videos import make_dataset
 
 from actionflow.__main__ import main as actionflow_main
@@ -143,6 +144,24 @@ def test_resume_from_a_checkpoint_of_train_py(tiny, tmp_path, capsys):
     _, metrics = fit(tiny, tmp_path / "run", capsys, "--model.mode", "rgb", "--trainer.max_epochs", "2",
                      "--ckpt_path", first, logger="none")
     _check_metrics(metrics, {"rgb"})
+
+    # A checkpoint of another setup (an older version grouped the optimizer's parameters differently;
+    # another backbone has other weights): one clear error before any work, not Lightning's ValueError.
+    ckpt = torch.load(first, weights_only=True)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    merged = dict(groups[0], params=[i for g in groups for i in g["params"]])
+    ckpt["optimizer_states"][0]["param_groups"] = [merged]
+    old_layout = tmp_path / "old_layout.ckpt"
+    torch.save(ckpt, old_layout)
+    renamed = tmp_path / "renamed.ckpt"
+    ckpt["state_dict"] = {f"other.{k}": v for k, v in ckpt["state_dict"].items()}
+    torch.save(ckpt, renamed)
+    for bad, words in ((old_layout, "optimizer parameter groups of sizes"), (renamed, "weights missing")):
+        argv = train_argv(tiny, tmp_path / "run2", logger="none") + ["--model.mode", "rgb", "--ckpt_path", str(bad)]
+        capsys.readouterr()
+        assert train.main(argv) == 2
+        err = capsys.readouterr().err
+        assert f"{bad}: cannot resume from it" in err and words in err and "Traceback" not in err, err
 
 
 def test_bad_ckpt_path_fails_before_any_heavy_work(tiny, tmp_path, capsys):

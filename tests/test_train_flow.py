@@ -244,6 +244,27 @@ def test_resume_continues_exactly(tmp_path):
     assert 15e6 < out.stat().st_size < 25e6
 
 
+def test_resuming_a_checkpoint_of_another_setup_is_a_clear_error(tmp_path, capsys):
+    """A run started by an older version (one optimizer group for all parameters) or with another
+    model: exit 2 naming the file and what differs, before training, instead of Lightning's ValueError."""
+    from flow_engine.__main__ import main
+
+    cli = FlowCLI(tiny_args(tmp_path / "a"))
+    cli.trainer.callbacks.append(StopAt(2))
+    cli.trainer.fit(cli.model, datamodule=cli.datamodule, weights_only=True)
+    last = tmp_path / "a" / "checkpoints" / "last.ckpt"
+    assert main(["train", *tiny_args(tmp_path / "a"), "--resume", "auto"]) == 0  # its own setup resumes
+    ckpt = torch.load(last, weights_only=True)
+    groups = ckpt["optimizer_states"][0]["param_groups"]
+    ckpt["optimizer_states"][0]["param_groups"] = [dict(groups[0], params=[i for g in groups for i in g["params"]])]
+    torch.save(ckpt, last)
+    capsys.readouterr()
+    assert main(["train", *tiny_args(tmp_path / "a"), "--resume", "auto"]) == 2
+    err = capsys.readouterr().err
+    assert f"error: {last}: cannot resume from it" in err and "optimizer parameter groups of sizes [" in err, err
+    assert f"--model.init {last}" in err and "Traceback" not in err
+
+
 def test_crafted_checkpoints_are_refused_never_run(tmp_path, capsys):
     """--export-only, --resume and --init on a pickle whose loading would run code: a clear error
     naming the file, exit 2, and the code never runs (the marker file it would create stays absent)."""
