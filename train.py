@@ -61,7 +61,7 @@ class TrainCLI(LightningCLI):
 
     def before_instantiate_classes(self) -> None:
         ckpt_path = self.config.ckpt_path
-        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS and not ckpt_path.startswith("registry"):
+        if names_a_file(ckpt_path):
             # Checked here, before the data module is built (it may generate the demo set and compute
             # the flow cache): a wrong path fails at once, not after minutes of work. Lightning reads the
             # file again in fit; reading it first with weights_only=True refuses a crafted pickle before
@@ -71,6 +71,11 @@ class TrainCLI(LightningCLI):
             os.environ["WANDB_MODE"] = self.config.wandb
         elif "WANDB_MODE" not in os.environ and not os.environ.get("WANDB_API_KEY"):
             os.environ["WANDB_MODE"] = "offline"
+
+
+def names_a_file(ckpt_path: str | None) -> bool:
+    """Whether ``--ckpt_path`` names a file (not empty, not one of the values Lightning resolves itself)."""
+    return bool(ckpt_path) and ckpt_path not in LIGHTNING_CKPT_KEYWORDS and not ckpt_path.startswith("registry")
 
 
 def start_loggers(trainer) -> None:
@@ -117,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
                        save_config_kwargs={"overwrite": True})
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         ckpt_path = cli.config.ckpt_path
-        if ckpt_path and ckpt_path not in LIGHTNING_CKPT_KEYWORDS and not ckpt_path.startswith("registry"):
+        if names_a_file(ckpt_path):
             check_resume_fits(model, read_checkpoint(ckpt_path), ckpt_path, model.param_groups(),
                               hint="Train afresh (without --ckpt_path), or classify with it as it is.")
         start_loggers(trainer)

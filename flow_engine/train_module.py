@@ -214,7 +214,6 @@ def check_resume_fits(module: pl.LightningModule, checkpoint: dict, path: str | 
                           f"({'; '.join(problems)}). {hint}")
 
 
-
 def zero_flow_heads(model: PWCNet) -> None:
     """Zero the flow-prediction convolutions, so an untrained PWC-Net predicts zero flow.
 
