@@ -44,6 +44,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
     parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
     parser.add_argument("--clip", type=int, metavar="T", help="also time T-frame clips: pair path vs clip path (features once)")
     parser.add_argument("--skip-engine", action="store_true", help="benchmark the cost volume only")
     parser.add_argument("--skip-cost-volume", action="store_true", help="benchmark the engine only")
@@ -166,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         engine = FlowEngine(model=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
-                            flow_updates=args.flow_updates)
+                            flow_updates=args.flow_updates, scales=args.scales)
     except (FlowEngineError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

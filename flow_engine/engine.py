@@ -16,14 +16,14 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from flow_engine.classical import CLASSICAL_METHODS
-from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, WeightsError, padded_size
+from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, WeightsError, check_scales, padded_size
 from flow_engine.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
 
 log = logging.getLogger(__name__)
@@ -31,6 +31,10 @@ log = logging.getLogger(__name__)
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pwcnet_actionflow.pt"
 LEARNED_MODELS = ("pwcnet",) + RAFT_VARIANTS
 MODELS = LEARNED_MODELS + CLASSICAL_METHODS
+# PWC-Net runs coarse to fine at these factors of the frame size (PWCNet.predict): a pass at
+# 3/8 size finds long displacements, the full-size pass refines them. Measured on both shared
+# sets (README, "Flow engine"): better than one full-size pass on small motion too.
+PWCNET_SCALES = (0.375, 1.0)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rough peak activation memory of PWC-Net inference is ~1-2 KB per (padded) input pixel in
 # fp32; the defaults keep a sub-batch well inside a GPU's memory and a few GB on CPU.
@@ -72,10 +76,11 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def engine_identity(model: str = "pwcnet", weights: str | Path | None = None, flow_updates: int | None = None) -> dict:
+def engine_identity(model: str = "pwcnet", weights: str | Path | None = None, flow_updates: int | None = None,
+                    scales: Sequence[float] | None = None) -> dict:
     """What determines an engine's flow, without building it: ``{"name", "weights_hash"}`` and, for
-    RAFT, ``"flow_updates"``. The cache key and what checkpoints record (``FlowEngine.config()``
-    adds the dtype, which neither compares)."""
+    RAFT, ``"flow_updates"``, for PWC-Net, ``"scales"``. The cache key and what checkpoints record
+    (``FlowEngine.config()`` adds the dtype, which neither compares)."""
     if model not in MODELS:
         raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
     if model in CLASSICAL_METHODS:
@@ -96,7 +101,16 @@ def engine_identity(model: str = "pwcnet", weights: str | Path | None = None, fl
     out = {"name": model, "weights_hash": weights_hash}
     if model in RAFT_VARIANTS:
         out["flow_updates"] = DEFAULT_FLOW_UPDATES if flow_updates is None else int(flow_updates)
+    if model == "pwcnet":
+        out["scales"] = list(_pwcnet_scales(scales))
     return out
+
+
+def _pwcnet_scales(scales: Sequence[float] | None) -> tuple[float, ...]:
+    try:
+        return check_scales(PWCNET_SCALES if scales is None else scales)
+    except FlowInputError as e:
+        raise FlowEngineError(str(e)) from None
 
 
 def _resolve_dtype(dtype: str, device: torch.device) -> str:
@@ -129,11 +143,13 @@ class FlowEngine:
             pass; larger batches are split. Default: 2 M on CPU, GPU memory / 4 KB on CUDA.
             RAFT's correlation volume counts as extra pixels (it grows with the square of the size).
         flow_updates: RAFT's recurrent refinements per pair (default 12); part of the cache key.
+        scales: PWC-Net's coarse-to-fine frame sizes, factors of H, W (default :data:`PWCNET_SCALES`;
+            ``[1.0]``: one full-size pass); part of the cache key.
         workers: processes a classical engine spreads the pairs of a batch over (default 1: in
             this process); the flows come back in order. Learned engines use their device.
     Attributes: ``name``, ``weights_hash`` (sha256[:16] of the weights file, "random",
         "torchvision-<file>" or "opencv-<version>"), ``device`` (torch.device), ``dtype`` (str),
-        ``flow_updates`` (RAFT, else ``None``), ``model`` (the :class:`PWCNet` or
+        ``flow_updates`` (RAFT, else ``None``), ``scales`` (PWC-Net, else ``None``), ``model`` (the :class:`PWCNet` or
         :class:`RAFT`, ``None`` for classical methods).
     """
 
@@ -146,6 +162,7 @@ class FlowEngine:
         max_pixels_per_batch: int | None = None,
         flow_updates: int | None = None,
         workers: int = 1,
+        scales: Sequence[float] | None = None,
     ):
         if model not in MODELS:
             raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
@@ -162,6 +179,9 @@ class FlowEngine:
                 raise FlowEngineError(f"flow_updates must be at least 1, got {flow_updates}")
         elif flow_updates is not None:
             raise FlowEngineError(f"flow_updates applies to RAFT only, not to {model!r}")
+        if scales is not None and model != "pwcnet":
+            raise FlowEngineError(f"scales apply to PWC-Net only, not to {model!r}")
+        self.scales = _pwcnet_scales(scales) if model == "pwcnet" else None
         if model not in LEARNED_MODELS:
             import cv2
 
@@ -214,12 +234,15 @@ class FlowEngine:
         out = {"name": self.name, "weights_hash": self.weights_hash, "dtype": self.dtype}
         if self.flow_updates is not None:
             out["flow_updates"] = self.flow_updates
+        if self.scales is not None:
+            out["scales"] = list(self.scales)
         return out
 
     def __repr__(self) -> str:
-        updates = f", flow_updates={self.flow_updates}" if self.flow_updates is not None else ""
+        extra = f", flow_updates={self.flow_updates}" if self.flow_updates is not None else ""
+        extra += f", scales={list(self.scales)}" if self.scales is not None else ""
         return (f"FlowEngine(name={self.name!r}, weights_hash={self.weights_hash!r}, device={self.device}, "
-                f"dtype={self.dtype!r}{updates})")
+                f"dtype={self.dtype!r}{extra})")
 
     # --- inference -------------------------------------------------------------------------
     def pairs_per_batch(self, height: int, width: int) -> int:
@@ -249,7 +272,7 @@ class FlowEngine:
             for i in range(0, B, step):
                 a = _to_unit_float(frames1[i : i + step].to(self.device, non_blocking=True))
                 b = _to_unit_float(frames2[i : i + step].to(self.device, non_blocking=True))
-                out[i : i + step] = self.model.predict(a, b).float()
+                out[i : i + step] = self._predict(a, b).float()
         return out
 
     def clip_flow(self, clip: torch.Tensor, batch: int | None = None) -> torch.Tensor:
@@ -283,7 +306,7 @@ class FlowEngine:
         clip = clip.to(self.device, non_blocking=True)
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
             for s in range(0, len(clip) - 1, step):
-                yield self.model.predict_clip(_to_unit_float(clip[s : s + step + 1])).float()
+                yield self._predict_clips(_to_unit_float(clip[s : s + step + 1])[None])[0].float()
 
     def snippets_flow(self, snippets: torch.Tensor) -> torch.Tensor:
         """Flows [N,T-1,2,H,W] px within each of N snippets of consecutive frames [N,T,3,H,W]
@@ -302,7 +325,7 @@ class FlowEngine:
         with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
             for s in range(0, N, per_call):
                 part = _to_unit_float(snippets[s : s + per_call].to(self.device, non_blocking=True))
-                out.append(self.model.predict_clips(part).float().to(home))
+                out.append(self._predict_clips(part).float().to(home))
         return torch.cat(out)
 
     def stream(self, chunks: Iterable[torch.Tensor | np.ndarray], batch: int | None = None) -> Iterator[torch.Tensor]:
@@ -337,7 +360,17 @@ class FlowEngine:
         if self.model is None:
             raise FlowEngineError(f"model {self.name!r} is a classical method: no gradients to take")
         frames1, frames2 = _check_frames(frames1, frames2)
-        return self.model.predict(_to_unit_float(frames1), _to_unit_float(frames2))
+        return self._predict(_to_unit_float(frames1), _to_unit_float(frames2))
+
+    def _predict(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        if self.scales is not None:
+            return self.model.predict(a, b, scales=self.scales)
+        return self.model.predict(a, b)
+
+    def _predict_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        if self.scales is not None:
+            return self.model.predict_clips(clips, scales=self.scales)
+        return self.model.predict_clips(clips)
 
     def _classical(self, frames1: torch.Tensor, frames2: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
         from flow_engine.classical import classical_flow

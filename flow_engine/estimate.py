@@ -70,6 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default="pwcnet", choices=MODELS, help="flow method (default pwcnet)")
     parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="inference precision")
 
@@ -82,7 +83,7 @@ def run(args: argparse.Namespace) -> int:
         return 2
     try:
         engine = FlowEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
-                            flow_updates=args.flow_updates)
+                            flow_updates=args.flow_updates, scales=args.scales)
         if args.video is None and args.frames is None:
             return _run_pair(engine, args)
         return _run_sequence(engine, args)

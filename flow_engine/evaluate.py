@@ -81,10 +81,11 @@ def evaluate(method_fn: MethodFn, cases: list[Case], progress: bool = True) -> d
     return {"cases": results, "mean": mean}
 
 
-def make_method(name: str, weights: str | None = None, device: str = "auto", flow_updates: int | None = None) -> MethodFn:
+def make_method(name: str, weights: str | None = None, device: str = "auto", flow_updates: int | None = None,
+                scales: list[float] | None = None) -> MethodFn:
     """The flow method called ``name`` as ``fn(img1, img2) -> flow [H,W,2]`` (uint8 RGB in, pixels out).
 
-    ``weights`` and (RAFT) ``flow_updates`` go to :class:`FlowEngine` for the learned methods.
+    ``weights``, (RAFT) ``flow_updates`` and (PWC-Net) ``scales`` go to :class:`FlowEngine` for the learned methods.
     """
     if name == "zero":
         return lambda img1, img2: np.zeros(img1.shape[:2] + (2,), np.float32)
@@ -93,7 +94,7 @@ def make_method(name: str, weights: str | None = None, device: str = "auto", flo
     if name in LEARNED_MODELS:
         from flow_engine.engine import FlowEngine
 
-        engine = FlowEngine(model=name, weights=weights, device=device, flow_updates=flow_updates)
+        engine = FlowEngine(model=name, weights=weights, device=device, flow_updates=flow_updates, scales=scales)
 
         def learned(img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
             t1 = torch.from_numpy(img1).permute(2, 0, 1)[None]
@@ -121,6 +122,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--method", default="dis", metavar="NAME", help=f"one of {', '.join(METHODS)} (default dis)")
     method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     method.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
+    method.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
     method.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for a learned method")
     parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -171,7 +173,7 @@ def format_table(result: dict) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         cases = cases_from_args(args)
-        method_fn = make_method(args.method, args.weights, args.device, args.flow_updates)
+        method_fn = make_method(args.method, args.weights, args.device, args.flow_updates, args.scales)
         result = evaluate(method_fn, cases, progress=not args.no_progress)
     except (FlowFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)

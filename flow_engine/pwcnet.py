@@ -224,7 +224,8 @@ class PWCNet(nn.Module):
         flows[-1] = flows[-1] + self.context_network(x)
         return flows
 
-    def predict(self, img1: torch.Tensor, img2: torch.Tensor, size_mode: str = "pad") -> torch.Tensor:
+    def predict(self, img1: torch.Tensor, img2: torch.Tensor, size_mode: str = "pad",
+                scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
         """Flow [B,2,H,W] in pixels from frame 1 to frame 2, for RGB [0,1] frames of any size.
 
         Frames whose sides are not multiples of 64 are brought there by ``size_mode``: "pad"
@@ -232,9 +233,19 @@ class PWCNet(nn.Module):
         flow resized back and u, v rescaled by W/W', H/H'). Greyscale [B,1,H,W] frames are
         repeated to 3 channels. Frames smaller than 64 px in a side are padded up to 64 (they
         work, but there is little for a 6-level pyramid to see).
+
+        ``scales``: the frame sizes the network runs at, as factors of H, W, coarse to fine (see
+        :func:`check_scales`). The first gives a flow; each later one estimates what is left on
+        frame 2 warped by the flow so far, and adds it. A coarse first pass brings long
+        displacements within reach of the cost volume's few pixels; the fine pass restores detail.
         """
         img1, img2 = as_rgb(img1), as_rgb(img2)
         check_pair(img1, img2)
+        scales = check_scales(scales)
+        flow = self._predict_once(scale_frames(img1, scales[0]), scale_frames(img2, scales[0]), size_mode)
+        return self._refine(flow, img1, img2, scales[1:], size_mode)
+
+    def _predict_once(self, img1: torch.Tensor, img2: torch.Tensor, size_mode: str = "pad") -> torch.Tensor:
         H, W = img1.shape[-2:]
         if size_mode == "pad":
             x1, x2 = pad_to_multiple(img1), pad_to_multiple(img2)
@@ -246,27 +257,44 @@ class PWCNet(nn.Module):
         flow = self.FLOW_SCALE * F.interpolate(flow2, scale_factor=4, mode="bilinear", align_corners=False)
         return unpad(flow, (H, W)) if size_mode == "pad" else resize_flow(flow, (H, W))
 
-    def predict_clip(self, frames: torch.Tensor) -> torch.Tensor:
+    def _refine(self, flow: torch.Tensor, img1: torch.Tensor, img2: torch.Tensor, scales: tuple[float, ...],
+                size_mode: str = "pad") -> torch.Tensor:
+        """``flow`` [B,2,h,w] px between full-size frames ``img1``, ``img2`` refined at each of ``scales``
+        (frame 2 warped by the flow so far, the residual added); returned at the frames' size."""
+        for s in scales:
+            a, b = scale_frames(img1, s), scale_frames(img2, s)
+            init = resize_flow(flow, tuple(a.shape[-2:]))
+            flow = init + self._predict_once(a, warp_frame(b, init), size_mode)
+        return resize_flow(flow, tuple(img1.shape[-2:]))
+
+    def predict_clip(self, frames: torch.Tensor, scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
         """Flows [T-1,2,H,W] px between consecutive RGB [0,1] frames [T,3,H,W] of any size.
 
         Each frame's feature pyramid is computed once and serves as frame 2 of one pair and
         frame 1 of the next: the same numbers as :meth:`predict` on the pairs, with about half
-        the pyramid work. Several clips at once: :meth:`predict_clips`.
+        the pyramid work (at the first of ``scales``; later scales see warped frames, pair by
+        pair). Several clips at once: :meth:`predict_clips`.
         """
-        return self.predict_clips(frames[None])[0]
+        return self.predict_clips(frames[None], scales)[0]
 
-    def predict_clips(self, clips: torch.Tensor) -> torch.Tensor:
+    def predict_clips(self, clips: torch.Tensor, scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:
         """Flows [N,T-1,2,H,W] px within each of N clips of RGB [0,1] frames [N,T,3,H,W] (T >= 2)."""
         if clips.dim() != 5 or clips.shape[1] < 2 or clips.shape[2] not in (1, 3):
             raise FlowInputError(f"clips must be [N,T,3,H,W] with T >= 2, got shape {tuple(clips.shape)}")
-        N, T, _, H, W = clips.shape
-        x = pad_to_multiple(as_rgb(clips.flatten(0, 1)))
+        scales = check_scales(scales)
+        N, T = clips.shape[:2]
+        frames = as_rgb(clips.flatten(0, 1))
+        x = scale_frames(frames, scales[0])
+        h, w = x.shape[-2:]
+        x = pad_to_multiple(x)
         if self.bgr:
             x = x.flip(1)
         pyr = [p.unflatten(0, (N, T)) for p in self.feature_pyramid(x)]
         flow2 = self.decode([p[:, :-1].flatten(0, 1) for p in pyr], [p[:, 1:].flatten(0, 1) for p in pyr])[-1].float()
-        flow = self.FLOW_SCALE * F.interpolate(flow2, scale_factor=4, mode="bilinear", align_corners=False)
-        return unpad(flow, (H, W)).unflatten(0, (N, T - 1))
+        flow = unpad(self.FLOW_SCALE * F.interpolate(flow2, scale_factor=4, mode="bilinear", align_corners=False), (h, w))
+        frames = frames.unflatten(0, (N, T))
+        flow = self._refine(flow, frames[:, :-1].flatten(0, 1), frames[:, 1:].flatten(0, 1), scales[1:])
+        return flow.unflatten(0, (N, T - 1))
 
     @classmethod
     def from_weights(cls, path: str | Path, **kwargs) -> "PWCNet":
@@ -299,6 +327,37 @@ def check_pair(img1: torch.Tensor, img2: torch.Tensor, multiple: int = 1) -> Non
             f"PWCNet.forward needs H and W multiples of {multiple}, got {H}x{W}; "
             "use PWCNet.predict or pad_to_multiple / resize_to_multiple"
         )
+
+
+def check_scales(scales) -> tuple[float, ...]:
+    """``scales`` as a tuple of floats: factors in (0, 1], strictly growing (coarse to fine); else FlowInputError."""
+    try:
+        out = tuple(float(s) for s in ([scales] if isinstance(scales, (int, float)) else scales))
+    except (TypeError, ValueError):
+        out = ()
+    if not out or any(not 0 < s <= 1 for s in out) or any(b <= a for a, b in zip(out, out[1:])):
+        raise FlowInputError(f"scales are factors in (0, 1], coarse to fine (strictly growing), e.g. [0.375, 1.0]; got {scales!r}")
+    return out
+
+
+def scale_frames(img: torch.Tensor, scale: float) -> torch.Tensor:
+    """[B,C,H,W] resized by ``scale`` (antialiased bilinear; at least 8 px a side); unchanged at 1."""
+    if scale == 1.0:
+        return img
+    H, W = img.shape[-2:]
+    size = (max(8, round(H * scale)), max(8, round(W * scale)))
+    return F.interpolate(img.float(), size=size, mode="bilinear", align_corners=False, antialias=True)
+
+
+def warp_frame(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    """Backward-warp frames [B,C,H,W] by ``flow`` [B,2,H,W] px: out(p) = img(p + flow(p)), the border
+    repeated outside (unlike :func:`warp`, whose zeros would read as a dark edge moving)."""
+    B, _, H, W = img.shape
+    ys, xs = torch.meshgrid(torch.arange(H, device=img.device, dtype=torch.float32),
+                            torch.arange(W, device=img.device, dtype=torch.float32), indexing="ij")
+    grid = torch.stack(((xs + flow[:, 0].float()) * (2.0 / max(W - 1, 1)) - 1.0,
+                        (ys + flow[:, 1].float()) * (2.0 / max(H - 1, 1)) - 1.0), dim=-1)
+    return F.grid_sample(img.float(), grid, mode="bilinear", padding_mode="border", align_corners=True)
 
 
 def padded_size(H: int, W: int, multiple: int = MULTIPLE) -> tuple[int, int]:

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from flow_engine import engine as engine_mod
-from flow_engine.engine import DEFAULT_WEIGHTS, FlowEngine, FlowEngineError, file_hash
+from flow_engine.engine import DEFAULT_WEIGHTS, FlowEngine, FlowEngineError, engine_identity, file_hash
 from flow_engine.pwcnet import FlowInputError, PWCNet, WeightsError
 
 
@@ -41,7 +41,31 @@ def test_defaults_and_config(engine):
     assert isinstance(engine.model, PWCNet) and not engine.model.training
     if not DEFAULT_WEIGHTS.is_file():
         assert engine.weights_hash == "random"
-    assert engine.config() == {"name": "pwcnet", "weights_hash": engine.weights_hash, "dtype": "fp32"}
+    assert engine.config() == {"name": "pwcnet", "weights_hash": engine.weights_hash, "dtype": "fp32", "scales": [0.375, 1.0]}
+
+
+@pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="needs the shipped PWC-Net weights")
+def test_coarse_to_fine_finds_a_long_displacement_that_one_pass_misses():
+    import skimage.data
+
+    photo = torch.from_numpy(skimage.data.astronaut()).permute(2, 0, 1)[None]
+    shift = 72  # px: frame 2 is frame 1's view moved 72 px right, so every pixel's flow is u = -72
+    a, b = photo[..., 100:356, 100:420], photo[..., 100:356, 100 + shift : 420 + shift]
+    one_pass = FlowEngine(device="cpu", scales=[1.0])
+    coarse_to_fine = FlowEngine(device="cpu")
+    seen = slice(shift + 8, -8)  # pixels whose match is inside frame 2
+
+    def error(engine):
+        return (engine(a, b)[0, 0, :, seen] + shift).abs().mean().item()
+
+    assert error(one_pass) > 30 and error(coarse_to_fine) < 5
+    # One full-size pass is the network's own predict; the scales are part of the engine's identity.
+    assert torch.equal(one_pass(a, b), one_pass.model.predict(a.float() / 255, b.float() / 255))
+    assert one_pass.config()["scales"] == [1.0] and engine_identity("pwcnet", scales=[1.0]) != engine_identity("pwcnet")
+    with pytest.raises(FlowEngineError, match="coarse to fine"):
+        FlowEngine(device="cpu", scales=[1.0, 0.5])
+    with pytest.raises(FlowEngineError, match="PWC-Net only"):
+        FlowEngine("dis", scales=[0.5, 1.0])
 
 
 def test_random_init_is_deterministic_and_warns_once(caplog, monkeypatch, tmp_path):
@@ -111,7 +135,7 @@ def test_weights_file_and_hash(tmp_path, frames):
     eng = FlowEngine(weights=path, device="cpu")
     assert eng.weights_hash == file_hash(path) and len(eng.weights_hash) == 16
     with torch.no_grad():
-        ref = net.eval().predict(frames[:1].float() / 255, frames[1:2].float() / 255)
+        ref = net.eval().predict(frames[:1].float() / 255, frames[1:2].float() / 255, scales=eng.scales)
     torch.testing.assert_close(eng(frames[:1], frames[1:2]), ref)
     with pytest.raises(WeightsError, match="no such weights file"):
         FlowEngine(weights=tmp_path / "absent.pt", device="cpu")
