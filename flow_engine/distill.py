@@ -130,8 +130,14 @@ def _save_npz(path: Path, **arrays: np.ndarray) -> None:
     os.replace(tmp, path)
 
 
+def _identity(teacher_config: dict) -> dict:
+    """What makes two teachers' labels the same: the engine's identity, not the precision it ran at
+    (labels are stored as float16 whatever the teacher's dtype, so a GPU's bf16 labels serve a CPU run)."""
+    return {k: v for k, v in teacher_config.items() if k != "dtype"}
+
+
 def _manifest(teacher_config: dict, pairs_per_video: int, gaps: Sequence[int], short_sides: Sequence[int], seed: int) -> dict:
-    return {"version": LABEL_VERSION, "teacher": teacher_config, "pairs_per_video": int(pairs_per_video),
+    return {"version": LABEL_VERSION, "teacher": _identity(teacher_config), "pairs_per_video": int(pairs_per_video),
             "gaps": [int(g) for g in gaps], "short_sides": [int(s) for s in short_sides], "seed": int(seed),
             "fb_alpha": [FB_ALPHA1, FB_ALPHA2]}
 
@@ -146,7 +152,8 @@ def _check_manifest(out: Path, manifest: dict) -> None:
         old = json.loads(path.read_text())
     except (OSError, ValueError) as exc:
         raise LabelError(f"{path}: unreadable label manifest ({exc}); remove the folder or pick another") from None
-    if not isinstance(old, dict) or old.get("teacher") != manifest["teacher"] or old.get("version") != LABEL_VERSION:
+    same_teacher = isinstance(old, dict) and isinstance(old.get("teacher"), dict) and _identity(old["teacher"]) == manifest["teacher"]
+    if not same_teacher or old.get("version") != LABEL_VERSION:
         raise LabelError(f"{out} holds labels of another teacher or format ({old.get('teacher') if isinstance(old, dict) else old}); "
                          f"this run's teacher is {manifest['teacher']}: use another labels folder")
     if old != manifest:  # other sampling settings: keep the files, record the union
@@ -165,7 +172,8 @@ def label_videos(videos: str | os.PathLike | Sequence[str | os.PathLike], out: s
     """Labels pairs of ``videos`` (folders, lists or files, see ``list_videos``) with ``teacher``
     (a :class:`flow_engine.FlowEngine`) into the folder ``out``; resumable.
 
-    Returns ``{"videos", "pairs", "labelled", "existing", "skipped": ["path: reason", ...]}``.
+    Returns ``{"videos", "pairs", "labelled", "existing", "nonfinite", "skipped": ["path: reason", ...]}``;
+    ``nonfinite`` counts pairs whose teacher flow held NaN or inf, which are not written.
     Videos that cannot be decoded are skipped and named; a mismatching teacher is a LabelError.
     """
     from tqdm import tqdm
@@ -178,7 +186,7 @@ def label_videos(videos: str | os.PathLike | Sequence[str | os.PathLike], out: s
     paths = sorted({p for spec in specs for p in list_videos(spec)}, key=str)
     out = Path(out)
     _check_manifest(out, _manifest(teacher.config(), pairs_per_video, gaps, short_sides, seed))
-    summary = {"videos": len(paths), "pairs": 0, "labelled": 0, "existing": 0, "skipped": []}
+    summary = {"videos": len(paths), "pairs": 0, "labelled": 0, "existing": 0, "nonfinite": 0, "skipped": []}
     for video in tqdm(paths, desc="label", unit="video", disable=not progress):
         try:
             info = probe(video)
@@ -193,17 +201,22 @@ def label_videos(videos: str | os.PathLike | Sequence[str | os.PathLike], out: s
             for size in sorted({p.size for p in todo}):
                 group = [p for p in todo if p.size == size]
                 for i in range(0, len(group), batch):
-                    summary["labelled"] += _label_group(group[i : i + batch], folder, teacher)
+                    written, refused = _label_group(group[i : i + batch], folder, teacher)
+                    summary["labelled"] += written
+                    summary["nonfinite"] += refused
         except VideoError as exc:
             log.warning("skipped %s", exc)
             summary["skipped"].append(str(exc))
+    if summary["nonfinite"]:
+        log.warning("%d pairs not written: the teacher's flow held NaN or inf", summary["nonfinite"])
     if summary["skipped"]:
         log.warning("%d of %d videos skipped: %s", len(summary["skipped"]), len(paths), "; ".join(summary["skipped"]))
     return summary
 
 
-def _label_group(plans: list[PairPlan], folder: Path, teacher) -> int:
-    """Decodes, labels and writes pairs that share a video and a size; returns how many were written."""
+def _label_group(plans: list[PairPlan], folder: Path, teacher) -> tuple[int, int]:
+    """Decodes, labels and writes pairs that share a video and a size; returns how many were
+    written and how many were refused for a non-finite teacher flow."""
     video, size = plans[0].video, plans[0].size
     index = sorted({p.frame for p in plans} | {p.frame + p.gap for p in plans})
     frames = read_frames(video, index, size)
@@ -216,7 +229,12 @@ def _label_group(plans: list[PairPlan], folder: Path, teacher) -> int:
     flows = teacher(torch.cat((a, b)), torch.cat((b, a)))
     fw, bw = flows[: len(plans)], flows[len(plans) :]
     valid_fw, valid_bw = fb_consistency(fw, bw), fb_consistency(bw, fw)
+    # float16 holds up to 65504 px: more than any frame, so only a broken teacher overflows it.
+    finite = torch.isfinite(fw.half()).flatten(1).all(1) & torch.isfinite(bw.half()).flatten(1).all(1)
     for k, p in enumerate(plans):
+        if not finite[k]:
+            log.warning("%s frame %d gap %d: the teacher's flow is not finite; pair not written", video, p.frame, p.gap)
+            continue
         meta = {"video": str(video), "frame": p.frame, "gap": p.gap, "size": list(size), "teacher": teacher.config()}
         _save_npz(
             folder / p.filename(),
@@ -226,7 +244,7 @@ def _label_group(plans: list[PairPlan], folder: Path, teacher) -> int:
             valid_fw=np.packbits(valid_fw[k].numpy()), valid_bw=np.packbits(valid_bw[k].numpy()),
             meta=np.frombuffer(json.dumps(meta).encode(), np.uint8),
         )
-    return len(plans)
+    return int(finite.sum()), int((~finite).sum())
 
 
 class TeacherLabels(Dataset):

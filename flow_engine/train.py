@@ -49,7 +49,7 @@ from flow_engine.distill import LabelError
 from flow_engine.engine import FlowEngineError
 from flow_engine.pwcnet import PWCNet, WeightsError, load_weights_only
 from flow_engine.train_data import FlowDataModule
-from flow_engine.train_module import ConfigError, FlowModule, ResumeError, check_resume_fits
+from flow_engine.train_module import ConfigError, DivergedError, FlowModule, ResumeError, check_resume_fits
 from flow_engine.video import ListFileError
 
 log = logging.getLogger(__name__)
@@ -106,7 +106,8 @@ class StepLog(pl.Callback):
             return
         m = trainer.callback_metrics
         if "val/epe" in m:
-            groups = " ".join(f"{k[4:]} {float(v):.3f}" for k, v in sorted(m.items()) if k.startswith("val/epe_"))
+            groups = " ".join(f"{k[4:].removesuffix('/epe')} {float(v):.3f}" for k, v in sorted(m.items())
+                              if k.startswith("val/") and k != "val/epe")
             log.info("validation at step %d: EPE %.3f px (%s)", trainer.global_step, float(m["val/epe"]), groups)
 
 
@@ -131,6 +132,10 @@ def export_weights(checkpoint: str | Path, out: str | Path = DEFAULT_WEIGHTS_OUT
         PWCNet().load_state_dict({k: v.float() for k, v in weights.items()})  # fails loudly on a wrong layout
     except RuntimeError as e:
         raise WeightsError(f"{checkpoint}: its 'model.*' parameters are not a PWC-Net ({str(e).splitlines()[0][:200]})") from None
+    bad = sorted(k for k, v in weights.items() if not torch.isfinite(v).all())
+    if bad:
+        raise WeightsError(f"{checkpoint}: {len(bad)} weight tensors hold NaN or inf once in fp16 (e.g. {bad[0]}); "
+                           f"nothing was written to {out}")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_suffix(out.suffix + ".tmp")
     torch.save(weights, tmp)
@@ -296,7 +301,7 @@ class FlowCLI(LightningCLI):
             every_n_train_steps=None if every_minutes else c.checkpoint.every_steps,
             train_time_interval=timedelta(minutes=every_minutes) if every_minutes else None,
         )]
-        if self.datamodule.val_cases_root() is None:
+        if not self.datamodule.val_sets():
             log.info("no validation cases at %s: validation and best-checkpoint selection are off", c.data.val_cases)
             kwargs.update(val_check_interval=None, limit_val_batches=0)
         else:
@@ -335,7 +340,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m flow_engine train
                 print(f"best checkpoint: {best} (val EPE {float(cb.best_model_score):.3f} px)")
         if c.export:
             print(export_weights(best or Path(c.out) / "checkpoints" / "last.ckpt", c.export))
-    except (ConfigError, WeightsError, ResumeError, DatasetError, LabelError, ListFileError, FlowEngineError) as e:
+    except (ConfigError, WeightsError, ResumeError, DatasetError, LabelError, ListFileError, FlowEngineError, DivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

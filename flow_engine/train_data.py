@@ -163,10 +163,10 @@ class _Cropped(Dataset):
 
 
 class _NamedCases(Dataset):
-    """Validation cases with their names, for per-case logging."""
+    """Validation cases with their names and their set's name, for per-case and per-set logging."""
 
-    def __init__(self, cases, limit: int | None):
-        self.cases = cases
+    def __init__(self, cases, limit: int | None, set_name: str):
+        self.cases, self.set_name = cases, set_name
         n = len(cases)
         self.indices = list(range(n)) if not limit or limit >= n else sorted({round(i * (n - 1) / max(limit - 1, 1)) for i in range(limit)})
 
@@ -175,7 +175,7 @@ class _NamedCases(Dataset):
 
     def __getitem__(self, i: int):
         j = self.indices[i]
-        return (*self.cases[j], self.cases.names[j])
+        return (*self.cases[j], self.cases.names[j], self.set_name)
 
 
 def _seed(*parts: int) -> int:
@@ -200,7 +200,7 @@ class FlowDataModule(pl.LightningDataModule):
         curriculum: Curriculum | None = None,
         spatial: dict[str, Any] | None = {},  # noqa: B006 (never mutated; {} = augment's defaults, null = off)
         photometric: dict[str, Any] | None = {},  # noqa: B006
-        val_cases: str | None = "../shared/data/flow",
+        val_cases: str | list[str] | None = "../shared/data/flow",
         val_limit: int | None = None,
         distill: Distill = Distill(),
         seed: int = 0,
@@ -216,7 +216,8 @@ class FlowDataModule(pl.LightningDataModule):
             curriculum: the procedural pairs' largest translation grows from start to end px over steps; null: off.
             spatial: random scale/stretch/flip/crop of dataset pairs: flow_engine.augment.random_spatial settings ({}: its defaults; null: plain random crops).
             photometric: colour jitter and noise of every batch: flow_engine.augment.photometric settings ({}: its defaults; null: off).
-            val_cases: the validation cases folder (the cases layout); null or missing: no validation.
+            val_cases: the validation cases folder (the cases layout), or a list of them: each is a set scored on its own
+                (val/<set>/epe, the set named after its folder) and val/epe is the mean of the sets' means; null or missing: no validation.
             val_limit: validate on only this many cases, spread over the list (null: all).
             distill: distillation from a teacher's labels of real videos.
             seed: the data seed (linked from seed_everything).
@@ -246,6 +247,7 @@ class FlowDataModule(pl.LightningDataModule):
         self.val_cases, self.val_limit = val_cases, val_limit
         self.distill, self.seed = distill, int(seed)
         self.entries = entries
+        self._refuse_training_on_validation(entries)
         self.uses_synthetic = any(e["name"] == "synthetic" for e in entries)
         self.datasets = [e for e in entries if e["name"] != "synthetic"]
         if not entries:
@@ -259,6 +261,16 @@ class FlowDataModule(pl.LightningDataModule):
             raise ConfigError(f"data.batch_size {batch_size} with synthetic_fraction {synthetic_fraction} leaves no room for both kinds of pairs")
         self._generator = None
         self._micro = (-1, 0)  # (global step, micro-batch within it) for gradient accumulation
+
+    def _refuse_training_on_validation(self, entries: list[dict]) -> None:
+        """A training source inside a validation set (or holding one) would score memory, not flow: a ConfigError."""
+        sets = [p.resolve() for p in self.val_sets().values()]
+        sources = [Path(e["root"]) for e in entries if e.get("root")] + [Path(v) for v in self.distill.videos]
+        for src in sources:
+            s = src.resolve()
+            for v in sets:
+                if s == v or v in s.parents or s in v.parents:
+                    raise ConfigError(f"training source {src} overlaps the validation set {v}: never train on validation frames")
 
     # -- training
     def prepare_data(self) -> None:
@@ -334,20 +346,29 @@ class FlowDataModule(pl.LightningDataModule):
         return img1, img2, flow, valid
 
     # -- validation
-    def val_cases_root(self) -> Path | None:
-        """The validation cases folder (relative paths: to the working directory, else to the repository), or None."""
-        if not self.val_cases:
-            return None
-        path = Path(self.val_cases)
-        if not path.is_absolute() and not path.exists():
-            path = ROOT / self.val_cases
-        return path if path.is_dir() else None
+    def val_sets(self) -> dict[str, Path]:
+        """The validation sets that exist, by name (their folder's name; relative paths: to the working
+        directory, else to the repository). A folder that is missing is logged and left out."""
+        given = [self.val_cases] if isinstance(self.val_cases, (str, Path)) else list(self.val_cases or [])
+        sets: dict[str, Path] = {}
+        for entry in given:
+            path = Path(entry)
+            if not path.is_absolute() and not path.exists():
+                path = ROOT / entry
+            if not path.is_dir():
+                log.info("validation set %s left out: no such folder", entry)
+                continue
+            name = path.resolve().name
+            if name in sets:
+                name = f"{name}{len(sets)}"
+            sets[name] = path
+        return sets
 
-    def val_dataloader(self) -> DataLoader | list:
+    def val_dataloader(self) -> list[DataLoader]:
         from flow_engine.datasets import FlowCases
 
-        root = self.val_cases_root()
-        if root is None:
+        sets = self.val_sets()
+        if not sets:
             log.info("validation skipped: no cases folder at %s", self.val_cases)
-            return []
-        return DataLoader(_NamedCases(FlowCases(root), self.val_limit), batch_size=1, num_workers=0)
+        return [DataLoader(_NamedCases(FlowCases(root), self.val_limit, name), batch_size=1, num_workers=0)
+                for name, root in sets.items()]

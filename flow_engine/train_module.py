@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 from flow_engine.losses import LEVEL_WEIGHTS, end_point_error, full_resolution_flow, matching_loss, multiscale_loss
-from flow_engine.pwcnet import PWCNet, load_pwcnet_state_dict, resize_flow
+from flow_engine.pwcnet import FlowInputError, PWCNet, check_scales, load_pwcnet_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -28,6 +28,10 @@ Schedule = Literal["multistep", "onecycle", "cosine_restarts", "constant"]
 
 class ConfigError(ValueError):
     """A training setting that cannot be used (the message names the key)."""
+
+
+class DivergedError(RuntimeError):
+    """Training produced a non-finite loss or gradient: the run stops before the weights are spoiled."""
 
 
 class ResumeError(ValueError):
@@ -60,7 +64,7 @@ class FlowModule(pl.LightningModule):
         cycle_mult: int = 1,
         min_lr: float = 1.0e-6,
         max_steps: int = 1200000,
-        val_scale: float = 1.0,
+        val_scale: float | list[float] = 1.0,
     ):
         """
         Args:
@@ -85,7 +89,8 @@ class FlowModule(pl.LightningModule):
             cycle_mult: cosine_restarts: each cycle is this many times longer than the one before.
             min_lr: the lowest learning rate of onecycle and cosine_restarts.
             max_steps: the schedule's length in optimizer steps (linked from trainer.max_steps).
-            val_scale: validation frames are resized by this factor before the network; the flow is scored at full size.
+            val_scale: validation frames are resized by this factor before the network, or a list of factors run coarse to
+                fine as FlowEngine's PWC-Net scales (e.g. [0.375, 1.0]); the flow is scored at full size.
         """
         super().__init__()
         self.save_hyperparameters()
@@ -93,8 +98,10 @@ class FlowModule(pl.LightningModule):
             raise ConfigError(f"model.match_levels are pyramid levels 2..6, got {list(match_levels)}")
         if schedule != "constant" and max_steps < 1:
             raise ConfigError(f"the {schedule} schedule needs trainer.max_steps >= 1, got {max_steps}")
-        if val_scale <= 0:
-            raise ConfigError(f"model.val_scale must be > 0, got {val_scale}")
+        try:
+            self.val_scales = check_scales(val_scale)
+        except FlowInputError as e:
+            raise ConfigError(f"model.val_scale: {e}") from None
         self.model = PWCNet(corr_backend=corr_backend)
         if init:
             self.model.load_state_dict(load_pwcnet_state_dict(init))
@@ -102,6 +109,7 @@ class FlowModule(pl.LightningModule):
         elif zero_flow_init:
             zero_flow_heads(self.model)
         self._features: dict[int, torch.Tensor] = {}
+        self.skipped_batches = 0
         if match_weight > 0:
             # The pyramid runs inside PWCNet.forward; hooks keep its features for matching_loss.
             for level in match_levels:
@@ -119,6 +127,13 @@ class FlowModule(pl.LightningModule):
     def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> torch.Tensor:
         img1, img2, flow, valid = batch
         hp = self.hparams
+        if not _finite_batch(img1, img2, flow, valid):
+            # A bad label or frame must not reach the loss; the step is skipped and counted.
+            self.skipped_batches += 1
+            log.warning("step %d: a batch with non-finite frames or flow was skipped (%d so far)", self.global_step, self.skipped_batches)
+            self.log("train/skipped_batches", float(self.skipped_batches), batch_size=img1.shape[0])
+            return None
+        flow = flow.masked_fill(~valid[:, None], 0.0)  # what an unknown pixel holds must not reach the pooled targets
         flows = self.model(img1, img2)
         loss, terms = multiscale_loss(flows, flow, valid, tuple(hp.loss_weights), hp.loss_norm, hp.loss_reduction, hp.robust_q, hp.robust_eps)
         B = img1.shape[0]
@@ -127,6 +142,8 @@ class FlowModule(pl.LightningModule):
             self._features = {}
             self.log("train/match", match, batch_size=B)
             loss = loss + hp.match_weight * match
+        if not torch.isfinite(loss):
+            raise DivergedError(self._diverged_message(f"the loss is {float(loss.detach())}"))
         self.log("train/loss", loss, prog_bar=True, batch_size=B)
         for level, term in zip((6, 5, 4, 3, 2), terms):
             self.log(f"train/loss_level{level}", term, batch_size=B)
@@ -134,26 +151,45 @@ class FlowModule(pl.LightningModule):
             self.log("train/epe", end_point_error(full_resolution_flow(flows[-1]), flow, valid), prog_bar=True, batch_size=B)
         return loss
 
-    def validation_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> None:
-        img1, img2, flow, valid, name = batch
-        name = name[0] if isinstance(name, (list, tuple)) else str(name)
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        if str(self.trainer.precision).startswith("16"):
+            return  # fp16's loss scaler skips steps with inf gradients by design
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if grads and not torch.isfinite(torch.stack([g.detach().abs().amax() for g in grads])).all():
+            raise DivergedError(self._diverged_message("a gradient is not finite"))
+
+    def _diverged_message(self, what: str) -> str:
+        folder = Path(self.trainer.default_root_dir) / "checkpoints" if self._trainer is not None else None
+        return (f"training diverged at step {self.global_step}: {what}. The weights were not updated with it; the last "
+                f"checkpoint written before it is kept{f' in {folder}' if folder else ''}. Resume with --resume auto and a "
+                "lower --model.lr, or look for bad training data.")
+
+    def on_validation_epoch_start(self) -> None:
+        self._val_epe: dict[str, list[float]] = {}
+
+    def validation_step(self, batch: tuple, batch_idx: int, dataloader_idx: int = 0) -> None:
+        img1, img2, flow, valid, name, set_name = batch
+        name, set_name = (n[0] if isinstance(n, (list, tuple)) else str(n) for n in (name, set_name))
         pred = self.predict_pair(img1.float() / 255, img2.float() / 255)
         epe = end_point_error(pred, flow, valid)
-        self.log("val/epe", epe, batch_size=1, sync_dist=True)
-        self.log(f"val/epe_{name.split('_')[0]}", epe, batch_size=1, sync_dist=True)
-        self.log(f"val_case/{name}", epe, batch_size=1, sync_dist=True)
+        self._val_epe.setdefault(set_name, []).append(float(epe))
+        self.log(f"val/epe_{name.split('_')[0]}", epe, batch_size=1, sync_dist=True, add_dataloader_idx=False)
+        self.log(f"val_case/{set_name}/{name}", epe, batch_size=1, sync_dist=True, add_dataloader_idx=False)
         if batch_idx == 0 and self.global_rank == 0:
-            self._log_flow_image(name, img1, pred, flow, valid)
+            self._log_flow_image(f"{set_name}_{name}", img1, pred, flow, valid)
+
+    def on_validation_epoch_end(self) -> None:
+        # Each set counts once in val/epe, whatever its number of cases: a few large-motion pairs
+        # must weigh as much as many small-motion ones.
+        means = {name: sum(v) / len(v) for name, v in self._val_epe.items() if v}
+        for name, mean in means.items():
+            self.log(f"val/{name}/epe", mean, sync_dist=True)
+        if means:
+            self.log("val/epe", sum(means.values()) / len(means), sync_dist=True)
 
     def predict_pair(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
-        """Flow [B,2,H,W] px for frames [B,3,H,W] in [0,1], run at ``val_scale`` times their size."""
-        H, W = img1.shape[-2:]
-        scale = self.hparams.val_scale
-        if scale != 1.0:
-            size = (max(8, round(H * scale)), max(8, round(W * scale)))
-            img1 = F.interpolate(img1, size=size, mode="bilinear", align_corners=False, antialias=True)
-            img2 = F.interpolate(img2, size=size, mode="bilinear", align_corners=False, antialias=True)
-        return resize_flow(self.model.predict(img1, img2).float(), (H, W))
+        """Flow [B,2,H,W] px for frames [B,3,H,W] in [0,1], at ``val_scale`` (one factor, or several coarse to fine)."""
+        return self.model.predict(img1, img2, scales=self.val_scales).float()
 
     def _log_flow_image(self, name: str, img1: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> None:
         from flow_engine.io import write_image
@@ -184,6 +220,12 @@ class FlowModule(pl.LightningModule):
         if sched is None:
             return opt
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step", "frequency": 1}}
+
+
+def _finite_batch(img1: torch.Tensor, img2: torch.Tensor, flow: torch.Tensor, valid: torch.Tensor) -> bool:
+    """Frames finite everywhere, flow finite where it is valid."""
+    ok = torch.isfinite(img1).all() & torch.isfinite(img2).all()
+    return bool(ok & torch.isfinite(flow.masked_fill(~valid[:, None], 0)).all())
 
 
 def check_resume_fits(module: pl.LightningModule, checkpoint: dict, path: str | Path, groups: list[dict], hint: str) -> None:

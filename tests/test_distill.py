@@ -24,12 +24,12 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 class ShiftTeacher:
     """A stand-in teacher: every pixel moves by (dx, dy) px forward and by minus that backward."""
 
-    def __init__(self, dx: float = 2.0, dy: float = -1.0, name: str = "shift"):
-        self.dx, self.dy, self.name = dx, dy, name
+    def __init__(self, dx: float = 2.0, dy: float = -1.0, name: str = "shift", dtype: str = "fp32"):
+        self.dx, self.dy, self.name, self.dtype = dx, dy, name, dtype
         self.calls = 0
 
     def config(self) -> dict:
-        return {"name": self.name, "weights_hash": "none", "dtype": "fp32"}
+        return {"name": self.name, "weights_hash": "none", "dtype": self.dtype}
 
     def __call__(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
         self.calls += 1
@@ -81,7 +81,7 @@ def test_labels_are_written_once_read_both_ways_and_resumed(clips, tmp_path, cap
     assert len(summary["skipped"]) == 1 and "broken.mp4" in summary["skipped"][0]
     assert "broken.mp4" in caplog.text
     manifest = json.loads((out / "labels.json").read_text())
-    assert manifest["teacher"] == teacher.config() and manifest["gaps"] == [1, 2]
+    assert manifest["teacher"] == {"name": "shift", "weights_hash": "none"} and manifest["gaps"] == [1, 2]
 
     ds = TeacherLabels(out)
     assert len(ds) == 2 * summary["pairs"]
@@ -111,6 +111,34 @@ def test_labels_of_another_teacher_are_never_mixed(clips, tmp_path):
         label_videos(clips / "a.mp4", out, ShiftTeacher(name="other"), pairs_per_video=2, short_sides=[48], progress=False)
     with pytest.raises(LabelError, match="gaps must be"):
         label_videos(clips / "a.mp4", tmp_path / "x", ShiftTeacher(), gaps=[0], progress=False)
+
+
+def test_labels_of_a_bf16_teacher_serve_an_fp32_run_and_the_reverse(clips, tmp_path):
+    # Labels are float16 on disk whatever precision the teacher ran at: a GPU's labels serve a CPU run.
+    out = tmp_path / "labels"
+    first = label_videos(clips / "a.mp4", out, ShiftTeacher(dtype="bf16"), pairs_per_video=2, short_sides=[48], progress=False)
+    again = label_videos(clips / "a.mp4", out, ShiftTeacher(dtype="fp32"), pairs_per_video=2, short_sides=[48], progress=False)
+    assert again["existing"] == first["pairs"] and again["labelled"] == 0
+    assert label_videos(clips / "a.mp4", out, ShiftTeacher(dtype="bf16"), pairs_per_video=2, short_sides=[48], progress=False)["labelled"] == 0
+
+
+class BrokenTeacher(ShiftTeacher):
+    """Returns NaN flow for the first pair of every call (a teacher overflowing in low precision)."""
+
+    def __call__(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
+        flow = super().__call__(frames1, frames2)
+        flow[0, :, :4, :4] = float("nan")
+        return flow
+
+
+def test_a_teachers_nonfinite_flow_is_never_written(clips, tmp_path, caplog):
+    out = tmp_path / "labels"
+    summary = label_videos(clips / "a.mp4", out, BrokenTeacher(), pairs_per_video=4, short_sides=[48], batch=2, progress=False)
+    assert summary["nonfinite"] == 2 and summary["labelled"] == summary["pairs"] - 2 > 0  # one per call of 2 pairs
+    assert "not finite" in caplog.text
+    ds = TeacherLabels(out)
+    assert len(ds) == 2 * summary["labelled"]
+    assert all(torch.isfinite(ds[i][2]).all() for i in range(len(ds)))
 
 
 def test_a_damaged_label_file_is_a_clear_error(clips, tmp_path):

@@ -1,16 +1,20 @@
 """Training PWC-Net: loss, augmentation geometry, a few optimisation steps, exact resume, export, the command line."""
+import csv
 from pathlib import Path
 
+import numpy as np
 import pytest
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
 from flow_engine import augment
-from flow_engine.pwcnet import PWCNet
+from flow_engine.io import write_flow, write_image
+from flow_engine.pwcnet import PWCNet, WeightsError
 from flow_engine.synthetic import SyntheticFlow
 from flow_engine.losses import downsample_flow, matching_loss, multiscale_loss
 from flow_engine.train import FlowCLI, export_weights, resolve_resume
+from flow_engine.train import main as train_main
 from flow_engine.train_data import FlowDataModule
 from flow_engine.train_module import ConfigError, FlowModule
 
@@ -177,6 +181,37 @@ def tiny_args(out: Path) -> list[str]:
     ]
 
 
+def write_case(folder: Path, shift: int, size=(64, 128)) -> None:
+    """A case whose frame 2 is frame 1 moved ``shift`` px to the right: ground truth u = shift."""
+    rng = np.random.default_rng(shift)
+    big = rng.integers(0, 256, (size[0], size[1] + shift, 3), dtype=np.uint8)
+    folder.mkdir(parents=True)
+    write_image(folder / "frame1.png", big[:, shift:])
+    write_image(folder / "frame2.png", big[:, :size[1]])
+    flow = np.zeros(size + (2,), np.float32)
+    flow[..., 0] = shift  # frame1(x) = big(x + shift) = frame2(x + shift)
+    write_flow(folder / "flow.flo", flow)
+
+
+def test_validation_scores_each_set_and_averages_the_sets(tmp_path):
+    # Two sets of different sizes: val/epe is the mean of the two sets' means, not of the three cases.
+    write_case(tmp_path / "small" / "a", 1)
+    write_case(tmp_path / "small" / "b", 2)
+    write_case(tmp_path / "large" / "c", 40)
+    out = tmp_path / "run"
+    args = tiny_args(out) + ["--data.val_cases", f"[{tmp_path / 'small'}, {tmp_path / 'large'}]", "--trainer.max_steps", "1",
+                             "--trainer.val_check_interval", "1", "--logger", "csv"]
+    assert train_main(args) == 0
+    rows = list(csv.DictReader(open(out / "csv" / "version_0" / "metrics.csv")))
+    val = next(r for r in rows if r.get("val/epe"))
+    small, large = float(val["val/small/epe"]), float(val["val/large/epe"])
+    cases = [float(val[f"val_case/small/{c}"]) for c in "ab"]
+    assert small == pytest.approx(sum(cases) / 2, rel=1e-5)
+    assert large == pytest.approx(float(val["val_case/large/c"]), rel=1e-5)
+    assert float(val["val/epe"]) == pytest.approx((small + large) / 2, rel=1e-5)
+    assert large > small  # 40 px of motion is not found by a net barely trained
+
+
 def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
     torch.manual_seed(0)
     module = FlowModule(corr_backend="torch", zero_flow_init=False, lr=2e-4, weight_decay=4e-4, schedule="constant", max_steps=10)
@@ -190,6 +225,55 @@ def test_a_few_steps_lower_the_loss_on_a_fixed_batch():
         opt.step()
         losses.append(loss.item())
     assert losses[-1] < 0.7 * losses[0], losses
+
+
+def test_training_on_a_validation_set_is_refused(tmp_path):
+    write_case(tmp_path / "val" / "a", 1)
+    with pytest.raises(ConfigError, match="never train on validation frames"):
+        FlowDataModule(train=[{"name": "cases", "root": str(tmp_path / "val")}], val_cases=[str(tmp_path / "val")], crop=(64, 64))
+    with pytest.raises(ConfigError, match="overlaps the validation set"):
+        FlowDataModule(train=[{"name": "cases", "root": str(tmp_path)}], val_cases=str(tmp_path / "val"), crop=(64, 64))
+    FlowDataModule(train=[{"name": "cases", "root": str(tmp_path / "val")}], val_cases=None, crop=(64, 64))
+
+
+def test_nonfinite_batches_are_skipped_and_counted_before_the_loss():
+    module = FlowModule(corr_backend="torch", schedule="constant", max_steps=10)
+    img1, img2, flow, valid = SyntheticFlow(64, 64, seed=0, max_displacement=8.0).sample(2)
+    assert module.training_step((img1, img2, flow, valid), 0) is not None
+    bad = flow.clone()
+    bad[0, 0, 3, 3] = float("nan")  # a broken label pixel
+    assert module.training_step((img1, img2, bad, valid), 0) is None
+    valid = valid.clone()
+    valid[0, 3, 3] = False  # where the label says "unknown", any value is fine
+    assert module.training_step((img1, img2, bad, valid), 0) is not None
+    frames = img1.clone()
+    frames[1, :, 0, 0] = float("inf")
+    assert module.training_step((frames, img2, flow, valid), 0) is None
+    assert module.skipped_batches == 2
+
+
+def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoints(tmp_path, capsys):
+    out = tmp_path / "run"
+    # A learning rate of 1e30 blows the weights up in one step; the next loss is not finite.
+    args = tiny_args(out) + ["--model.lr", "1e30", "--model.schedule", "constant", "--checkpoint.every_steps", "1",
+                             "--model.zero_flow_init", "false"]
+    assert train_main(args) == 2
+    err = capsys.readouterr().err
+    assert "training diverged at step" in err and "--resume auto" in err and "Traceback" not in err
+    last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
+
+
+def test_export_refuses_nonfinite_weights_and_leaves_the_target_alone(tmp_path):
+    state = {f"model.{k}": v for k, v in PWCNet().state_dict().items()}
+    state["model.predict_flow2.weight"][0, 0, 0, 0] = float("inf")
+    ckpt = tmp_path / "bad.ckpt"
+    torch.save({"state_dict": state, "global_step": 5}, ckpt)
+    target = tmp_path / "shipped.pt"
+    target.write_bytes(b"the shipped weights")
+    with pytest.raises(WeightsError, match="NaN or inf"):
+        export_weights(ckpt, target)
+    assert target.read_bytes() == b"the shipped weights"
 
 
 def test_weight_decay_skips_biases():
