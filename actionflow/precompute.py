@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import math
 import os
 import queue
 import sys
@@ -53,6 +52,7 @@ from actionflow.flow_cache import (
     VideoLock,
     encode_frames,
     flo_bytes,
+    positive_pixels,
     quantize,
 )
 from flow_engine.engine import LEARNED_MODELS, MODELS
@@ -104,17 +104,6 @@ def positive_int(text: str) -> int:
         raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
     if value < 1:
         raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
-
-
-def positive_pixels(text: str) -> float:
-    """``"20"`` -> 20.0 px; NaN, infinity, zero or a negative number is an argument error (they would quantise to garbage)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number of pixels, got {text!r}")
     return value
 
 

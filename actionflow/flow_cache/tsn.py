@@ -37,7 +37,7 @@ import cv2
 import numpy as np
 
 from actionflow.flow_cache.cache import IMPORTED_ENGINE, FlowCache, cache_files
-from actionflow.flow_cache.codec import DEFAULT_BOUND, TSN, encode_frames, parse_codec, tsn_levels
+from actionflow.flow_cache.codec import DEFAULT_BOUND, TSN, encode_frames, parse_codec, positive_pixels, tsn_levels
 from actionflow.flow_cache.entry import CacheError, CachedFlow, CacheWriter
 from flow_engine.io import FlowFileError, read_image
 from flow_engine.video import (
@@ -279,8 +279,6 @@ def export_tsn(cache_dir: str | os.PathLike, out: str | os.PathLike, naming: tup
 
 def add_arguments(sub) -> None:
     """The ``import`` and ``export`` sub-commands of ``python -m actionflow cache``."""
-    from actionflow.precompute import positive_pixels  # here: precompute imports this package
-
     i = sub.add_parser("import", help="Import TSN/denseflow flow JPEGs (x_00001.jpg, y_00001.jpg ...) into a cache.")
     i.add_argument("--tsn", required=True, type=Path, metavar="DIR", help="a flow folder, or a folder of them (any depth)")
     i.add_argument("--cache", required=True, type=Path, help="cache folder to import into")
