@@ -35,7 +35,7 @@ from actionflow.classify import CheckpointError, read_checkpoint
 from actionflow.data import ActionDataModule, BadVideo, DataConfigError
 from actionflow.model import ModelConfigError
 from actionflow.module import ActionRecognizer
-from flow_engine.train_module import ResumeError, check_resume_fits
+from flow_engine.checkpoints import ResumeError, check_resume_fits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself

@@ -24,7 +24,7 @@ import torch
 
 from actionflow.annotations import Sample
 from flow_engine.engine import FlowEngineError, resolve_device
-from flow_engine.pwcnet import WeightsError, load_weights_only
+from flow_engine.checkpoints import WeightsError, load_weights_only
 from flow_engine.video import DEFAULT_FRAME_PATTERN, VideoError, decode_size, frame_pattern_arg, iter_frames, probe
 
 log = logging.getLogger(__name__)

@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from flow_engine.pwcnet import WeightsError, load_weights_only
+from flow_engine.checkpoints import WeightsError, load_weights_only
 
 logger = logging.getLogger(__name__)
 

@@ -33,14 +33,12 @@ import torch
 from torch.utils.data import Dataset
 
 from flow_engine import io
+from flow_engine.errors import DatasetError
+from flow_engine.teacher_labels import TeacherLabels
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".ppm", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
-
-
-class DatasetError(ValueError):
-    """A dataset folder that does not have the expected layout (the message names the path)."""
 
 
 @dataclass(frozen=True)
@@ -269,16 +267,13 @@ DATASETS: dict[str, type[FlowPairs]] = {
     "sintel": Sintel,
     "kitti": KITTI,
     "cases": FlowCases,
+    "teacher": TeacherLabels,
 }
 
 
 def make_dataset(name: str, root: str | Path, **kwargs) -> Dataset:
     """The dataset ``name`` (chairs, things, sintel, kitti, cases, or teacher: the labels of
-    :mod:`flow_engine.distill`) at ``root``; kwargs go to its class."""
-    if name == "teacher":
-        from flow_engine.distill import TeacherLabels  # imports this module
-
-        return TeacherLabels(root, **kwargs)
+    :mod:`flow_engine.teacher_labels`) at ``root``; kwargs go to its class."""
     if name not in DATASETS:
-        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}, teacher")
+        raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name](root, **kwargs)

@@ -212,7 +212,8 @@ def check_engine(model: str, device: torch.device, raft_weights: str | None = No
 
 
 def check_weights() -> Check:
-    from flow_engine.engine import DEFAULT_WEIGHTS, file_hash
+    from flow_engine.checkpoints import file_hash
+    from flow_engine.engine import DEFAULT_WEIGHTS
     from flow_engine.pwcnet import PWCNet
 
     name = "shipped PWC-Net weights load"

@@ -13,7 +13,6 @@ For end-to-end fine-tuning use ``engine.model`` (the :class:`PWCNet` or :class:`
 """
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
@@ -22,8 +21,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from flow_engine.checkpoints import WeightsError, file_hash
 from flow_engine.classical import CLASSICAL_METHODS
-from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, WeightsError, check_scales, padded_size
+from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, check_scales, padded_size
 from flow_engine.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
 
 log = logging.getLogger(__name__)
@@ -49,15 +49,6 @@ _warned_random = False
 
 class FlowEngineError(ValueError):
     """A FlowEngine that cannot be built as asked (unknown model, device or dtype)."""
-
-
-def file_hash(path: str | Path) -> str:
-    """First 16 hex digits of the sha256 of the file's bytes."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()[:16]
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

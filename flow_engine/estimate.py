@@ -23,7 +23,8 @@ import torch
 
 from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
 from flow_engine.io import FlowFileError, read_image, write_flow, write_image
-from flow_engine.pwcnet import FlowInputError, WeightsError
+from flow_engine.checkpoints import WeightsError
+from flow_engine.pwcnet import FlowInputError
 from flow_engine.video import (
     DEFAULT_FRAME_PATTERN, VideoError, frame_files, frame_pattern_arg, iter_frames, probe, resize_frames,
 )

@@ -48,7 +48,8 @@ class Case:
 
 def load_cases(root: str | Path) -> list[Case]:
     """The cases under ``root``, sorted by name (the layout of :class:`flow_engine.datasets.FlowCases`)."""
-    from flow_engine.datasets import DatasetError, FlowCases
+    from flow_engine.datasets import FlowCases
+    from flow_engine.errors import DatasetError
 
     try:
         pairs = FlowCases(root).pairs

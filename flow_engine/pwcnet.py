@@ -20,15 +20,14 @@ from __future__ import annotations
 import functools
 import logging
 import math
-import os
 import re
 from pathlib import Path
-from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from flow_engine.checkpoints import WeightsError, load_weights_only
 from flow_engine.correlation import correlation
 
 log = logging.getLogger(__name__)
@@ -42,36 +41,8 @@ WARP_SCALES = {5: 0.625, 4: 1.25, 3: 2.5, 2: 5.0}
 MULTIPLE = 64  # 6 stride-2 levels
 
 
-class WeightsError(ValueError):
-    """A checkpoint that cannot be loaded into :class:`PWCNet` (names the file and the keys)."""
-
-
 class FlowInputError(ValueError):
     """Frames that PWC-Net cannot take (wrong shape, channels, mismatched pair)."""
-
-
-def load_weights_only(path: str | os.PathLike, what: str = "weights file", hint: str = "") -> Any:
-    """``torch.load(path, map_location="cpu", weights_only=True)``: the one way both packages read
-    a PyTorch file (weights, checkpoints) written by someone else.
-
-    weights_only=True rebuilds only tensors and plain containers, so a crafted pickle (whose
-    ``__reduce__`` would run code under a plain ``torch.load``) is refused instead of executed.
-    A missing or non-regular file (a FIFO would block the read), a refused or a broken one is a
-    :class:`WeightsError` naming ``path`` (``what`` names the kind of file; ``hint`` is added to
-    the message of a file that does not load).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise WeightsError(f"{path}: {what} is not a regular file" if path.exists() else f"{path}: no such {what}")
-    try:
-        return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # refused pickle, truncated zip, not a torch file at all ...
-        text = str(e)
-        # torch's refusal is a page of advice; the line that says what was refused is the useful one
-        found = re.search(r"WeightsUnpickler error: ([^\n]*?)(?: Please use|$)", text, re.M)
-        reason = found.group(1).strip() if found else (text.strip().splitlines() or [""])[0][:200]
-        raise WeightsError(f"{path}: cannot be read as a PyTorch {what} with weights_only=True "
-                           f"({type(e).__name__}: {reason}){hint}") from None
 
 
 def _conv(c_in: int, c_out: int, stride: int = 1, dilation: int = 1) -> nn.Sequential:

@@ -24,7 +24,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from flow_engine.pwcnet import FlowInputError, WeightsError, as_rgb, check_pair, load_weights_only
+from flow_engine.checkpoints import WeightsError, file_hash, load_weights_only
+from flow_engine.pwcnet import FlowInputError, as_rgb, check_pair
 
 log = logging.getLogger(__name__)
 
@@ -149,8 +150,6 @@ def load_raft(variant: str, weights: str | Path | None = None) -> tuple[nn.Modul
     out. ``weights=PATH``: a local file (torchvision's layout or the authors'); the id is the
     file's sha256[:16].
     """
-    from flow_engine.engine import file_hash
-
     builder, weights_enum = _builder(variant)
     if weights is None:
         chosen = weights_enum.DEFAULT

@@ -44,12 +44,13 @@ import torch
 import yaml
 from pytorch_lightning.cli import LightningCLI
 
-from flow_engine.datasets import DatasetError
-from flow_engine.distill import LabelError
+from flow_engine.errors import DatasetError
+from flow_engine.teacher_labels import LabelError
 from flow_engine.engine import FlowEngineError
-from flow_engine.pwcnet import PWCNet, WeightsError, load_weights_only
+from flow_engine.checkpoints import ResumeError, WeightsError, check_resume_fits, load_weights_only
+from flow_engine.pwcnet import PWCNet
 from flow_engine.train_data import FlowDataModule
-from flow_engine.train_module import ConfigError, DivergedError, FlowModule, ResumeError, check_resume_fits
+from flow_engine.train_module import ConfigError, DivergedError, FlowModule
 from flow_engine.video import ListFileError
 
 log = logging.getLogger(__name__)

@@ -4,7 +4,7 @@ Training pairs are procedural (:mod:`flow_engine.synthetic`, rendered on the tra
 inside the loop, seeded from the global step so that a resumed run continues the same
 sequence), from the published datasets (:mod:`flow_engine.datasets`) with the augmentation of
 :mod:`flow_engine.augment`, from a teacher's labels of real videos (distillation,
-:mod:`flow_engine.distill`: labelled once in ``prepare_data``), or a mix of procedural and
+:mod:`flow_engine.teacher_labels`: labelled once in ``prepare_data``), or a mix of procedural and
 dataset pairs in every batch. Validation runs on the ``cases`` layout. Every ``__init__``
 argument is a ``--data.*`` key of ``python -m flow_engine train``; sizes are (h, w) in pixels.
 """
@@ -116,19 +116,18 @@ def _check_kwargs(key: str, given: dict | None, fn: Any, skip: tuple[str, ...] =
 
 def _check_entry(i: int, entry: Any) -> None:
     from flow_engine.datasets import DATASETS
-    from flow_engine.distill import TeacherLabels
 
     where = f"data.train[{i}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
-        raise ConfigError(f"{where} must be a mapping with a name (synthetic, teacher, {', '.join(DATASETS)}), got {entry!r}")
+        raise ConfigError(f"{where} must be a mapping with a name (synthetic, {', '.join(DATASETS)}), got {entry!r}")
     name = entry["name"]
     if name == "synthetic":
         if set(entry) != {"name"}:
             raise ConfigError(f"{where}: synthetic takes no settings here (they are data.synthetic.*), got {entry}")
         return
-    cls = TeacherLabels if name == "teacher" else DATASETS.get(name)
+    cls = DATASETS.get(name)
     if cls is None:
-        raise ConfigError(f"{where}: unknown dataset {name!r}; choose synthetic, teacher, {', '.join(DATASETS)}")
+        raise ConfigError(f"{where}: unknown dataset {name!r}; choose synthetic, {', '.join(DATASETS)}")
     if not entry.get("root"):
         raise ConfigError(f"{where}: {name} needs a root folder, e.g. {{name: {name}, root: /data/{name}}}")
     _check_kwargs(where, {k: v for k, v in entry.items() if k not in ("name", "repeat")}, cls.__init__, skip=("self",))
@@ -278,7 +277,7 @@ class FlowDataModule(pl.LightningDataModule):
         d = self.distill
         if not d.teacher or not d.videos:
             return
-        from flow_engine.distill import label_videos
+        from flow_engine.teacher_labels import label_videos
         from flow_engine.engine import FlowEngine
 
         teacher = FlowEngine(model=d.teacher, weights=d.teacher_weights, device=d.device, flow_updates=d.flow_updates)

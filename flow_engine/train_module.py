@@ -16,7 +16,6 @@ from typing import Literal
 
 import pytorch_lightning as pl
 import torch
-import torch.nn.functional as F
 
 from flow_engine.losses import LEVEL_WEIGHTS, end_point_error, full_resolution_flow, matching_loss, multiscale_loss
 from flow_engine.pwcnet import FlowInputError, PWCNet, check_scales, load_pwcnet_state_dict
@@ -32,10 +31,6 @@ class ConfigError(ValueError):
 
 class DivergedError(RuntimeError):
     """Training produced a non-finite loss or gradient: the run stops before the weights are spoiled."""
-
-
-class ResumeError(ValueError):
-    """A checkpoint that does not fit the run that would resume from it (names the file and what differs)."""
 
 
 class FlowModule(pl.LightningModule):
@@ -226,34 +221,6 @@ def _finite_batch(img1: torch.Tensor, img2: torch.Tensor, flow: torch.Tensor, va
     """Frames finite everywhere, flow finite where it is valid."""
     ok = torch.isfinite(img1).all() & torch.isfinite(img2).all()
     return bool(ok & torch.isfinite(flow.masked_fill(~valid[:, None], 0)).all())
-
-
-def check_resume_fits(module: pl.LightningModule, checkpoint: dict, path: str | Path, groups: list[dict], hint: str) -> None:
-    """Raises :class:`ResumeError` when ``checkpoint`` (a Lightning checkpoint read from ``path``) was
-    written by another model or optimizer setup than ``module`` with ``groups`` (its optimizer's
-    parameter groups): a run started by an older version, or with other model settings.
-
-    Lightning would fail on it only after data and model are built, deep in ``load_state_dict``;
-    this says what differs and ``hint`` says what to do instead.
-    """
-    have = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    saved = {k: tuple(v.shape) for k, v in (checkpoint.get("state_dict") or {}).items() if hasattr(v, "shape")}
-    problems = []
-    if missing := sorted(have.keys() - saved.keys()):
-        problems.append(f"{len(missing)} weights missing (e.g. {missing[0]})")
-    if extra := sorted(saved.keys() - have.keys()):
-        problems.append(f"{len(extra)} unexpected weights (e.g. {extra[0]})")
-    if wrong := sorted(k for k in have.keys() & saved.keys() if have[k] != saved[k]):
-        problems.append(f"{len(wrong)} weights of another shape (e.g. {wrong[0]}: {saved[wrong[0]]} here {have[wrong[0]]})")
-    states = checkpoint.get("optimizer_states") or []
-    if states and not problems:
-        sizes = [len(g.get("params", ())) for g in states[0].get("param_groups", [])]
-        expected = [len(g["params"]) for g in groups]
-        if sizes != expected:
-            problems.append(f"optimizer parameter groups of sizes {sizes}, this setup has {expected}")
-    if problems:
-        raise ResumeError(f"{path}: cannot resume from it: it was written by another model or optimizer setup "
-                          f"({'; '.join(problems)}). {hint}")
 
 
 def zero_flow_heads(model: PWCNet) -> None:

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from flow_engine.datasets import DatasetError
-from flow_engine.distill import (
+from flow_engine.errors import DatasetError
+from flow_engine.teacher_labels import (
     LabelError, PairPlan, TeacherLabels, fb_consistency, label_videos, plan_pairs,
 )
 from flow_engine.train_data import Distill, FlowDataModule

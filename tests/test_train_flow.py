@@ -10,7 +10,8 @@ import torch.nn.functional as F
 
 from flow_engine import augment
 from flow_engine.io import write_flow, write_image
-from flow_engine.pwcnet import PWCNet, WeightsError
+from flow_engine.checkpoints import WeightsError
+from flow_engine.pwcnet import PWCNet
 from flow_engine.synthetic import SyntheticFlow
 from flow_engine.losses import downsample_flow, matching_loss, multiscale_loss
 from flow_engine.train import FlowCLI, export_weights, resolve_resume

@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from flow_engine.datasets import DatasetError
+from flow_engine.errors import DatasetError
 from flow_engine.video import VideoError, list_videos, probe, read_frames, scaled_size
 
 log = logging.getLogger(__name__)
