@@ -12,10 +12,10 @@ from flow_engine.__main__ import main as _dispatch
 COMMANDS: dict[str, tuple[str, str]] = {
     "precompute": ("actionflow.precompute", "Compute flow for videos and store it in the compressed flow cache."),
     "cache": ("actionflow.flow_cache.cli", "The flow cache: 'verify' checksums, 'stats' sizes, 'import'/'export' TSN flow JPEGs."),
-    "bench-cache": ("actionflow.bench_cache", "Benchmark the flow cache: bytes per frame, round-trip EPE, read speed."),
+    "bench-cache": ("actionflow.benchmarks.cache", "Benchmark the flow cache: bytes per frame, round-trip EPE, read speed."),
     "classify": ("actionflow.classify", "Classify one video clip with a trained two-stream checkpoint."),
-    "demo-data": ("actionflow.demo_data", "Generate the bundled demo dance dataset (MP4 clips + annotation lists)."),
-    "real-motion": ("actionflow.real_motion", "Build the real-footage benchmark (real clips labelled normal / fast / reverse)."),
+    "demo-data": ("actionflow.benchmarks.demo_data", "Generate the bundled demo dance dataset (MP4 clips + annotation lists)."),
+    "real-motion": ("actionflow.benchmarks.real_motion", "Build the real-footage benchmark (real clips labelled normal / fast / reverse)."),
 }
 
 

@@ -7,7 +7,7 @@ Formats read:
   an integer index; or ``relative/path`` alone, the label then being the video's parent folder name
   (UCF101 ``testlist01.txt``). Blank lines and lines starting with ``#`` are ignored;
 * mmaction2 rawframe lists, ``frame_dir total_frames label`` (three tokens, the last two integers),
-  recognised from the first line: the item is a folder of frames (``flow_engine.video``), and a folder
+  recognised from the first line: the item is a folder of frames (``flow_engine.io.video``), and a folder
   holding fewer frames than its line says is a warning when the data module probes it;
 * Kinetics CSVs (``label,youtube_id,time_start,time_end[,split,...]``; a ``.csv`` file or a first line
   naming ``youtube_id``), read with the csv module (quoted labels may hold commas; extra columns are
@@ -39,7 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from flow_engine.video import (
+from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, VIDEO_EXTENSIONS, ListFileError, is_frame_name, is_video_path, read_list_lines,
     split_list_line,
 )

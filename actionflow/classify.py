@@ -25,7 +25,7 @@ import torch
 from actionflow.annotations import Sample
 from flow_engine.engine import FlowEngineError, resolve_device
 from flow_engine.checkpoints import WeightsError, load_weights_only
-from flow_engine.video import DEFAULT_FRAME_PATTERN, VideoError, decode_size, frame_pattern_arg, iter_frames, probe
+from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, decode_size, frame_pattern_arg, iter_frames, probe
 
 log = logging.getLogger(__name__)
 
@@ -122,7 +122,7 @@ def topk(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
 def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str | Path, chunk: int = 32,
                      frame_pattern: str = DEFAULT_FRAME_PATTERN) -> int:
     """The whole video's flow (model's engine, at ``size``) colour-coded into an MP4; returns frames written."""
-    from flow_engine.viz import flow_to_color_torch, write_video
+    from flow_engine.io.viz import flow_to_color_torch, write_video
 
     frames = iter_frames(video, chunk, size, frame_pattern)
     flows = [f.half().cpu() for f in model.flow_engine.stream(frames, chunk)]

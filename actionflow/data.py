@@ -13,7 +13,7 @@ Each item is one video as a dict of tensors (S = num_segments, times test_clips 
 
 Frames are decoded at ``size``: (H, W) for every video, or an int, the short side, each video
 keeping its aspect ratio (portrait, landscape and square videos mix in one dataset); an item may
-also be a folder of ``frame_pattern`` images (see ``flow_engine.video``), read the same way.
+also be a folder of ``frame_pattern`` images (see ``flow_engine.io.video``), read the same way.
 Training picks a random multi-scale box (TSN's scale jitter: each side a fraction in ``scales`` of
 the largest box with the crop's aspect ratio, at a random place), validation and test the centre
 box at the middle training scale (``EVAL_SCALE``); the box is resized to ``crop_size`` and
@@ -49,7 +49,7 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from actionflow.annotations import Sample, load_splits
 from actionflow.model import MODES
 from actionflow.sampling import snippet_frames, snippet_starts
-from flow_engine.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe, read_frames
+from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe, read_frames
 
 logger = logging.getLogger(__name__)
 
@@ -333,7 +333,7 @@ class ActionDataModule(pl.LightningDataModule):
             import``, engine unknown) stands for, e.g. ``tvl1``; it must equal ``flow_model``, and then
             imported entries are served (at any size and bound: flow is resized and rescaled to ``size``).
             None: imported entries are refused like any other engine's.
-        demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
+        demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.benchmarks.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
             A ``root`` that already holds other files (your own dataset) is used as it is.
@@ -379,7 +379,7 @@ class ActionDataModule(pl.LightningDataModule):
         # multi-GPU run); until then its class names come from the generator's settings.
         self._demo_classes: list[str] | None = None
         if demo:
-            from actionflow.demo_data import MOVES, DemoDataError, check_settings
+            from actionflow.benchmarks.demo_data import MOVES, DemoDataError, check_settings
 
             if root is None:
                 raise DataConfigError("data.demo needs data.root: the folder to write the demo dataset into")
@@ -479,7 +479,7 @@ class ActionDataModule(pl.LightningDataModule):
         """Generate the demo set when asked, then fill the flow cache for every video that lacks an
         entry (Lightning runs this on one process per node)."""
         if self._demo_classes is not None:
-            from actionflow.demo_data import generate_demo_dataset
+            from actionflow.benchmarks.demo_data import generate_demo_dataset
 
             demo = self.hparams.demo
             generate_demo_dataset(self.hparams.root, **(demo if isinstance(demo, dict) else {}))

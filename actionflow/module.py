@@ -344,7 +344,7 @@ class ActionRecognizer(pl.LightningModule):
             return
         if not any(isinstance(lg, WandbLogger) for lg in self.loggers):
             return
-        from flow_engine.viz import flow_to_color_torch
+        from flow_engine.io.viz import flow_to_color_torch
 
         panels = []
         if rgb is not None:

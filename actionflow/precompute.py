@@ -2,7 +2,7 @@
 
 ``python -m actionflow precompute --videos DIR|LIST --cache DIR [--engine pwcnet] [--size 340x256] ...``
 
-Videos may be frame folders (``--frame-pattern``, default ``img_{:05d}.jpg``): see ``flow_engine.video``.
+Videos may be frame folders (``--frame-pattern``, default ``img_{:05d}.jpg``): see ``flow_engine.io.video``.
 
 Pipeline: decord decodes chunks of frames, resized on decode to ``--size``, in background
 threads (``--decoders`` videos at once: the one in the engine and the next); the engine
@@ -56,8 +56,8 @@ from actionflow.flow_cache import (
     quantize,
 )
 from flow_engine.engine import LEARNED_MODELS, MODELS
-from flow_engine.estimate import parse_size as _parse_wxh
-from flow_engine.video import (
+from flow_engine.commands.estimate import parse_size as _parse_wxh
+from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, ListFileError, VideoError, frame_pattern_arg, iter_frames, list_videos,
 )
 

@@ -8,10 +8,10 @@ It never imports ``actionflow``.
 """
 from flow_engine.checkpoints import WeightsError
 from flow_engine.engine import FlowEngine, FlowEngineError
-from flow_engine.io import FlowFileError, read_flo, read_flow, read_image, write_flo, write_flow
+from flow_engine.io.flow_files import FlowFileError, read_flo, read_flow, read_image, write_flo, write_flow
 from flow_engine.metrics import flow_metrics
-from flow_engine.pwcnet import PWCNet
-from flow_engine.viz import flow_to_color, write_video
+from flow_engine.models.pwcnet import PWCNet
+from flow_engine.io.viz import flow_to_color, write_video
 
 __version__ = "0.1.0"
 __all__ = [

@@ -12,12 +12,12 @@ import importlib
 import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "estimate": ("flow_engine.estimate", "Compute optical flow for a frame pair, a folder of frames or a video."),
-    "viz": ("flow_engine.viz", "Colour-code flow files (.flo, KITTI PNG, PFM) as PNGs and optionally an MP4."),
-    "eval": ("flow_engine.evaluate", "Score a flow method (EPE, angular error, Fl-all) on ground-truth cases or a benchmark."),
-    "bench": ("flow_engine.bench", "Benchmark the engine (pairs/s, memory) and the cost volume (CuPy vs PyTorch)."),
-    "train": ("flow_engine.train", "Train or fine-tune PWC-Net: a YAML config and --section.key overrides (LightningCLI)."),
-    "doctor": ("flow_engine.doctor", "Say what works on this machine (CUDA, CuPy kernels, engines, weights, video) and why not."),
+    "estimate": ("flow_engine.commands.estimate", "Compute optical flow for a frame pair, a folder of frames or a video."),
+    "viz": ("flow_engine.io.viz", "Colour-code flow files (.flo, KITTI PNG, PFM) as PNGs and optionally an MP4."),
+    "eval": ("flow_engine.commands.evaluate", "Score a flow method (EPE, angular error, Fl-all) on ground-truth cases or a benchmark."),
+    "bench": ("flow_engine.commands.bench", "Benchmark the engine (pairs/s, memory) and the cost volume (CuPy vs PyTorch)."),
+    "train": ("flow_engine.training.cli", "Train or fine-tune PWC-Net: a YAML config and --section.key overrides (LightningCLI)."),
+    "doctor": ("flow_engine.commands.doctor", "Say what works on this machine (CUDA, CuPy kernels, engines, weights, video) and why not."),
 }
 
 

@@ -6,7 +6,7 @@
     for flows in engine.stream(chunks): ...     # a video in chunks of frames -> its flows, in order
     engine.config()                             # {"name", "weights_hash", "dtype"}: a cache key
 
-RAFT from torchvision ("raft_small", "raft_large"; :mod:`flow_engine.raft`) and the classical
+RAFT from torchvision ("raft_small", "raft_large"; :mod:`flow_engine.models.raft`) and the classical
 OpenCV methods ("dis", "dis_fine", "farneback", "tvl1", CPU) sit behind the same interface.
 For end-to-end fine-tuning use ``engine.model`` (the :class:`PWCNet` or :class:`RAFT`) or
 :meth:`FlowEngine.flow_with_grad`, which keeps the autograd graph.
@@ -22,9 +22,9 @@ import numpy as np
 import torch
 
 from flow_engine.checkpoints import WeightsError, file_hash
-from flow_engine.classical import CLASSICAL_METHODS
-from flow_engine.pwcnet import MULTIPLE, FlowInputError, PWCNet, check_scales, padded_size
-from flow_engine.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
+from flow_engine.models.classical import CLASSICAL_METHODS
+from flow_engine.models.pwcnet import MULTIPLE, FlowInputError, PWCNet, check_scales, padded_size
+from flow_engine.models.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ def engine_identity(model: str = "pwcnet", weights: str | Path | None = None, fl
     elif model == "pwcnet":
         weights_hash = file_hash(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random"
     else:
-        from flow_engine.raft import default_weights_id
+        from flow_engine.models.raft import default_weights_id
 
         weights_hash = default_weights_id(model)
     out = {"name": model, "weights_hash": weights_hash}
@@ -364,7 +364,7 @@ class FlowEngine:
         return self.model.predict_clips(clips)
 
     def _classical(self, frames1: torch.Tensor, frames2: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        from flow_engine.classical import classical_flow
+        from flow_engine.models.classical import classical_flow
 
         def to_numpy(x: torch.Tensor) -> np.ndarray:
             if x.dtype != torch.uint8:
@@ -386,7 +386,7 @@ class FlowEngine:
             import weakref
             from concurrent.futures import ProcessPoolExecutor
 
-            from flow_engine.classical import one_thread
+            from flow_engine.models.classical import one_thread
 
             # forkserver, not fork: the caller may run threads (decoders, encoders, OpenMP) whose
             # locks a forked child would inherit held.

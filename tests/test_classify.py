@@ -12,7 +12,7 @@ from tiny_videos import render, write_mp4
 
 from actionflow.__main__ import main
 from actionflow.module import ActionRecognizer
-from flow_engine.video import probe, read_frames
+from flow_engine.io.video import probe, read_frames
 
 
 @pytest.fixture(scope="module")

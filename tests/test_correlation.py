@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from flow_engine import correlation as corr_mod
-from flow_engine.correlation import correlation, correlation_torch
+from flow_engine.models import correlation as corr_mod
+from flow_engine.models.correlation import correlation, correlation_torch
 
 
 def naive_correlation(f1: torch.Tensor, f2: torch.Tensor, d: int) -> torch.Tensor:
@@ -85,7 +85,7 @@ def test_dispatch_and_errors():
 # (2) The same source, compiled as C++ for the host with a small shim (one std::thread per CUDA
 #     thread, std::barrier for __syncthreads, blocks run one after another), runs the kernels'
 #     indexing, tiling and shared-memory logic on the CPU against the torch path, with the
-#     launch geometry of flow_engine.correlation.launch_config.
+#     launch geometry of flow_engine.models.correlation.launch_config.
 
 def _compile_for_gpu(source: str) -> None:
     try:
@@ -268,7 +268,7 @@ def test_unusable_cupy_falls_back_and_warns_once(monkeypatch, caplog):
     monkeypatch.setattr(corr_mod, "_CUPY_STATE", {})
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 0)
-    with caplog.at_level(logging.WARNING, logger="flow_engine.correlation"):
+    with caplog.at_level(logging.WARNING, logger="flow_engine.models.correlation"):
         assert corr_mod.cupy_usable() is False
         assert corr_mod.cupy_usable() is False
     warnings = [r for r in caplog.records if "CuPy correlation kernel unavailable" in r.message]
@@ -351,7 +351,7 @@ def test_gpu_kernel_on_a_non_default_stream():
 def test_gpu_pwcnet_kernel_and_torch_backends_agree():
     if not corr_mod.cupy_usable(torch.device("cuda")):
         pytest.skip("CuPy cannot use this GPU")
-    from flow_engine.pwcnet import PWCNet
+    from flow_engine.models.pwcnet import PWCNet
 
     torch.manual_seed(0)
     net = PWCNet().cuda().eval()

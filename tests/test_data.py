@@ -11,7 +11,7 @@ from tiny_videos import make_dataset, render, write_mp4
 
 from actionflow.annotations import AnnotationError, Sample
 from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate, crop_box
-from flow_engine.video import VideoError
+from flow_engine.io.video import VideoError
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,12 @@
-"""Dataset readers on tiny fixtures of each published layout, written with flow_engine.io."""
+"""Dataset readers on tiny fixtures of each published layout, written with flow_engine.io.flow_files."""
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
-from flow_engine import io
-from flow_engine.datasets import KITTI, DatasetError, FlowCases, FlyingChairs, FlyingThings3D, Sintel, make_dataset
+from flow_engine.io import flow_files as io
+from flow_engine.data.datasets import KITTI, DatasetError, FlowCases, FlyingChairs, FlyingThings3D, Sintel, make_dataset
 
 H, W = 6, 10
 

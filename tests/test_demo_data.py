@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from actionflow.__main__ import main
-from actionflow.demo_data import MOVES, DemoDataError, RenderParams, generate_demo_dataset, render_clip
-from flow_engine.video import probe
+from actionflow.benchmarks.demo_data import MOVES, DemoDataError, RenderParams, generate_demo_dataset, render_clip
+from flow_engine.io.video import probe
 
 PLAIN = RenderParams(frames=16, size=96, background="plain", jitter=0.0, noise=0.0)
 

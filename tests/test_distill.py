@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from flow_engine.errors import DatasetError
-from flow_engine.teacher_labels import (
+from flow_engine.data.teacher_labels import (
     LabelError, PairPlan, TeacherLabels, fb_consistency, label_videos, plan_pairs,
 )
-from flow_engine.train_data import Distill, FlowDataModule
-from flow_engine.video import scaled_size
+from flow_engine.training.datamodule import Distill, FlowDataModule
+from flow_engine.io.video import scaled_size
 
 from tiny_videos import render, write_mp4
 

@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from flow_engine import doctor
+from flow_engine.commands import doctor
 from flow_engine.__main__ import main as cli
 
 pytestmark = pytest.mark.usefixtures("one_thread")

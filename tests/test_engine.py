@@ -9,7 +9,7 @@ import torch
 from flow_engine import engine as engine_mod
 from flow_engine.checkpoints import WeightsError, file_hash
 from flow_engine.engine import DEFAULT_WEIGHTS, FlowEngine, FlowEngineError, engine_identity
-from flow_engine.pwcnet import FlowInputError, PWCNet
+from flow_engine.models.pwcnet import FlowInputError, PWCNet
 
 
 @pytest.fixture(scope="module")

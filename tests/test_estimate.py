@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from flow_engine.__main__ import main
-from flow_engine.io import read_flow, write_image
+from flow_engine.io.flow_files import read_flow, write_image
 
 
 def textured(h: int, w: int, shift: int = 0, seed: int = 0) -> np.ndarray:

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from flow_engine.__main__ import main
-from flow_engine.classical import CLASSICAL_METHODS, classical_flow
-from flow_engine.evaluate import Case, evaluate, load_cases, make_method
-from flow_engine.io import FlowFileError, read_image, write_flo, write_image
+from flow_engine.models.classical import CLASSICAL_METHODS, classical_flow
+from flow_engine.commands.evaluate import Case, evaluate, load_cases, make_method
+from flow_engine.io.flow_files import FlowFileError, read_image, write_flo, write_image
 
 
 def baselines(root: Path) -> dict[str, dict[str, float]]:

@@ -153,8 +153,8 @@ def test_jpeg_tables_are_stored_once_per_file_and_version_1_files_still_read(tmp
 
 def test_default_codec_meets_the_epe_target_on_real_flow(tmp_path, video, shared_videos):
     """The target: round-trip EPE <= 0.1 px inside the bound, on real DIS flow at 340x256."""
-    from flow_engine.video import read_frames
-    from flow_engine.classical import classical_flow
+    from flow_engine.io.video import read_frames
+    from flow_engine.models.classical import classical_flow
 
     frames = read_frames(shared_videos / "ucf101_ApplyEyeMakeup.avi", range(0, 40, 5), size=(256, 340))
     flows = np.stack([classical_flow("dis", a, b) for a, b in zip(frames[:-1], frames[1:])]).transpose(0, 3, 1, 2)

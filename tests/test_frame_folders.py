@@ -1,4 +1,4 @@
-"""A video may be a folder of frames (mmaction2/denseflow rawframes): flow_engine.video reads it like a
+"""A video may be a folder of frames (mmaction2/denseflow rawframes): flow_engine.io.video reads it like a
 video file, and estimate, precompute, the data module and classify take it through that one reader."""
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from flow_engine.__main__ import main as flow_main
-from flow_engine.io import read_flow
-from flow_engine.video import (
+from flow_engine.io.flow_files import read_flow
+from flow_engine.io.video import (
     VideoError, check_frame_pattern, frame_files, iter_frames, list_videos, probe, read_frames, resize_frames,
     source_stat,
 )

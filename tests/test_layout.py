@@ -49,3 +49,15 @@ def test_no_module_is_much_over_600_lines():
              for package in ("flow_engine", "actionflow") for p in (ROOT / package).rglob("*.py")}
     sizes["train.py"] = len((ROOT / "train.py").read_text().splitlines())
     assert not {k: v for k, v in sizes.items() if v > 650}, sizes
+
+
+def test_the_application_loads_none_of_pwcnet_training():
+    """PWC-Net's training (flow_engine.training, and the data only it reads) stays fenced off from the application."""
+    code = ("import sys, actionflow.data, actionflow.classify, actionflow.precompute, actionflow.module\n"
+            "print('\\n'.join(sorted(sys.modules)))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert out.returncode == 0, out.stderr
+    loaded = set(out.stdout.split())
+    assert "actionflow.precompute" in loaded and "flow_engine.engine" in loaded  # the check sees what was imported
+    training = {m for m in loaded if m.startswith(("flow_engine.training", "flow_engine.data"))}
+    assert not training, sorted(training)

@@ -16,7 +16,7 @@ from actionflow.flow_cache import FlowCache
 from actionflow.module import ActionRecognizer
 from actionflow.precompute import precompute
 from flow_engine import FlowEngine
-from flow_engine.video import decode_size, probe
+from flow_engine.io.video import decode_size, probe
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

@@ -18,7 +18,7 @@ from actionflow import precompute as pc
 from actionflow.__main__ import main as cli
 from actionflow.flow_cache import CachedFlow, FlowCache, dequantize, quantize
 from flow_engine.engine import FlowEngine
-from flow_engine.video import VideoError, list_videos, read_frames
+from flow_engine.io.video import VideoError, list_videos, read_frames
 
 SIZE = (48, 64)  # (H, W) the tests compute flow at (the videos are 64x80: resized on decode)
 BOUND = 20.0
@@ -325,7 +325,7 @@ def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
 
 
 def test_size_is_width_x_height_like_every_other_command():
-    from flow_engine.estimate import parse_size as engine_size
+    from flow_engine.commands.estimate import parse_size as engine_size
 
     assert pc.parse_size("340x256") == engine_size("340x256") == (256, 340)
 

@@ -6,7 +6,7 @@ import re
 import pytest
 import torch
 
-from flow_engine.pwcnet import (
+from flow_engine.models.pwcnet import (
     FlowInputError,
     PWCNet,
     WeightsError,

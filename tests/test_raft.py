@@ -11,7 +11,7 @@ import torch
 
 from flow_engine import FlowEngine, FlowEngineError, WeightsError
 from flow_engine.__main__ import main as cli
-from flow_engine.raft import RAFT, load_raft, princeton_to_torchvision
+from flow_engine.models.raft import RAFT, load_raft, princeton_to_torchvision
 
 from conftest import SHARED
 
@@ -190,7 +190,7 @@ def test_raft_wrapper_takes_greyscale_and_rejects_mismatched_pairs(raft_small_fi
     grey = torch.rand(1, 1, 40, 48)
     with torch.inference_mode():
         assert model.predict(grey, grey).shape == (1, 2, 40, 48)
-    from flow_engine.pwcnet import FlowInputError
+    from flow_engine.models.pwcnet import FlowInputError
 
     with pytest.raises(FlowInputError):
         model.predict(torch.rand(1, 3, 40, 48), torch.rand(1, 3, 40, 56))

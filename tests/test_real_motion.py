@@ -9,8 +9,8 @@ from tiny_videos import render, write_mp4
 
 from actionflow.__main__ import main as cli
 from actionflow.annotations import load_splits
-from actionflow.real_motion import BASE_FPS, CLASSES, SPEEDS, TEST_VIDEOS, VAL_VIDEOS, base_rate_frames, build, cut_clips, split_of
-from flow_engine.video import probe, read_frames
+from actionflow.benchmarks.real_motion import BASE_FPS, CLASSES, SPEEDS, TEST_VIDEOS, VAL_VIDEOS, base_rate_frames, build, cut_clips, split_of
+from flow_engine.io.video import probe, read_frames
 
 
 def _numbered(n: int) -> np.ndarray:

@@ -3,7 +3,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flow_engine.synthetic import SyntheticFlow, gaussian_blur
+from flow_engine.data.synthetic import SyntheticFlow, gaussian_blur
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")

@@ -8,16 +8,16 @@ import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
 
-from flow_engine import augment
-from flow_engine.io import write_flow, write_image
+from flow_engine.data import augment
+from flow_engine.io.flow_files import write_flow, write_image
 from flow_engine.checkpoints import WeightsError
-from flow_engine.pwcnet import PWCNet
-from flow_engine.synthetic import SyntheticFlow
-from flow_engine.losses import downsample_flow, matching_loss, multiscale_loss
-from flow_engine.train import FlowCLI, export_weights, resolve_resume
-from flow_engine.train import main as train_main
-from flow_engine.train_data import FlowDataModule
-from flow_engine.train_module import ConfigError, FlowModule
+from flow_engine.models.pwcnet import PWCNet
+from flow_engine.data.synthetic import SyntheticFlow
+from flow_engine.training.losses import downsample_flow, matching_loss, multiscale_loss
+from flow_engine.training.cli import FlowCLI, export_weights, resolve_resume
+from flow_engine.training.cli import main as train_main
+from flow_engine.training.datamodule import FlowDataModule
+from flow_engine.training.module import ConfigError, FlowModule
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -407,7 +407,7 @@ def test_command_line_shortcuts_and_refused_forms(capsys):
 
 @pytest.mark.skipif(not WEIGHTS.is_file(), reason="no shipped weights yet")
 def test_shipped_weights_beat_zero_flow_and_point_the_right_way(shared_flow_cases):
-    from flow_engine.datasets import FlowCases
+    from flow_engine.data.datasets import FlowCases
 
     model = PWCNet.from_weights(WEIGHTS).eval()
     cases = FlowCases(shared_flow_cases, names=["chairs_0000001", "chairs_0000003", "chairs_0000007"])

@@ -1,14 +1,14 @@
-"""flow_engine.video: decord reading with clear errors, the PyAV fallback for widths decord mis-sizes,
+"""flow_engine.io.video: decord reading with clear errors, the PyAV fallback for widths decord mis-sizes,
 and the lists that name videos."""
 import os
 
 import numpy as np
 import pytest
 
-from flow_engine.video import (
+from flow_engine.io.video import (
     ListFileError, VideoError, iter_frames, list_videos, probe, read_frames, read_list_lines, split_list_line,
 )
-from flow_engine.viz import write_video
+from flow_engine.io.viz import write_video
 
 
 def _ramp_video(path, frames=6, height=48, width=48):

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from flow_engine.__main__ import main
-from flow_engine.io import read_image, write_flo
-from flow_engine.viz import (
+from flow_engine.io.flow_files import read_image, write_flo
+from flow_engine.io.viz import (
     color_wheel_legend,
     flow_to_color,
     flow_to_color_torch,

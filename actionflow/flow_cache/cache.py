@@ -26,7 +26,7 @@ from actionflow.flow_cache.entry import (
     FORMAT, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
 )
 from actionflow.flow_cache.lock import VideoLock, lock_is_held
-from flow_engine.video import source_stat
+from flow_engine.io.video import source_stat
 
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
 # Keys of an engine config that do not change the flow enough to invalidate a cache.
@@ -111,7 +111,7 @@ class FlowCache:
         """(H, W) in pixels the flow of ``video`` is computed at (a short-side cache probes the video)."""
         if not isinstance(self.size, int):
             return self.size
-        from flow_engine.video import decode_size, probe
+        from flow_engine.io.video import decode_size, probe
 
         info = probe(video)
         return decode_size(info.height, info.width, self.size)
@@ -119,7 +119,7 @@ class FlowCache:
     def _expected_size(self, header: dict) -> tuple[int, int] | None:
         if not isinstance(self.size, int):
             return self.size
-        from flow_engine.video import decode_size
+        from flow_engine.io.video import decode_size
 
         native = (header.get("video") or {}).get("frame_size")
         if not (isinstance(native, list) and len(native) == 2 and all(isinstance(v, int) and v > 0 for v in native)):
@@ -133,7 +133,7 @@ class FlowCache:
         here: VideoError when the video does not open)."""
         identity = video_identity(video)
         if isinstance(self.size, int):
-            from flow_engine.video import probe
+            from flow_engine.io.video import probe
 
             info = probe(video)
             identity["frame_size"] = [info.height, info.width]

@@ -39,8 +39,8 @@ import numpy as np
 from actionflow.flow_cache.cache import IMPORTED_ENGINE, FlowCache, cache_files
 from actionflow.flow_cache.codec import DEFAULT_BOUND, TSN, encode_frames, parse_codec, positive_pixels, tsn_levels
 from actionflow.flow_cache.entry import CacheError, CachedFlow, CacheWriter
-from flow_engine.io import FlowFileError, read_image
-from flow_engine.video import (
+from flow_engine.io.flow_files import FlowFileError, read_image
+from flow_engine.io.video import (
     VIDEO_EXTENSIONS, VideoError, check_frame_pattern, frame_files, is_frame_name, is_video_path, numbered_files,
 )
 

@@ -42,7 +42,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from actionflow.demo_figure import FIGURE_HEIGHT, MOVE_OFFSETS, MOVES, Body, dark, dance_pose, random_body, skeleton
+from actionflow.benchmarks.demo_figure import FIGURE_HEIGHT, MOVE_OFFSETS, MOVES, Body, dark, dance_pose, random_body, skeleton
 
 log = logging.getLogger(__name__)
 
@@ -255,7 +255,7 @@ def _clip_rng(seed: int, move: str, index: int) -> np.random.Generator:
 
 def _make_clip(job: _Job) -> str:
     """Render and write one clip, atomically: a crash leaves no truncated MP4 under the final name."""
-    from flow_engine.viz import write_video  # imported here: it imports torch, and only writing needs it
+    from flow_engine.io.viz import write_video  # imported here: it imports torch, and only writing needs it
 
     frames = render_clip(job.move, job.params, _clip_rng(job.seed, job.move, job.index))
     path = Path(job.path)

@@ -445,7 +445,7 @@ def source_stat(path: str | os.PathLike) -> tuple[int, int]:
 
 def _read_frame(path: Path) -> np.ndarray:
     """One frame file as uint8 RGB ``[H,W,3]``; VideoError naming its folder and the frame."""
-    from flow_engine.io import FlowFileError, read_image  # io imports torch: only frame folders need it
+    from flow_engine.io.flow_files import FlowFileError, read_image  # io imports torch: only frame folders need it
 
     try:
         if not stat.S_ISREG(os.stat(path).st_mode):  # a FIFO would block the reader for ever

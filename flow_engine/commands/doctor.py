@@ -130,13 +130,13 @@ def check_cupy() -> Check:
 
 def check_kernels(device: torch.device, dtype: torch.dtype, shape: tuple[int, int, int, int] = (2, 7, 13, 37), d: int = 4) -> Check:
     """The CuPy kernels against the PyTorch path: forward and both gradients on random inputs."""
-    from flow_engine.correlation import correlation, cupy_usable
+    from flow_engine.models.correlation import correlation, cupy_usable
 
     name = f"correlation kernels {str(dtype).replace('torch.', '')} {device}"
     if device.type != "cuda":
         return Check(name, UNAVAILABLE, "the CuPy kernels need a CUDA device")
     if not cupy_usable(device):
-        from flow_engine.correlation import _cupy_reason
+        from flow_engine.models.correlation import _cupy_reason
 
         return Check(name, BROKEN if _cupy_installed() else UNAVAILABLE, _cupy_reason(device), _cupy_fix())
     if dtype == torch.bfloat16 and not torch.cuda.is_bf16_supported():
@@ -167,7 +167,7 @@ def check_kernels(device: torch.device, dtype: torch.dtype, shape: tuple[int, in
 
 def check_torch_cost_volume() -> Check:
     """The PyTorch cost volume (every machine's fallback) against a direct sum over channels."""
-    from flow_engine.correlation import correlation
+    from flow_engine.models.correlation import correlation
 
     name = "PyTorch cost volume"
     g = torch.Generator().manual_seed(int(time.time()))
@@ -192,7 +192,7 @@ def check_engine(model: str, device: torch.device, raft_weights: str | None = No
     """One 64x96 pair through ``model`` on ``device``: PWC-Net with the shipped weights, RAFT with
     ``raft_weights`` or random ones (whether it runs here, not how accurate it is)."""
     from flow_engine.engine import FlowEngine
-    from flow_engine.raft import RAFT, _builder
+    from flow_engine.models.raft import RAFT, _builder
 
     name = f"{model} runs a pair on {device}"
     frames = torch.randint(0, 256, (2, 3, 64, 96), dtype=torch.uint8)
@@ -214,7 +214,7 @@ def check_engine(model: str, device: torch.device, raft_weights: str | None = No
 def check_weights() -> Check:
     from flow_engine.checkpoints import file_hash
     from flow_engine.engine import DEFAULT_WEIGHTS
-    from flow_engine.pwcnet import PWCNet
+    from flow_engine.models.pwcnet import PWCNet
 
     name = "shipped PWC-Net weights load"
     if not DEFAULT_WEIGHTS.is_file():
@@ -249,7 +249,7 @@ def check_video() -> list[Check]:
                                 "pip install --force-reinstall av (its wheels bundle FFmpeg with libx264)"))
             return checks
         try:
-            from flow_engine.video import read_frames
+            from flow_engine.io.video import read_frames
 
             frames = read_frames(path)
             checks.append(Check("decord decodes video", OK, f"{len(frames)} frames of {frames.shape[2]}x{frames.shape[1]}"))
@@ -277,7 +277,7 @@ def run_checks(raft_weights: str | None = None) -> list[Check]:
 
 def bench(iters: int = 3) -> list[dict]:
     """pairs/s of the default engine at 1024x436 (pairs) and 340x256 (16-frame clips) on each device."""
-    from flow_engine.bench import bench_clip, bench_engine
+    from flow_engine.commands.bench import bench_clip, bench_engine
     from flow_engine.engine import FlowEngine
 
     rows = []

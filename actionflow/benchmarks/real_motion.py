@@ -36,8 +36,8 @@ from pathlib import Path
 
 import numpy as np
 
-from flow_engine.video import VideoError, decode_size, iter_frames, list_videos, probe
-from flow_engine.viz import write_video
+from flow_engine.io.video import VideoError, decode_size, iter_frames, list_videos, probe
+from flow_engine.io.viz import write_video
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +47,7 @@ SPEEDS = {"normal": 1, "fast": 2, "faster": 4}  # base frames per clip frame
 TEST_VIDEOS = ("vibeold_dance_duo", "unianimate_dance_indoor", "gvhmr_tennis", "askanything_yoga",
                "sam2_kids_jumping_on_bed", "tokenflow_woman_running")
 VAL_VIDEOS = ("mimicmotion_tiktok_dance_b", "askanything_hitting_baseball", "sam2_pouring_coffee", "alphapose_street_crowd")
-DEFAULT_SOURCE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video_real"
+DEFAULT_SOURCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video_real"
 VERSION = 2
 
 

@@ -145,7 +145,7 @@ def read_png_header(path: PathLike) -> tuple[int, int, int, int]:
     _check_dims(path, width, height)
     if width * height > MAX_PNG_PIXELS:
         raise FlowFileError(path, f"PNG of {width}x{height} pixels is above the limit of {MAX_PNG_PIXELS} pixels "
-                                  "(flow_engine.io.MAX_PNG_PIXELS)")
+                                  "(flow_engine.io.flow_files.MAX_PNG_PIXELS)")
     return width, height, depth, PNG_CHANNELS[colour]
 
 

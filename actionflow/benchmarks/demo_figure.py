@@ -3,7 +3,7 @@
 A move (:func:`dance_pose`) turns a phase angle into offsets of the pose's degrees of freedom
 (shoulder, elbow, hip, knee angles, body position, lean, facing); :func:`random_body` draws the
 proportions and colours of one figure, and :func:`skeleton` turns a pose into joint positions in
-pixels. Rendering (drawing, backgrounds, camera, files) is :mod:`actionflow.demo_data`'s; see its
+pixels. Rendering (drawing, backgrounds, camera, files) is :mod:`actionflow.benchmarks.demo_data`'s; see its
 docstring for why the moves make a dataset that only motion can classify.
 """
 from __future__ import annotations

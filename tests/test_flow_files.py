@@ -11,7 +11,7 @@ import pytest
 import torch
 from hostile_files import png_bytes
 
-from flow_engine.io import (
+from flow_engine.io.flow_files import (
     FlowFileError,
     flow_to_tensor,
     read_flo,

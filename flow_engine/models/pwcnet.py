@@ -28,7 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flow_engine.checkpoints import WeightsError, load_weights_only
-from flow_engine.correlation import correlation
+from flow_engine.models.correlation import correlation
 
 log = logging.getLogger(__name__)
 

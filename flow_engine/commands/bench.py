@@ -28,11 +28,11 @@ from typing import Callable
 
 import torch
 
-from flow_engine.correlation import correlation, cupy_usable
+from flow_engine.models.correlation import correlation, cupy_usable
 from flow_engine.engine import DTYPES, MODELS, FlowEngine, FlowEngineError
-from flow_engine.estimate import parse_size
+from flow_engine.commands.estimate import parse_size
 from flow_engine.checkpoints import WeightsError
-from flow_engine.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, padded_size
+from flow_engine.models.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, padded_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -20,7 +20,7 @@ import av
 import numpy as np
 import torch
 
-from flow_engine.io import FlowFileError, read_flow, write_image
+from flow_engine.io.flow_files import FlowFileError, read_flow, write_image
 
 log = logging.getLogger(__name__)
 

@@ -22,13 +22,13 @@ import numpy as np
 import torch
 
 from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
-from flow_engine.io import FlowFileError, read_image, write_flow, write_image
+from flow_engine.io.flow_files import FlowFileError, read_image, write_flow, write_image
 from flow_engine.checkpoints import WeightsError
-from flow_engine.pwcnet import FlowInputError
-from flow_engine.video import (
+from flow_engine.models.pwcnet import FlowInputError
+from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, VideoError, frame_files, frame_pattern_arg, iter_frames, probe, resize_frames,
 )
-from flow_engine.viz import flow_to_color, write_video
+from flow_engine.io.viz import flow_to_color, write_video
 
 log = logging.getLogger(__name__)
 
@@ -137,7 +137,7 @@ def _run_pair(engine: FlowEngine, args: argparse.Namespace) -> int:
 # --- sequences -------------------------------------------------------------------------------------
 def _sequence(path: Path, chunk: int, size: tuple[int, int] | None, max_frames: int | None, pattern: str,
               frame_names: bool):
-    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of a video or frame folder (flow_engine.video).
+    """(names, fps, iterator of uint8 [t,H,W,3] chunks) of a video or frame folder (flow_engine.io.video).
     Names are the frames' file stems with ``frame_names``, else 0-based indices (``000000``...)."""
     try:
         info = probe(path, pattern)

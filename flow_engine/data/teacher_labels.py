@@ -17,7 +17,7 @@ and a rerun labels only what is missing. ``labels.json`` records the teacher (na
 hash, flow updates) and the sampling; labels of another teacher are never mixed into a folder.
 
 :class:`TeacherLabels` reads a label folder as a flow dataset (items like
-:mod:`flow_engine.datasets`: uint8 [3,H,W] frames, float flow [2,H,W] px, bool valid [H,W]),
+:mod:`flow_engine.data.datasets`: uint8 [3,H,W] frames, float flow [2,H,W] px, bool valid [H,W]),
 each file giving two items: the forward and the backward pair.
 """
 from __future__ import annotations
@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from flow_engine.errors import DatasetError
-from flow_engine.video import VideoError, list_videos, probe, read_frames, scaled_size
+from flow_engine.io.video import VideoError, list_videos, probe, read_frames, scaled_size
 
 log = logging.getLogger(__name__)
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from flow_engine.correlation import correlation
-from flow_engine.pwcnet import PWCNet, warp
+from flow_engine.models.correlation import correlation
+from flow_engine.models.pwcnet import PWCNet, warp
 
 LEVEL_WEIGHTS = (0.32, 0.08, 0.02, 0.01, 0.005)  # levels 6, 5, 4, 3, 2
 

@@ -1,7 +1,7 @@
 """The science of PWC-Net training: :class:`FlowModule`, a LightningModule.
 
 PWC-Net (started from weights, or from scratch with zero-initialised flow heads), the
-multi-scale loss of :mod:`flow_engine.losses` (plus the optional matching loss), Adam with
+multi-scale loss of :mod:`flow_engine.training.losses` (plus the optional matching loss), Adam with
 the paper's multistep schedule or a one-cycle / cosine-restarts one, and validation EPE (px)
 on full-size frame pairs. Weight decay is Adam's L2 term, applied to weights with
 ``dim() >= 2`` only: biases are not decayed (as in nanoGPT; PWC-Net has no normalisation
@@ -17,8 +17,8 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 
-from flow_engine.losses import LEVEL_WEIGHTS, end_point_error, full_resolution_flow, matching_loss, multiscale_loss
-from flow_engine.pwcnet import FlowInputError, PWCNet, check_scales, load_pwcnet_state_dict
+from flow_engine.training.losses import LEVEL_WEIGHTS, end_point_error, full_resolution_flow, matching_loss, multiscale_loss
+from flow_engine.models.pwcnet import FlowInputError, PWCNet, check_scales, load_pwcnet_state_dict
 
 log = logging.getLogger(__name__)
 
@@ -187,8 +187,8 @@ class FlowModule(pl.LightningModule):
         return self.model.predict(img1, img2, scales=self.val_scales).float()
 
     def _log_flow_image(self, name: str, img1: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> None:
-        from flow_engine.io import write_image
-        from flow_engine.viz import flow_to_color_torch
+        from flow_engine.io.flow_files import write_image
+        from flow_engine.io.viz import flow_to_color_torch
 
         max_flow = float(gt[0].norm(dim=0)[valid[0]].max()) if bool(valid.any()) else None
         colours = flow_to_color_torch(torch.cat([pred, gt]).float(), max_flow=max_flow)

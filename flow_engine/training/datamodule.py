@@ -1,10 +1,10 @@
 """The data of PWC-Net training: :class:`FlowDataModule`, a LightningDataModule.
 
-Training pairs are procedural (:mod:`flow_engine.synthetic`, rendered on the training device
+Training pairs are procedural (:mod:`flow_engine.data.synthetic`, rendered on the training device
 inside the loop, seeded from the global step so that a resumed run continues the same
-sequence), from the published datasets (:mod:`flow_engine.datasets`) with the augmentation of
-:mod:`flow_engine.augment`, from a teacher's labels of real videos (distillation,
-:mod:`flow_engine.teacher_labels`: labelled once in ``prepare_data``), or a mix of procedural and
+sequence), from the published datasets (:mod:`flow_engine.data.datasets`) with the augmentation of
+:mod:`flow_engine.data.augment`, from a teacher's labels of real videos (distillation,
+:mod:`flow_engine.data.teacher_labels`: labelled once in ``prepare_data``), or a mix of procedural and
 dataset pairs in every batch. Validation runs on the ``cases`` layout. Every ``__init__``
 argument is a ``--data.*`` key of ``python -m flow_engine train``; sizes are (h, w) in pixels.
 """
@@ -23,17 +23,17 @@ import pytorch_lightning as pl
 import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
-from flow_engine import augment
-from flow_engine.train_module import ConfigError
+from flow_engine.data import augment
+from flow_engine.training.module import ConfigError
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @dataclass(frozen=True)
 class Synthetic:
-    """Procedural pairs: the settings of :class:`flow_engine.synthetic.SyntheticFlow`.
+    """Procedural pairs: the settings of :class:`flow_engine.data.synthetic.SyntheticFlow`.
 
     Args:
         num_layers: (min, max) foreground layers per scene.
@@ -115,7 +115,7 @@ def _check_kwargs(key: str, given: dict | None, fn: Any, skip: tuple[str, ...] =
 
 
 def _check_entry(i: int, entry: Any) -> None:
-    from flow_engine.datasets import DATASETS
+    from flow_engine.data.datasets import DATASETS
 
     where = f"data.train[{i}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
@@ -213,8 +213,8 @@ class FlowDataModule(pl.LightningDataModule):
             num_workers: DataLoader workers for the datasets (procedural pairs need none).
             synthetic: the procedural pairs' settings.
             curriculum: the procedural pairs' largest translation grows from start to end px over steps; null: off.
-            spatial: random scale/stretch/flip/crop of dataset pairs: flow_engine.augment.random_spatial settings ({}: its defaults; null: plain random crops).
-            photometric: colour jitter and noise of every batch: flow_engine.augment.photometric settings ({}: its defaults; null: off).
+            spatial: random scale/stretch/flip/crop of dataset pairs: flow_engine.data.augment.random_spatial settings ({}: its defaults; null: plain random crops).
+            photometric: colour jitter and noise of every batch: flow_engine.data.augment.photometric settings ({}: its defaults; null: off).
             val_cases: the validation cases folder (the cases layout), or a list of them: each is a set scored on its own
                 (val/<set>/epe, the set named after its folder) and val/epe is the mean of the sets' means; null or missing: no validation.
             val_limit: validate on only this many cases, spread over the list (null: all).
@@ -277,7 +277,7 @@ class FlowDataModule(pl.LightningDataModule):
         d = self.distill
         if not d.teacher or not d.videos:
             return
-        from flow_engine.teacher_labels import label_videos
+        from flow_engine.data.teacher_labels import label_videos
         from flow_engine.engine import FlowEngine
 
         teacher = FlowEngine(model=d.teacher, weights=d.teacher_weights, device=d.device, flow_updates=d.flow_updates)
@@ -295,7 +295,7 @@ class FlowDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.datasets:
             return DataLoader(_Ticks(), batch_size=None)
-        from flow_engine.datasets import make_dataset
+        from flow_engine.data.datasets import make_dataset
 
         parts = []
         for entry in self.datasets:
@@ -328,7 +328,7 @@ class FlowDataModule(pl.LightningDataModule):
         if self.uses_synthetic:
             device = batch.device if torch.is_tensor(batch) else batch[0].device
             if self._generator is None or self._generator.device != device:
-                from flow_engine.synthetic import SyntheticFlow
+                from flow_engine.data.synthetic import SyntheticFlow
 
                 s = self.synthetic
                 self._generator = SyntheticFlow(*self.crop, device, self.seed, num_layers=tuple(s.num_layers), min_displacement=s.min_displacement,
@@ -364,7 +364,7 @@ class FlowDataModule(pl.LightningDataModule):
         return sets
 
     def val_dataloader(self) -> list[DataLoader]:
-        from flow_engine.datasets import FlowCases
+        from flow_engine.data.datasets import FlowCases
 
         sets = self.val_sets()
         if not sets:

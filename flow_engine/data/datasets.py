@@ -19,7 +19,7 @@ Layouts (``root`` is the dataset's top folder as unpacked):
 - cases: ``<case>/frame1.*``, ``<case>/frame2.*``, ``<case>/flow.flo`` (``../shared/data/flow``).
 
 A root that does not have the layout raises :class:`DatasetError`; an unreadable or
-malformed file raises ``flow_engine.io.FlowFileError`` naming it.
+malformed file raises ``flow_engine.io.flow_files.FlowFileError`` naming it.
 """
 from __future__ import annotations
 
@@ -32,9 +32,9 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from flow_engine import io
+from flow_engine.io import flow_files
 from flow_engine.errors import DatasetError
-from flow_engine.teacher_labels import TeacherLabels
+from flow_engine.data.teacher_labels import TeacherLabels
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +52,7 @@ class FlowPair:
 
 
 class FlowPairs(Dataset):
-    """A list of :class:`FlowPair` read with ``flow_engine.io``; the readers below only build the list."""
+    """A list of :class:`FlowPair` read with ``flow_engine.io.flow_files``; the readers below only build the list."""
 
     sparse = False  # True where ground truth covers only some pixels (KITTI)
 
@@ -74,11 +74,11 @@ class FlowPairs(Dataset):
         return len(self.pairs)
 
     def read_flow(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        return io.read_flow(path)
+        return flow_files.read_flow(path)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         pair = self.pairs[index]
-        img1, img2 = io.read_image(pair.img1), io.read_image(pair.img2)
+        img1, img2 = flow_files.read_image(pair.img1), flow_files.read_image(pair.img2)
         if img1.shape != img2.shape:
             raise DatasetError(f"{pair.img2}: size {img2.shape[1]}x{img2.shape[0]} differs from {pair.img1} ({img1.shape[1]}x{img1.shape[0]})")
         H, W = img1.shape[:2]
@@ -91,7 +91,7 @@ class FlowPairs(Dataset):
         return (
             torch.from_numpy(np.ascontiguousarray(img1.transpose(2, 0, 1))),
             torch.from_numpy(np.ascontiguousarray(img2.transpose(2, 0, 1))),
-            io.flow_to_tensor(flow),
+            flow_files.flow_to_tensor(flow),
             torch.from_numpy(np.ascontiguousarray(valid)),
         )
 
@@ -232,7 +232,7 @@ class KITTI(FlowPairs):
         super().__init__(pairs, root, f"KITTI {year} {split}")
 
     def read_flow(self, path: Path) -> tuple[np.ndarray, np.ndarray]:
-        return io.read_kitti_flow(path)
+        return flow_files.read_kitti_flow(path)
 
 
 # ----------------------------------------------------------------------------- cases
@@ -273,7 +273,7 @@ DATASETS: dict[str, type[FlowPairs]] = {
 
 def make_dataset(name: str, root: str | Path, **kwargs) -> Dataset:
     """The dataset ``name`` (chairs, things, sintel, kitti, cases, or teacher: the labels of
-    :mod:`flow_engine.teacher_labels`) at ``root``; kwargs go to its class."""
+    :mod:`flow_engine.data.teacher_labels`) at ``root``; kwargs go to its class."""
     if name not in DATASETS:
         raise DatasetError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     return DATASETS[name](root, **kwargs)

@@ -1,8 +1,8 @@
 """Training PWC-Net: ``python -m flow_engine train [--config FILE] [--section.key VALUE ...]``.
 
-A LightningCLI (:class:`FlowCLI`) over :class:`~flow_engine.train_module.FlowModule`
+A LightningCLI (:class:`FlowCLI`) over :class:`~flow_engine.training.module.FlowModule`
 (``--model.*``: start weights, loss, optimizer and schedule) and
-:class:`~flow_engine.train_data.FlowDataModule` (``--data.*``: training sources, crop (h, w),
+:class:`~flow_engine.training.datamodule.FlowDataModule` (``--data.*``: training sources, crop (h, w),
 batch, procedural pairs, curriculum, augmentation, validation cases, ``--data.distill.*``),
 plus ``--trainer.*`` (Lightning's Trainer) and these keys of its own:
 
@@ -45,19 +45,19 @@ import yaml
 from pytorch_lightning.cli import LightningCLI
 
 from flow_engine.errors import DatasetError
-from flow_engine.teacher_labels import LabelError
+from flow_engine.data.teacher_labels import LabelError
 from flow_engine.engine import FlowEngineError
 from flow_engine.checkpoints import ResumeError, WeightsError, check_resume_fits, load_weights_only
-from flow_engine.pwcnet import PWCNet
-from flow_engine.train_data import FlowDataModule
-from flow_engine.train_module import ConfigError, DivergedError, FlowModule
-from flow_engine.video import ListFileError
+from flow_engine.models.pwcnet import PWCNet
+from flow_engine.training.datamodule import FlowDataModule
+from flow_engine.training.module import ConfigError, DivergedError, FlowModule
+from flow_engine.io.video import ListFileError
 
 log = logging.getLogger(__name__)
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_CONFIG = ROOT / "configs" / "flow" / "synthetic.yaml"
-DEFAULT_WEIGHTS_OUT = Path(__file__).resolve().parent / "weights" / "pwcnet_actionflow.pt"
+DEFAULT_WEIGHTS_OUT = Path(__file__).resolve().parents[1] / "weights" / "pwcnet_actionflow.pt"
 
 # Trainer settings of flow training (steps, not epochs: procedural data has no epochs).
 TRAINER_DEFAULTS: dict[str, Any] = {

@@ -25,7 +25,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flow_engine.checkpoints import WeightsError, file_hash, load_weights_only
-from flow_engine.pwcnet import FlowInputError, as_rgb, check_pair
+from flow_engine.models.pwcnet import FlowInputError, as_rgb, check_pair
 
 log = logging.getLogger(__name__)
 

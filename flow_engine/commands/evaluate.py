@@ -6,7 +6,7 @@ folder per case (``../shared/data/flow``). The mean is the plain mean over cases
 
 CLI: ``python -m flow_engine eval (--cases DIR | --dataset sintel|kitti|chairs|things --root PATH)
 [--method NAME] [--weights PATH] [--device auto|cpu|cuda] [--json OUT.json]``. The benchmark
-layouts are read by :mod:`flow_engine.datasets` (their pairs with ground truth become cases).
+layouts are read by :mod:`flow_engine.data.datasets` (their pairs with ground truth become cases).
 """
 from __future__ import annotations
 
@@ -23,9 +23,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow_engine.classical import CLASSICAL_METHODS, classical_flow
+from flow_engine.models.classical import CLASSICAL_METHODS, classical_flow
 from flow_engine.engine import LEARNED_MODELS
-from flow_engine.io import FlowFileError, read_flow, read_image, tensor_to_flow
+from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, tensor_to_flow
 from flow_engine.metrics import flow_metrics
 
 log = logging.getLogger(__name__)
@@ -47,8 +47,8 @@ class Case:
 
 
 def load_cases(root: str | Path) -> list[Case]:
-    """The cases under ``root``, sorted by name (the layout of :class:`flow_engine.datasets.FlowCases`)."""
-    from flow_engine.datasets import FlowCases
+    """The cases under ``root``, sorted by name (the layout of :class:`flow_engine.data.datasets.FlowCases`)."""
+    from flow_engine.data.datasets import FlowCases
     from flow_engine.errors import DatasetError
 
     try:
@@ -134,8 +134,8 @@ DEFAULT_SPLITS = {"sintel": "training", "kitti": "training", "chairs": "val", "t
 
 
 def dataset_cases(name: str, root: str | Path, split: str | None = None, pass_: str = "clean", year: int = 2015) -> list[Case]:
-    """The pairs with ground truth of a benchmark (see :mod:`flow_engine.datasets`) as cases."""
-    from flow_engine.datasets import make_dataset
+    """The pairs with ground truth of a benchmark (see :mod:`flow_engine.data.datasets`) as cases."""
+    from flow_engine.data.datasets import make_dataset
 
     split = split or DEFAULT_SPLITS[name]
     options = {"sintel": {"split": split, "pass_": pass_}, "kitti": {"split": split, "year": year},

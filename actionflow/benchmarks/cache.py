@@ -44,12 +44,12 @@ from actionflow.flow_cache import (
     split_jpeg,
 )
 from actionflow.precompute import parse_size, precompute
-from flow_engine.video import iter_frames, list_videos
+from flow_engine.io.video import iter_frames, list_videos
 from flow_engine.engine import MODELS
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VIDEOS = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "video"
+DEFAULT_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video"
 TARGETS = {"ratio_vs_flo": 70.0, "epe": 0.1, "read_frames_per_s": 2000.0}
 
 
