@@ -75,6 +75,26 @@ def test_load_cases_and_errors(tmp_path):
         load_cases(tmp_path / "nowhere")
 
 
+def test_eval_scores_several_sets_side_by_side(tmp_path, capsys):
+    # Two sets with constant known flows: zero flow scores |(1, 1)| = 1.41 px on one, |(3, 4)| = 5 px on the other.
+    rng = np.random.default_rng(0)
+    for set_name, flow, cases in (("small", (1, 1), ("a", "b")), ("large", (3, 4), ("c",))):
+        for name in cases:
+            d = tmp_path / set_name / name
+            d.mkdir(parents=True)
+            write_image(d / "frame1.png", rng.integers(0, 255, (8, 10, 3), dtype=np.uint8))
+            write_image(d / "frame2.png", rng.integers(0, 255, (8, 10, 3), dtype=np.uint8))
+            write_flo(d / "flow.flo", np.broadcast_to(np.float32(flow), (8, 10, 2)).copy())
+    out = tmp_path / "scores.json"
+    assert main(["eval", "--cases", str(tmp_path / "small"), str(tmp_path / "large"), "--method", "zero", "--json", str(out),
+                 "--no-progress"]) == 0
+    sets = json.loads(out.read_text())["sets"]
+    assert sets["small"]["mean"]["epe"] == pytest.approx(np.sqrt(2)) and set(sets["small"]["cases"]) == {"a", "b"}
+    assert sets["large"]["mean"]["epe"] == pytest.approx(5.0)
+    printed = capsys.readouterr().out
+    assert re.search(r"^\| small \| 2 \| 1\.414 \|", printed, re.M) and re.search(r"^\| large \| 1 \| 5\.000 \|", printed, re.M)
+
+
 def test_unknown_method_lists_the_choices():
     with pytest.raises(ValueError, match="zero, dis, dis_fine, farneback, tvl1, pwcnet"):
         make_method("raft")

@@ -4,7 +4,7 @@ A case folder holds ``frame1.*``, ``frame2.*`` and ``flow.flo``; a cases root ho
 folder per case (``../shared/data/flow``). The mean is the plain mean over cases, as in
 ``BASELINES.txt``.
 
-CLI: ``python -m flow_engine eval (--cases DIR | --dataset sintel|kitti|chairs|things --root PATH)
+CLI: ``python -m flow_engine eval (--cases DIR [DIR ...] | --dataset sintel|kitti|chairs|things --root PATH)
 [--method NAME] [--weights PATH] [--device auto|cpu|cuda] [--json OUT.json]``. The benchmark
 layouts are read by :mod:`flow_engine.data.datasets` (their pairs with ground truth become cases).
 """
@@ -112,7 +112,8 @@ def make_method(name: str, weights: str | None = None, device: str = "auto", flo
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     data = parser.add_argument_group("ground truth")
-    data.add_argument("--cases", type=Path, metavar="DIR", help="folder of case folders (frame1.*, frame2.*, flow.flo)")
+    data.add_argument("--cases", type=Path, nargs="+", metavar="DIR",
+                      help="folder(s) of case folders (frame1.*, frame2.*, flow.flo); several folders are scored as sets side by side")
     data.add_argument("--dataset", choices=DATASET_NAMES, help="a benchmark in its published layout under --root")
     data.add_argument("--root", type=Path, metavar="PATH", help="the benchmark's folder (with --dataset)")
     data.add_argument("--split", help="benchmark split (default: sintel training, kitti training, chairs val, things TEST)")
@@ -147,19 +148,24 @@ def dataset_cases(name: str, root: str | Path, split: str | None = None, pass_: 
     return cases
 
 
-def cases_from_args(args: argparse.Namespace) -> list[Case]:
-    """The cases the command line asks for (the one place that knows the sources of ground truth)."""
+def cases_from_args(args: argparse.Namespace) -> dict[str, list[Case]]:
+    """The cases the command line asks for, by set name (the one place that knows the sources of ground truth):
+    one set per ``--cases`` folder (named after it), or the benchmark of ``--dataset``."""
     dataset = getattr(args, "dataset", None)
     if dataset is not None:
-        if args.cases is not None:
+        if args.cases:
             raise FlowFileError("--cases", "pass either --cases DIR or --dataset NAME --root PATH, not both")
         if args.root is None:
             raise FlowFileError("--root", f"--dataset {dataset} needs --root PATH (the dataset's folder)")
         cases = dataset_cases(dataset, args.root, args.split, args.pass_, args.year)
-        return cases[: args.limit] if args.limit else cases
-    if args.cases is None:
+        return {dataset: cases[: args.limit] if args.limit else cases}
+    if not args.cases:
         raise FlowFileError("--cases", "no ground truth given: pass --cases DIR or --dataset NAME --root PATH")
-    return load_cases(args.cases)
+    sets: dict[str, list[Case]] = {}
+    for folder in args.cases:
+        name = Path(folder).resolve().name
+        sets[name if name not in sets else f"{name}{len(sets)}"] = load_cases(folder)
+    return sets
 
 
 def format_table(result: dict) -> str:
@@ -171,18 +177,32 @@ def format_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def format_sets(results: dict[str, dict]) -> str:
+    """Several sets' means side by side, a row per set."""
+    lines = ["| set | pairs | EPE (px) | AE (deg) | Fl-all (%) | s/pair |", "|---|---:|---:|---:|---:|---:|"]
+    for name, r in results.items():
+        m = r["mean"]
+        lines.append(f"| {name} | {len(r['cases'])} | {m['epe']:.3f} | {m['ae']:.2f} | {m['fl']:.2f} | {m['seconds']:.3f} |")
+    return "\n".join(lines)
+
+
 def run(args: argparse.Namespace) -> int:
     try:
-        cases = cases_from_args(args)
+        sets = cases_from_args(args)
         method_fn = make_method(args.method, args.weights, args.device, args.flow_updates, args.scales)
-        result = evaluate(method_fn, cases, progress=not args.no_progress)
+        results = {name: evaluate(method_fn, cases, progress=not args.no_progress) for name, cases in sets.items()}
     except (FlowFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    print(f"method: {args.method}, {len(cases)} pairs")
-    print(format_table(result))
+    for name, result in results.items():
+        print(f"method: {args.method}, {len(sets[name])} pairs" + (f" of {name}" if len(results) > 1 else ""))
+        print(format_table(result))
+    if len(results) > 1:
+        print(f"method: {args.method}, sets side by side")
+        print(format_sets(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"method": args.method, **result}, indent=2) + "\n")
+        body = next(iter(results.values())) if len(results) == 1 else {"sets": results}
+        args.json.write_text(json.dumps({"method": args.method, **body}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0
