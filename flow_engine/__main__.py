@@ -13,7 +13,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "estimate": ("flow_engine.commands.estimate", "Compute optical flow for a frame pair, a folder of frames or a video."),
-    "viz": ("flow_engine.io.viz", "Colour-code flow files (.flo, KITTI PNG, PFM) as PNGs and optionally an MP4."),
+    "viz": ("flow_engine.commands.viz", "Colour-code flow files (.flo, KITTI PNG, PFM) as PNGs and optionally an MP4."),
     "eval": ("flow_engine.commands.evaluate", "Score a flow method (EPE, angular error, Fl-all) on ground-truth cases or a benchmark."),
     "bench": ("flow_engine.commands.bench", "Benchmark the engine (pairs/s, memory) and the cost volume (CuPy vs PyTorch)."),
     "train": ("flow_engine.training.cli", "Train or fine-tune PWC-Net: a YAML config and --section.key overrides (LightningCLI)."),
