@@ -55,8 +55,8 @@ from actionflow.flow_cache import (
     positive_pixels,
     quantize,
 )
-from flow_engine.engine import LEARNED_MODELS, MODELS
-from flow_engine.commands.estimate import parse_size as _parse_wxh
+from flow_engine.engine import ENGINES, LEARNED_ENGINES
+from flow_engine.commands.args import add_engine_argument, parse_size_or_side
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, ListFileError, VideoError, frame_pattern_arg, iter_frames, list_videos,
 )
@@ -80,20 +80,6 @@ def shard(videos: list[Path], index: int, count: int) -> list[Path]:
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: index must be in 0..{count - 1}")
     return [v for i, v in enumerate(sorted(videos, key=str)) if i % count == index]
-
-
-def parse_size(text: str) -> tuple[int, int] | int:
-    """``"340x256"`` (WIDTHxHEIGHT, as in every command line of the project) -> (256, 340) = (H, W) in
-    pixels; ``"256"`` -> 256, a short side (each video keeps its aspect ratio)."""
-    if text.strip().isdigit():
-        side = int(text)
-        if side < 8:
-            raise argparse.ArgumentTypeError(f"short side {text!r} is too small (at least 8)")
-        return side
-    h, w = _parse_wxh(text)
-    if h < 8 or w < 8:
-        raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 8x8)")
-    return h, w
 
 
 def positive_int(text: str) -> int:
@@ -455,10 +441,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frame-pattern", type=frame_pattern_arg, default=DEFAULT_FRAME_PATTERN, metavar="PATTERN",
                         help="file names of a frame folder's frames (default img_{:05d}.jpg; e.g. {:05d}.jpg, frame_{:06d}.png, *.png)")
     parser.add_argument("--cache", required=True, type=Path, help="cache folder (one per engine/size/bound)")
-    parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
+    add_engine_argument(parser, "pwcnet", ENGINES)
     parser.add_argument("--weights", default=None, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=positive_int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at, or one number: the short side, each video keeping its aspect ratio (default 340x256)")
+    parser.add_argument("--size", type=parse_size_or_side, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at, or one number: the short side, each video keeping its aspect ratio (default 340x256)")
     parser.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
     parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
     parser.add_argument("--workers", type=positive_int, default=available_cores(),
@@ -481,9 +467,9 @@ def make_engine(args: argparse.Namespace):
     """The real ``FlowEngine`` the arguments ask for."""
     from flow_engine.engine import FlowEngine
 
-    classical = args.engine not in LEARNED_MODELS
+    classical = args.engine not in LEARNED_ENGINES
     # device "auto" under torchrun: LOCAL_RANK's GPU (modulo: several processes per GPU work too)
-    return FlowEngine(model=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
+    return FlowEngine(name=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
                       flow_updates=args.flow_updates, workers=args.workers if classical else 1)
 
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
@@ -29,8 +30,8 @@ from flow_engine.models.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_S
 log = logging.getLogger(__name__)
 
 DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pwcnet_actionflow.pt"
-LEARNED_MODELS = ("pwcnet",) + RAFT_VARIANTS
-MODELS = LEARNED_MODELS + CLASSICAL_METHODS
+LEARNED_ENGINES = ("pwcnet",) + RAFT_VARIANTS
+ENGINES = LEARNED_ENGINES + CLASSICAL_METHODS
 # PWC-Net runs coarse to fine at these factors of the frame size (PWCNet.predict): a pass at
 # 3/8 size finds long displacements, the full-size pass refines them. Measured on both shared
 # sets (README, "Flow engine"): better than one full-size pass on small motion too.
@@ -48,7 +49,7 @@ _warned_random = False
 
 
 class FlowEngineError(ValueError):
-    """A FlowEngine that cannot be built as asked (unknown model, device or dtype)."""
+    """A FlowEngine that cannot be built as asked (unknown engine, device or dtype)."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -67,32 +68,32 @@ def resolve_device(device: str | torch.device = "auto") -> torch.device:
     return dev
 
 
-def engine_identity(model: str = "pwcnet", weights: str | Path | None = None, flow_updates: int | None = None,
+def engine_identity(name: str = "pwcnet", weights: str | Path | None = None, flow_updates: int | None = None,
                     scales: Sequence[float] | None = None) -> dict:
     """What determines an engine's flow, without building it: ``{"name", "weights_hash"}`` and, for
     RAFT, ``"flow_updates"``, for PWC-Net, ``"scales"``. The cache key and what checkpoints record
     (``FlowEngine.config()`` adds the dtype, which neither compares)."""
-    if model not in MODELS:
-        raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
-    if model in CLASSICAL_METHODS:
+    if name not in ENGINES:
+        raise FlowEngineError(f"unknown flow engine {name!r}; choose one of {', '.join(ENGINES)}")
+    if name in CLASSICAL_METHODS:
         import cv2
 
-        return {"name": model, "weights_hash": f"opencv-{cv2.__version__}"}
+        return {"name": name, "weights_hash": f"opencv-{cv2.__version__}"}
     if weights is not None:
         path = Path(weights)
         if not path.is_file():
             raise WeightsError(f"{path}: no such weights file")
         weights_hash = file_hash(path)
-    elif model == "pwcnet":
+    elif name == "pwcnet":
         weights_hash = file_hash(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random"
     else:
         from flow_engine.models.raft import default_weights_id
 
-        weights_hash = default_weights_id(model)
-    out = {"name": model, "weights_hash": weights_hash}
-    if model in RAFT_VARIANTS:
+        weights_hash = default_weights_id(name)
+    out = {"name": name, "weights_hash": weights_hash}
+    if name in RAFT_VARIANTS:
         out["flow_updates"] = DEFAULT_FLOW_UPDATES if flow_updates is None else int(flow_updates)
-    if model == "pwcnet":
+    if name == "pwcnet":
         out["scales"] = list(_pwcnet_scales(scales))
     return out
 
@@ -120,8 +121,8 @@ class FlowEngine:
     """Optical flow for batches of RGB frame pairs (see module docstring).
 
     Args:
-        model: "pwcnet", "raft_small", "raft_large" or a classical OpenCV method ("dis",
-            "dis_fine", "farneback", "tvl1").
+        name: the engine: "pwcnet", "raft_small", "raft_large" or a classical OpenCV method ("dis",
+            "dis_fine", "farneback", "tvl1"); :data:`ENGINES`. (``model=`` is its old, deprecated name.)
         weights: PWC-Net: a checkpoint in any layout ``load_pwcnet_state_dict`` reads; ``None``
             means :data:`DEFAULT_WEIGHTS` (when that file is absent the network is randomly
             initialised, deterministically, seed 0, and a warning says the flow will be noise).
@@ -146,7 +147,7 @@ class FlowEngine:
 
     def __init__(
         self,
-        model: str = "pwcnet",
+        name: str = "pwcnet",
         weights: str | Path | None = None,
         device: str = "auto",
         dtype: str = "auto",
@@ -154,30 +155,35 @@ class FlowEngine:
         flow_updates: int | None = None,
         workers: int = 1,
         scales: Sequence[float] | None = None,
+        *,
+        model: str | None = None,
     ):
-        if model not in MODELS:
-            raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
-        self.name = model
+        if model is not None:  # the old name of `name`; `self.model` is the network
+            warnings.warn("FlowEngine(model=...) is deprecated: use FlowEngine(name=...)", DeprecationWarning, stacklevel=2)
+            name = model
+        if name not in ENGINES:
+            raise FlowEngineError(f"unknown flow engine {name!r}; choose one of {', '.join(ENGINES)}")
+        self.name = name
         self.model: PWCNet | RAFT | None = None
         self.flow_updates: int | None = None
         self.workers = int(workers)
         self._pool = None
         if self.workers < 1:
             raise FlowEngineError(f"workers must be at least 1, got {workers}")
-        if model in RAFT_VARIANTS:
+        if name in RAFT_VARIANTS:
             self.flow_updates = DEFAULT_FLOW_UPDATES if flow_updates is None else int(flow_updates)
             if self.flow_updates < 1:
                 raise FlowEngineError(f"flow_updates must be at least 1, got {flow_updates}")
         elif flow_updates is not None:
-            raise FlowEngineError(f"flow_updates applies to RAFT only, not to {model!r}")
-        if scales is not None and model != "pwcnet":
-            raise FlowEngineError(f"scales apply to PWC-Net only, not to {model!r}")
-        self.scales = _pwcnet_scales(scales) if model == "pwcnet" else None
-        if model not in LEARNED_MODELS:
+            raise FlowEngineError(f"flow_updates applies to RAFT only, not to {name!r}")
+        if scales is not None and name != "pwcnet":
+            raise FlowEngineError(f"scales apply to PWC-Net only, not to {name!r}")
+        self.scales = _pwcnet_scales(scales) if name == "pwcnet" else None
+        if name not in LEARNED_ENGINES:
             import cv2
 
             if weights is not None:
-                raise FlowEngineError(f"model {model!r} is a classical method and takes no weights (got {weights})")
+                raise FlowEngineError(f"engine {name!r} is a classical method and takes no weights (got {weights})")
             self.device = torch.device("cpu")
             self.dtype = "fp32"
             self.weights_hash = f"opencv-{cv2.__version__}"
@@ -186,8 +192,8 @@ class FlowEngine:
 
         self.device = resolve_device(device)
         self.dtype = _resolve_dtype(dtype, self.device)
-        if model in RAFT_VARIANTS:
-            net, self.weights_hash = load_raft(model, weights)
+        if name in RAFT_VARIANTS:
+            net, self.weights_hash = load_raft(name, weights)
             self.model = RAFT(net, self.flow_updates)
         else:
             self.model, self.weights_hash = self._load(weights)
@@ -349,7 +355,7 @@ class FlowEngine:
         optimizer of ``engine.model.parameters()``.
         """
         if self.model is None:
-            raise FlowEngineError(f"model {self.name!r} is a classical method: no gradients to take")
+            raise FlowEngineError(f"engine {self.name!r} is a classical method: no gradients to take")
         frames1, frames2 = _check_frames(frames1, frames2)
         return self._predict(_to_unit_float(frames1), _to_unit_float(frames2))
 

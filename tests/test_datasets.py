@@ -185,12 +185,12 @@ def test_eval_cli_scores_a_benchmark_layout(tmp_path, capsys):
     for n in (1, 2):
         io.write_flo(flows / f"frame_{n:04d}.flo", known_flow(n))
     out = tmp_path / "scores.json"
-    assert main(["eval", "--dataset", "sintel", "--root", str(tmp_path), "--method", "zero", "--no-progress", "--json", str(out)]) == 0
+    assert main(["eval", "--dataset", "sintel", "--root", str(tmp_path), "--engine", "zero", "--no-progress", "--json", str(out)]) == 0
     scores = json.loads(out.read_text())
     assert list(scores["cases"]) == ["sintel_clean_alley_1_0001", "sintel_clean_alley_1_0002"]
     expected = np.linalg.norm(known_flow(2), axis=2).mean()
     assert scores["cases"]["sintel_clean_alley_1_0002"]["epe"] == pytest.approx(expected, rel=1e-5)
-    assert main(["eval", "--dataset", "kitti", "--root", str(tmp_path), "--method", "zero", "--no-progress"]) == 1
+    assert main(["eval", "--dataset", "kitti", "--root", str(tmp_path), "--engine", "zero", "--no-progress"]) == 1
     assert "missing folder" in capsys.readouterr().err
-    assert main(["eval", "--dataset", "sintel", "--method", "zero"]) == 1
+    assert main(["eval", "--dataset", "sintel", "--engine", "zero"]) == 1
     assert "--root" in capsys.readouterr().err

@@ -153,7 +153,7 @@ def test_bf16_on_cpu_is_close_to_fp32(engine, frames, reference):
 
 def test_classical_engine():
     frames = drifting(4, 72, 88)
-    eng = FlowEngine(model="dis")
+    eng = FlowEngine(name="dis")
     assert eng.model is None and eng.weights_hash.startswith("opencv-")
     flow = eng(frames[:-1], frames[1:])
     assert flow.shape == (3, 2, 72, 88)
@@ -165,14 +165,14 @@ def test_classical_engine():
 
 
 def test_errors(engine, frames):
-    with pytest.raises(FlowEngineError, match="unknown flow model 'raft'"):
-        FlowEngine(model="raft")
+    with pytest.raises(FlowEngineError, match="unknown flow engine 'raft'"):
+        FlowEngine(name="raft")
     with pytest.raises(FlowEngineError, match="fp16.*CUDA"):
         FlowEngine(device="cpu", dtype="fp16")
     with pytest.raises(FlowEngineError, match="unknown dtype"):
         FlowEngine(device="cpu", dtype="int8")
     with pytest.raises(FlowEngineError, match="takes no weights"):
-        FlowEngine(model="dis", weights="x.pt")
+        FlowEngine(name="dis", weights="x.pt")
     if not torch.cuda.is_available():
         with pytest.raises(FlowEngineError, match="CUDA is not available"):
             FlowEngine(device="cuda")
@@ -228,12 +228,12 @@ def test_gpu_engine_devices_and_precisions(frames):
 
 def test_classical_workers_give_the_same_flows_in_order():
     frames = drifting(6, 48, 64)
-    one = FlowEngine(model="dis_fine")
-    two = FlowEngine(model="dis_fine", workers=2)
+    one = FlowEngine(name="dis_fine")
+    two = FlowEngine(name="dis_fine", workers=2)
     torch.testing.assert_close(two(frames[:-1], frames[1:]), one(frames[:-1], frames[1:]), rtol=0, atol=1e-4)
     torch.testing.assert_close(two.clip_flow(frames), one.clip_flow(frames), rtol=0, atol=1e-4)
     with pytest.raises(FlowEngineError, match="workers"):
-        FlowEngine(model="dis", workers=0)
+        FlowEngine(name="dis", workers=0)
 
 
 def test_snippets_flow_matches_pairs_for_learned_and_classical(engine, frames, reference):
@@ -242,7 +242,7 @@ def test_snippets_flow_matches_pairs_for_learned_and_classical(engine, frames, r
     assert flows.shape == (2, 2, 2, 50, 60)
     torch.testing.assert_close(flows[0], reference[:2], rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(flows[1], reference[1:], rtol=1e-4, atol=1e-4)
-    dis = FlowEngine(model="dis")
+    dis = FlowEngine(name="dis")
     torch.testing.assert_close(dis.snippets_flow(snippets)[1], dis(frames[1:3], frames[2:4]))
 
 
@@ -250,7 +250,7 @@ def test_engine_identity_is_the_built_engines_config_without_building_it(tmp_pat
     from flow_engine.engine import engine_identity
 
     for name in ("pwcnet", "dis"):
-        built = FlowEngine(model=name, device="cpu").config()
+        built = FlowEngine(name=name, device="cpu").config()
         assert engine_identity(name) == {k: v for k, v in built.items() if k != "dtype"}
     torch.save(PWCNet().state_dict(), tmp_path / "w.pt")
     assert engine_identity("pwcnet", tmp_path / "w.pt")["weights_hash"] == file_hash(tmp_path / "w.pt")
@@ -258,3 +258,9 @@ def test_engine_identity_is_the_built_engines_config_without_building_it(tmp_pat
     assert raft["flow_updates"] == 4 and raft["weights_hash"].startswith("torchvision-raft_small")
     with pytest.raises(WeightsError, match="no such weights file"):
         engine_identity("raft_small", tmp_path / "absent.pth")
+
+
+def test_the_old_model_keyword_still_names_the_engine_with_a_deprecation_warning():
+    with pytest.warns(DeprecationWarning, match=r"FlowEngine\(model=...\) is deprecated: use FlowEngine\(name=...\)"):
+        old = FlowEngine(model="dis")
+    assert old.name == "dis" and old.config() == FlowEngine(name="dis").config() == FlowEngine("dis").config()

@@ -29,15 +29,24 @@ def pair(tmp_path):
 
 def test_pair_to_flo_and_kitti_png_with_dis(pair, tmp_path):
     out = tmp_path / "flow.flo"
-    assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(out), "--model", "dis"]) == 0
+    assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(out), "--engine", "dis"]) == 0
     flow, valid = read_flow(out)
     assert flow.shape == (64, 80, 2) and valid.all()
     inner = flow[12:-12, 12:-12]
     assert abs(np.median(inner[..., 0]) - 3.0) < 0.3 and abs(np.median(inner[..., 1])) < 0.3
     png = tmp_path / "flow.png"
-    assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(png), "--model", "dis"]) == 0
+    assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(png), "--engine", "dis"]) == 0
     kitti, _ = read_flow(png)
     np.testing.assert_allclose(kitti, flow, atol=1 / 64 + 1e-6)  # KITTI stores 1/64 px steps
+
+
+def test_the_old_model_flag_still_names_the_engine_with_a_deprecation_message(pair, tmp_path, capsys):
+    new, old = tmp_path / "new.flo", tmp_path / "old.flo"
+    assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(new), "--engine", "dis"]) == 0
+    assert "deprecated" not in capsys.readouterr().err
+    assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(old), "--model", "dis"]) == 0
+    assert "--model is deprecated; use --engine" in capsys.readouterr().err
+    np.testing.assert_array_equal(read_flow(old)[0], read_flow(new)[0])
 
 
 def test_pair_with_pwcnet_random_weights_and_resize(pair, tmp_path, capsys):
@@ -58,7 +67,7 @@ def test_frames_folder_to_flo_png_and_mp4(tmp_path):
     out = tmp_path / "out"
     mp4 = tmp_path / "flow.mp4"
     args = ["estimate", "--frames", str(folder), "-o", str(out), "--flo", "--png", "--mp4", str(mp4),
-            "--model", "dis", "--batch", "2"]
+            "--engine", "dis", "--batch", "2"]
     assert main(args) == 0
     assert sorted(p.name for p in out.iterdir()) == [f"img_{i:03d}.{s}" for i in range(3) for s in ("flo", "png")]
     for i in range(3):
@@ -71,7 +80,7 @@ def test_frames_folder_to_flo_png_and_mp4(tmp_path):
 def test_video_limited_frames(shared_videos, tmp_path, capsys):
     video = shared_videos / "unlabeled_340x256.mp4"
     out = tmp_path / "dis"
-    assert main(["estimate", "--video", str(video), "--max-frames", "4", "-o", str(out), "--flo", "--model", "dis"]) == 0
+    assert main(["estimate", "--video", str(video), "--max-frames", "4", "-o", str(out), "--flo", "--engine", "dis"]) == 0
     names = sorted(p.name for p in out.iterdir())
     assert names == ["000000.flo", "000001.flo", "000002.flo"]
     flow, _ = read_flow(out / "000000.flo")
@@ -89,17 +98,17 @@ def test_video_limited_frames(shared_videos, tmp_path, capsys):
 def test_bad_input_gives_clear_errors(pair, tmp_path, capsys):
     corrupt = tmp_path / "corrupt.png"
     corrupt.write_bytes(b"\x89PNG\r\n\x1a\n garbage")
-    assert main(["estimate", str(pair[0]), str(corrupt), "-o", str(tmp_path / "f.flo"), "--model", "dis"]) == 1
+    assert main(["estimate", str(pair[0]), str(corrupt), "-o", str(tmp_path / "f.flo"), "--engine", "dis"]) == 1
     assert "corrupt.png" in capsys.readouterr().err
 
     video = tmp_path / "broken.mp4"
     video.write_bytes(b"\x00" * 1000)
-    assert main(["estimate", "--video", str(video), "-o", str(tmp_path / "o"), "--flo", "--model", "dis"]) == 1
+    assert main(["estimate", "--video", str(video), "-o", str(tmp_path / "o"), "--flo", "--engine", "dis"]) == 1
     assert "broken.mp4: cannot open as a video" in capsys.readouterr().err
 
     small = tmp_path / "small.png"
     write_image(small, textured(32, 40))
-    assert main(["estimate", str(pair[0]), str(small), "-o", str(tmp_path / "f.flo"), "--model", "dis"]) == 1
+    assert main(["estimate", str(pair[0]), str(small), "-o", str(tmp_path / "f.flo"), "--engine", "dis"]) == 1
     assert "80x64 but" in capsys.readouterr().err
 
     assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(tmp_path / "f.txt")]) == 2

@@ -28,7 +28,7 @@ def baselines(root: Path) -> dict[str, dict[str, float]]:
 @pytest.mark.parametrize("method, column, tol", [("zero", "zero", 0.01), ("dis", "dis_medium", 0.05)])
 def test_eval_cli_reproduces_the_shared_baselines(shared_flow_cases, tmp_path, capsys, method, column, tol):
     out = tmp_path / "scores.json"
-    assert main(["eval", "--cases", str(shared_flow_cases), "--method", method, "--json", str(out), "--no-progress"]) == 0
+    assert main(["eval", "--cases", str(shared_flow_cases), "--engine", method, "--json", str(out), "--no-progress"]) == 0
     printed = capsys.readouterr().out
     expected = baselines(shared_flow_cases)
     result = json.loads(out.read_text())
@@ -70,7 +70,7 @@ def test_load_cases_and_errors(tmp_path):
     (tmp_path / "b_case" / "frame2.png").unlink()
     with pytest.raises(FlowFileError, match="b_case.*frame2"):
         load_cases(tmp_path)
-    assert main(["eval", "--cases", str(tmp_path), "--method", "zero", "--no-progress"]) == 1
+    assert main(["eval", "--cases", str(tmp_path), "--engine", "zero", "--no-progress"]) == 1
     with pytest.raises(FlowFileError, match="not a folder"):
         load_cases(tmp_path / "nowhere")
 
@@ -86,7 +86,7 @@ def test_eval_scores_several_sets_side_by_side(tmp_path, capsys):
             write_image(d / "frame2.png", rng.integers(0, 255, (8, 10, 3), dtype=np.uint8))
             write_flo(d / "flow.flo", np.broadcast_to(np.float32(flow), (8, 10, 2)).copy())
     out = tmp_path / "scores.json"
-    assert main(["eval", "--cases", str(tmp_path / "small"), str(tmp_path / "large"), "--method", "zero", "--json", str(out),
+    assert main(["eval", "--cases", str(tmp_path / "small"), str(tmp_path / "large"), "--engine", "zero", "--json", str(out),
                  "--no-progress"]) == 0
     sets = json.loads(out.read_text())["sets"]
     assert sets["small"]["mean"]["epe"] == pytest.approx(np.sqrt(2)) and set(sets["small"]["cases"]) == {"a", "b"}
@@ -95,13 +95,24 @@ def test_eval_scores_several_sets_side_by_side(tmp_path, capsys):
     assert re.search(r"^\| small \| 2 \| 1\.414 \|", printed, re.M) and re.search(r"^\| large \| 1 \| 5\.000 \|", printed, re.M)
 
 
+def test_the_old_method_flag_still_names_the_engine_with_a_deprecation_message(tmp_path, capsys):
+    case = tmp_path / "a"
+    case.mkdir()
+    write_image(case / "frame1.png", np.zeros((8, 10, 3), np.uint8))
+    write_image(case / "frame2.png", np.zeros((8, 10, 3), np.uint8))
+    write_flo(case / "flow.flo", np.ones((8, 10, 2), np.float32))
+    assert main(["eval", "--cases", str(tmp_path), "--method", "zero", "--no-progress"]) == 0
+    captured = capsys.readouterr()
+    assert "--method is deprecated; use --engine" in captured.err and "engine: zero" in captured.out
+
+
 def test_unknown_method_lists_the_choices():
     with pytest.raises(ValueError, match="zero, dis, dis_fine, farneback, tvl1, pwcnet"):
         make_method("raft")
 
 
 def test_eval_cli_reports_an_unknown_method(capsys, shared_flow_cases):
-    assert main(["eval", "--cases", str(shared_flow_cases), "--method", "raft"]) == 1
+    assert main(["eval", "--cases", str(shared_flow_cases), "--engine", "raft"]) == 1
     assert "unknown flow method" in capsys.readouterr().err
 
 

@@ -157,11 +157,11 @@ def test_estimate_reads_frame_folders_through_the_video_reader(tmp_path, capsys)
     folder = write_frames(tmp_path / "v", clip, "frame_{:06d}.png", 0)
     out = tmp_path / "out"
     assert flow_main(["estimate", "--video", str(folder), "--frame-pattern", "frame_{:06d}.png", "-o", str(out),
-                      "--flo", "--model", "dis"]) == 0
+                      "--flo", "--engine", "dis"]) == 0
     assert sorted(p.name for p in out.iterdir()) == ["000000.flo", "000001.flo", "000002.flo"]
     assert abs(np.median(read_flow(out / "000001.flo")[0][10:-10, 10:-10, 0]) + 2.0) < 0.3
     assert "3 flow fields from 4 frames" in capsys.readouterr().out
-    assert flow_main(["estimate", "--video", str(folder), "-o", str(out), "--flo", "--model", "dis"]) == 1
+    assert flow_main(["estimate", "--video", str(folder), "-o", str(out), "--flo", "--engine", "dis"]) == 1
     assert "no frames named img_{:05d}.jpg" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         flow_main(["estimate", "--frames", str(folder), "--frame-pattern", "{}{}", "-o", str(out), "--flo"])

@@ -325,9 +325,9 @@ def test_bench_cache_runs_and_reports(good_videos, tmp_path, capsys):
 
 
 def test_size_is_width_x_height_like_every_other_command():
-    from flow_engine.commands.estimate import parse_size as engine_size
+    from flow_engine.commands.args import parse_size, parse_size_or_side
 
-    assert pc.parse_size("340x256") == engine_size("340x256") == (256, 340)
+    assert parse_size_or_side("340x256") == parse_size("340x256") == (256, 340)
 
 
 # ---- hostile and broken inputs

@@ -179,7 +179,7 @@ def test_flow_updates_are_part_of_the_cache_key_and_checked(raft_small_file):
 @pytest.mark.slow
 def test_eval_cli_reproduces_the_published_raft_small_epe(raft_small_file, shared_flow_cases, tmp_path):
     out = tmp_path / "raft.json"
-    assert cli(["eval", "--cases", str(shared_flow_cases), "--method", "raft_small", "--weights", str(raft_small_file),
+    assert cli(["eval", "--cases", str(shared_flow_cases), "--engine", "raft_small", "--weights", str(raft_small_file),
                 "--device", "cpu", "--no-progress", "--json", str(out)]) == 0
     mean = json.loads(out.read_text())["mean"]["epe"]
     assert abs(mean - 1.13) <= 0.05, mean

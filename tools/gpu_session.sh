@@ -29,9 +29,9 @@ python -m flow_engine bench --size 1024x436 --batch 32 --dtype bf16 --iters 10 -
 step "RAFT-small: pairs/s at 1024x436 bf16, and its EPE on the shared cases"
 python -m flow_engine bench --engine raft_small --weights "$SHARED/weights/raft-small.pth" --size 1024x436 --batch 8 --dtype bf16 \
     --iters 10 --skip-cost-volume --json "$OUT/bench_raft_small.json" 2>&1 | tail -3
-python -m flow_engine eval --cases "$SHARED/data/flow" --method raft_small --weights "$SHARED/weights/raft-small.pth" --no-progress \
+python -m flow_engine eval --cases "$SHARED/data/flow" --engine raft_small --weights "$SHARED/weights/raft-small.pth" --no-progress \
     --json "$OUT/eval_raft_small.json" 2>&1 | tail -2
-python -m flow_engine eval --cases "$SHARED/data/flow" --method pwcnet --no-progress --json "$OUT/eval_pwcnet.json" 2>&1 | tail -2
+python -m flow_engine eval --cases "$SHARED/data/flow" --engine pwcnet --no-progress --json "$OUT/eval_pwcnet.json" 2>&1 | tail -2
 
 step "precompute: flow frames/s end to end at 340x256 (PWC-Net, bf16)"
 python -m actionflow bench-cache --engine pwcnet --videos "$SHARED/data/video" --size 340x256 --json "$OUT/bench_cache_pwcnet.json" 2>&1 | tail -12

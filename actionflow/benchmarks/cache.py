@@ -43,9 +43,10 @@ from actionflow.flow_cache import (
     quantize,
     split_jpeg,
 )
-from actionflow.precompute import parse_size, precompute
+from actionflow.precompute import precompute
+from flow_engine.commands.args import add_engine_argument, parse_size_or_side
 from flow_engine.io.video import iter_frames, list_videos
-from flow_engine.engine import MODELS
+from flow_engine.engine import ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -55,8 +56,8 @@ TARGETS = {"ratio_vs_flo": 70.0, "epe": 0.1, "read_frames_per_s": 2000.0}
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder or list of videos (default ../shared/data/video)")
-    parser.add_argument("--size", type=parse_size, default=(256, 340), help="WIDTHxHEIGHT of the flow (default 340x256)")
-    parser.add_argument("--engine", default="dis", choices=MODELS, help="flow engine (default dis)")
+    parser.add_argument("--size", type=parse_size_or_side, default=(256, 340), help="WIDTHxHEIGHT of the flow (default 340x256)")
+    add_engine_argument(parser, "dis", ENGINES)
     parser.add_argument("--weights", default=None, help="PWC-Net weights (with --engine pwcnet)")
     parser.add_argument("--device", default="auto", help="engine device (default auto)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
@@ -253,7 +254,7 @@ def run(args: argparse.Namespace) -> int:
 
     try:
         videos = list_videos(args.videos)
-        engine = FlowEngine(model=args.engine, weights=args.weights, device=args.device)
+        engine = FlowEngine(name=args.engine, weights=args.weights, device=args.device)
         codec = parse_codec(args.codec)
         extra = [c for c in args.codecs.split(",") if c]
         for c in extra:
@@ -274,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
             log.info("--max-frames limits only the size/EPE/read figures; precompute timing uses whole videos")
         precompute_fps = {}
         for n in ([1, args.workers] if engine.model is None and args.workers > 1 else [engine.workers]):
-            eng = engine if n == engine.workers else FlowEngine(model=args.engine, workers=n)
+            eng = engine if n == engine.workers else FlowEngine(name=args.engine, workers=n)
             cache = FlowCache(work / f"precompute_{n}", eng.config(), size=args.size, bound=args.bound, codec=codec)
             summary = precompute(videos, cache, eng, batch=16, workers=max(2, n), progress=False)
             if summary.failed:

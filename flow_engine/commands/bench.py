@@ -29,8 +29,8 @@ from typing import Callable
 import torch
 
 from flow_engine.models.correlation import correlation, cupy_usable
-from flow_engine.engine import DTYPES, MODELS, FlowEngine, FlowEngineError
-from flow_engine.commands.estimate import parse_size
+from flow_engine.engine import DTYPES, ENGINES, FlowEngine, FlowEngineError
+from flow_engine.commands.args import add_engine_argument, parse_size
 from flow_engine.checkpoints import WeightsError
 from flow_engine.models.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, padded_size
 
@@ -42,7 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda ... (default auto)")
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
-    parser.add_argument("--engine", default="pwcnet", choices=MODELS, help="flow engine (default pwcnet)")
+    add_engine_argument(parser, "pwcnet", ENGINES)
     parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
@@ -167,7 +167,7 @@ def run(args: argparse.Namespace) -> int:
         print("error: --batch and --iters must be at least 1, --warmup at least 0, --clip at least 2", file=sys.stderr)
         return 2
     try:
-        engine = FlowEngine(model=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
+        engine = FlowEngine(name=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
                             flow_updates=args.flow_updates, scales=args.scales)
     except (FlowEngineError, WeightsError) as e:
         print(f"error: {e}", file=sys.stderr)

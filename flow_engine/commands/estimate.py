@@ -21,7 +21,8 @@ from typing import Iterator
 import numpy as np
 import torch
 
-from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
+from flow_engine.commands.args import add_engine_argument, parse_size
+from flow_engine.engine import ENGINES, FlowEngine, FlowEngineError
 from flow_engine.io.flow_files import FlowFileError, read_image, write_flow, write_image
 from flow_engine.checkpoints import WeightsError
 from flow_engine.models.pwcnet import FlowInputError
@@ -34,17 +35,6 @@ log = logging.getLogger(__name__)
 
 class EstimateError(ValueError):
     """Input the estimate command cannot use (names the file and the problem)."""
-
-
-def parse_size(text: str) -> tuple[int, int]:
-    """'WIDTHxHEIGHT' (e.g. '340x256') -> (height, width)."""
-    try:
-        w, h = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"size must be WIDTHxHEIGHT like 340x256, got {text!r}") from None
-    if w < 1 or h < 1:
-        raise argparse.ArgumentTypeError(f"size must be positive, got {text!r}")
-    return h, w
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -68,7 +58,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch", type=int, default=8, metavar="N", help="frame pairs per engine call (default 8)")
     parser.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to WIDTHxHEIGHT before the flow")
     parser.add_argument("--max-frames", type=int, metavar="N", help="use only the first N frames of a sequence")
-    parser.add_argument("--model", default="pwcnet", choices=MODELS, help="flow method (default pwcnet)")
+    add_engine_argument(parser, "pwcnet", ENGINES, old=("--model",))
     parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
@@ -83,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 2
     try:
-        engine = FlowEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
+        engine = FlowEngine(name=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
                             flow_updates=args.flow_updates, scales=args.scales)
         if args.video is None and args.frames is None:
             return _run_pair(engine, args)

@@ -1,11 +1,11 @@
-"""Score a flow method against ground truth: EPE (px), angular error (degrees), Fl-all (%).
+"""Score a flow engine (or zero flow) against ground truth: EPE (px), angular error (degrees), Fl-all (%).
 
 A case folder holds ``frame1.*``, ``frame2.*`` and ``flow.flo``; a cases root holds one
 folder per case (``../shared/data/flow``). The mean is the plain mean over cases, as in
 ``BASELINES.txt``.
 
 CLI: ``python -m flow_engine eval (--cases DIR [DIR ...] | --dataset sintel|kitti|chairs|things --root PATH)
-[--method NAME] [--weights PATH] [--device auto|cpu|cuda] [--json OUT.json]``. The benchmark
+[--engine NAME] [--weights PATH] [--device auto|cpu|cuda] [--json OUT.json]``. The benchmark
 layouts are read by :mod:`flow_engine.data.datasets` (their pairs with ground truth become cases).
 """
 from __future__ import annotations
@@ -23,14 +23,15 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
+from flow_engine.commands.args import add_engine_argument
+from flow_engine.engine import LEARNED_ENGINES
 from flow_engine.models.classical import CLASSICAL_METHODS, classical_flow
-from flow_engine.engine import LEARNED_MODELS
 from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, tensor_to_flow
 from flow_engine.metrics import flow_metrics
 
 log = logging.getLogger(__name__)
 
-METHODS = ("zero",) + CLASSICAL_METHODS + LEARNED_MODELS
+METHODS = ("zero",) + CLASSICAL_METHODS + LEARNED_ENGINES
 METRICS = ("epe", "ae", "fl", "seconds")
 
 MethodFn = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (img1, img2 uint8 RGB [H,W,3]) -> flow [H,W,2] px
@@ -92,10 +93,10 @@ def make_method(name: str, weights: str | None = None, device: str = "auto", flo
         return lambda img1, img2: np.zeros(img1.shape[:2] + (2,), np.float32)
     if name in CLASSICAL_METHODS:
         return lambda img1, img2: classical_flow(name, img1, img2)
-    if name in LEARNED_MODELS:
+    if name in LEARNED_ENGINES:
         from flow_engine.engine import FlowEngine
 
-        engine = FlowEngine(model=name, weights=weights, device=device, flow_updates=flow_updates, scales=scales)
+        engine = FlowEngine(name=name, weights=weights, device=device, flow_updates=flow_updates, scales=scales)
 
         def learned(img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
             t1 = torch.from_numpy(img1).permute(2, 0, 1)[None]
@@ -120,8 +121,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     data.add_argument("--pass", dest="pass_", default="clean", choices=("clean", "final"), help="Sintel / FlyingThings3D render pass")
     data.add_argument("--year", type=int, default=2015, choices=(2012, 2015), help="KITTI flow benchmark year")
     data.add_argument("--limit", type=int, metavar="N", help="only the first N pairs of a benchmark")
-    method = parser.add_argument_group("method")
-    method.add_argument("--method", default="dis", metavar="NAME", help=f"one of {', '.join(METHODS)} (default dis)")
+    method = parser.add_argument_group("engine")
+    add_engine_argument(method, "dis", METHODS, old=("--method",),
+                        help=f"flow engine, or zero flow: {', '.join(METHODS)} (default dis)", check=False)
     method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     method.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     method.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
@@ -189,20 +191,20 @@ def format_sets(results: dict[str, dict]) -> str:
 def run(args: argparse.Namespace) -> int:
     try:
         sets = cases_from_args(args)
-        method_fn = make_method(args.method, args.weights, args.device, args.flow_updates, args.scales)
+        method_fn = make_method(args.engine, args.weights, args.device, args.flow_updates, args.scales)
         results = {name: evaluate(method_fn, cases, progress=not args.no_progress) for name, cases in sets.items()}
     except (FlowFileError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for name, result in results.items():
-        print(f"method: {args.method}, {len(sets[name])} pairs" + (f" of {name}" if len(results) > 1 else ""))
+        print(f"engine: {args.engine}, {len(sets[name])} pairs" + (f" of {name}" if len(results) > 1 else ""))
         print(format_table(result))
     if len(results) > 1:
-        print(f"method: {args.method}, sets side by side")
+        print(f"engine: {args.engine}, sets side by side")
         print(format_sets(results))
     if args.json is not None:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         body = next(iter(results.values())) if len(results) == 1 else {"sets": results}
-        args.json.write_text(json.dumps({"method": args.method, **body}, indent=2) + "\n")
+        args.json.write_text(json.dumps({"method": args.engine, **body}, indent=2) + "\n")
         print(f"wrote {args.json}")
     return 0

@@ -280,7 +280,7 @@ class FlowDataModule(pl.LightningDataModule):
         from flow_engine.data.teacher_labels import label_videos
         from flow_engine.engine import FlowEngine
 
-        teacher = FlowEngine(model=d.teacher, weights=d.teacher_weights, device=d.device, flow_updates=d.flow_updates)
+        teacher = FlowEngine(name=d.teacher, weights=d.teacher_weights, device=d.device, flow_updates=d.flow_updates)
         threads = torch.get_num_threads()
         if d.threads:
             torch.set_num_threads(int(d.threads))
