@@ -54,8 +54,11 @@ class TrainCLI(LightningCLI):
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
                               compute_fn=lambda run_dir: os.path.join(run_dir, "checkpoints"))
         parser.link_arguments("model.mode", "data.mode")
-        for key in ("flow_length", "flow_model", "flow_weights", "flow_updates", "flow_bound", "crop_size"):
+        for key in ("flow_length", "flow_weights", "flow_updates", "flow_bound", "crop_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}")
+        # data.flow_model is the old name of data.flow_engine (the data module warns about it)
+        parser.link_arguments(("data.flow_engine", "data.flow_model"), "model.flow_engine",
+                              compute_fn=lambda engine, old_name: old_name or engine)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 

@@ -54,7 +54,10 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     path = Path(path)
     ckpt = read_checkpoint(path)
     accepted = inspect.signature(ActionRecognizer.__init__).parameters
-    hparams = {k: v for k, v in ckpt["hyper_parameters"].items() if k in accepted}
+    recorded_hparams = dict(ckpt["hyper_parameters"])
+    if "flow_model" in recorded_hparams:  # checkpoints of earlier versions name the flow engine so
+        recorded_hparams.setdefault("flow_engine", recorded_hparams.pop("flow_model"))
+    hparams = {k: v for k, v in recorded_hparams.items() if k in accepted}
     hparams["pretrained"] = False  # the weights come from the checkpoint...
     if hparams.get("finetune_flow"):
         hparams["flow_weights"] = None  # ...the fine-tuned flow network's too
@@ -68,7 +71,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         try:  # built now, so that an engine this version does not have is named here, not a traceback later
             model.flow_engine
         except (FlowEngineError, WeightsError) as exc:
-            raise CheckpointError(f"{path}: its flow engine {model.hparams.flow_model!r} cannot be built here ({exc})") from None
+            raise CheckpointError(f"{path}: its flow engine {model.hparams.flow_engine!r} cannot be built here ({exc})") from None
     recorded = ckpt.get("flow_engine")
     if recorded and not (hparams.get("finetune_flow") or model.hparams.mode == "rgb"):
         now = model.flow_identity()

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections import OrderedDict
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -303,7 +304,7 @@ class ActionDataModule(pl.LightningDataModule):
         flow_source: cache (compressed flow cache in cache_dir) | online (the model computes flow).
         cache_dir: flow cache folder (use one per flow engine and size).
         cache_missing: compute (missing cache entries are computed before training) | error.
-        flow_model: flow engine (flow_engine.FlowEngine): pwcnet | raft_small | raft_large | dis |
+        flow_engine: the flow engine (flow_engine.FlowEngine): pwcnet | raft_small | raft_large | dis |
             dis_fine | farneback | tvl1.
         flow_weights: weights file of a learned engine; None for PWC-Net's shipped ones (RAFT:
             torchvision's pretrained weights).
@@ -330,13 +331,14 @@ class ActionDataModule(pl.LightningDataModule):
             ``img_{:05d}.jpg`` (mmaction2/denseflow), ``{:05d}.jpg``, ``frame_{:06d}.png``... numbered from
             0 or 1, or a glob such as ``*.png`` (name order). Other files in the folder are ignored.
         imported_flow: the flow engine that flow imported into ``cache_dir`` (``python -m actionflow cache
-            import``, engine unknown) stands for, e.g. ``tvl1``; it must equal ``flow_model``, and then
+            import``, engine unknown) stands for, e.g. ``tvl1``; it must equal ``flow_engine``, and then
             imported entries are served (at any size and bound: flow is resized and rescaled to ``size``).
             None: imported entries are refused like any other engine's.
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.benchmarks.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
             A ``root`` that already holds other files (your own dataset) is used as it is.
+        flow_model: the old name of ``flow_engine`` (deprecated: it still works, with a warning).
     """
 
     def __init__(
@@ -354,7 +356,7 @@ class ActionDataModule(pl.LightningDataModule):
         flow_source: Literal["cache", "online"] = "cache",
         cache_dir: str = "cache",
         cache_missing: Literal["compute", "error"] = "compute",
-        flow_model: str = "dis",
+        flow_engine: str = "dis",
         flow_weights: str | None = None,
         flow_updates: int | None = None,
         flow_device: str = "auto",
@@ -372,9 +374,13 @@ class ActionDataModule(pl.LightningDataModule):
         demo: bool | dict = False,
         frame_pattern: str = DEFAULT_FRAME_PATTERN,
         imported_flow: str | None = None,
+        flow_model: str | None = None,
     ):
+        if flow_model is not None:  # before save_hyperparameters, which records the arguments' values
+            warnings.warn("data.flow_model is deprecated: use data.flow_engine (the same setting)", FutureWarning, stacklevel=2)
+            flow_engine, flow_model = flow_model, None
         super().__init__()
-        self.save_hyperparameters()
+        self.save_hyperparameters(ignore=["flow_model"])
         # The demo set is generated in prepare_data (once per node, not by every process of a
         # multi-GPU run); until then its class names come from the generator's settings.
         self._demo_classes: list[str] | None = None
@@ -413,8 +419,8 @@ class ActionDataModule(pl.LightningDataModule):
             check_frame_pattern(frame_pattern)
         except ValueError as exc:
             raise DataConfigError(f"data.frame_pattern: {exc}") from None
-        if imported_flow is not None and imported_flow != flow_model:
-            raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_model is {flow_model!r}: "
+        if imported_flow is not None and imported_flow != flow_engine:
+            raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_engine is {flow_engine!r}: "
                                   "imported flow stands in only for the engine that fills the rest of the cache")
         if isinstance(size, str):  # command-line sizes are WIDTHxHEIGHT; configs hold [H, W]
             raise DataConfigError(f"data.size is [H, W] or a short side, not text: for {size} write --data.size "
@@ -457,7 +463,7 @@ class ActionDataModule(pl.LightningDataModule):
         from flow_engine.engine import engine_identity
 
         h = self.hparams  # the cache is keyed by the engine's identity: nothing is built to read it
-        identity = engine_identity(h.flow_model, h.flow_weights, h.flow_updates)
+        identity = engine_identity(h.flow_engine, h.flow_weights, h.flow_updates)
         return FlowCache(h.cache_dir, identity, size=self.size, bound=h.flow_bound, accept_imported=h.imported_flow is not None)
 
     def flow_engine(self):
@@ -467,11 +473,11 @@ class ActionDataModule(pl.LightningDataModule):
 
             h = self.hparams
             from actionflow.precompute import available_cores
-            from flow_engine.engine import LEARNED_MODELS
+            from flow_engine.engine import LEARNED_ENGINES
 
             # A classical engine fills the cache on every core; learned engines use their device.
-            workers = 1 if h.flow_model in LEARNED_MODELS else available_cores()
-            self._engine = FlowEngine(model=h.flow_model, weights=h.flow_weights, device=h.flow_device,
+            workers = 1 if h.flow_engine in LEARNED_ENGINES else available_cores()
+            self._engine = FlowEngine(name=h.flow_engine, weights=h.flow_weights, device=h.flow_device,
                                       flow_updates=h.flow_updates, workers=workers)
         return self._engine
 

@@ -61,7 +61,7 @@ class ActionRecognizer(pl.LightningModule):
         scheduler: cosine (per step, to 0 at the end of training) | step | none.
         step_size: epochs between learning-rate drops (scheduler: step).
         gamma: learning-rate factor per drop (scheduler: step).
-        flow_model: flow engine for online flow (linked from data.flow_model).
+        flow_engine: the flow engine for online flow (linked from data.flow_engine).
         flow_weights: weights of a learned flow engine, None for the default ones (linked from data.flow_weights).
         flow_updates: RAFT's refinements per pair, None for 12 (linked from data.flow_updates).
         finetune_flow: train PWC-Net end to end with the classifier (data.flow_source: online).
@@ -92,7 +92,7 @@ class ActionRecognizer(pl.LightningModule):
         scheduler: Literal["cosine", "step", "none"] = "cosine",
         step_size: int = 10,
         gamma: float = 0.1,
-        flow_model: str = "dis",
+        flow_engine: str = "dis",
         flow_weights: str | None = None,
         flow_updates: int | None = None,
         finetune_flow: bool = False,
@@ -108,8 +108,8 @@ class ActionRecognizer(pl.LightningModule):
             raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
             raise ValueError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
-        if finetune_flow and flow_model != "pwcnet":
-            raise ValueError(f"model.finetune_flow needs the pwcnet flow model (data.flow_model), not {flow_model!r}")
+        if finetune_flow and flow_engine != "pwcnet":
+            raise ValueError(f"model.finetune_flow needs the pwcnet flow engine (data.flow_engine), not {flow_engine!r}")
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
             raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
@@ -139,7 +139,7 @@ class ActionRecognizer(pl.LightningModule):
         from flow_engine.engine import FlowEngine
 
         h = self.hparams
-        return FlowEngine(model=h.flow_model, weights=h.flow_weights, device=str(device), flow_updates=h.flow_updates)
+        return FlowEngine(name=h.flow_engine, weights=h.flow_weights, device=str(device), flow_updates=h.flow_updates)
 
     @property
     def flow_engine(self):
@@ -364,7 +364,7 @@ class ActionRecognizer(pl.LightningModule):
         from flow_engine.engine import engine_identity
 
         h = self.hparams
-        return engine_identity(h.flow_model, h.flow_weights, h.flow_updates)
+        return engine_identity(h.flow_engine, h.flow_weights, h.flow_updates)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         """Record the flow engine's identity (name, weights hash) so that classify can check it."""

@@ -118,12 +118,23 @@ def test_crafted_checkpoint_is_refused_never_run(video, tmp_path, capsys):
 def test_a_checkpoint_naming_an_unknown_flow_engine_is_a_clear_error(ckpt, video, tmp_path, capsys):
     other = tmp_path / "future.ckpt"
     data = torch.load(ckpt, weights_only=True)
-    data["hyper_parameters"]["flow_model"] = "flownet9"  # a later version's engine, say
+    data["hyper_parameters"]["flow_engine"] = "flownet9"  # a later version's engine, say
     torch.save(data, other)
     code, out, err = run(capsys, video, "--ckpt", other, "--device", "cpu")
     assert code == 2 and out == ""
-    assert f"{other}: its flow engine 'flownet9' cannot be built here (unknown flow model 'flownet9'" in err
+    assert f"{other}: its flow engine 'flownet9' cannot be built here (unknown flow engine 'flownet9'" in err
     assert "Traceback" not in err
+
+
+def test_a_checkpoint_of_the_earlier_version_still_classifies(ckpt, video, tmp_path, capsys):
+    old = tmp_path / "old.ckpt"
+    data = torch.load(ckpt, weights_only=True)
+    data["hyper_parameters"]["flow_model"] = data["hyper_parameters"].pop("flow_engine")  # the key's earlier name
+    data["datamodule_hyper_parameters"]["flow_model"] = data["hyper_parameters"]["flow_model"]
+    torch.save(data, old)
+    runs = [run(capsys, video, "--ckpt", path, "--json", "--clips", "1", "--device", "cpu") for path in (ckpt, old)]
+    assert [code for code, _, _ in runs] == [0, 0]
+    assert json.loads(runs[1][1]) == {**json.loads(runs[0][1]), "video": str(video)}
 
 
 def test_a_one_frame_video_warns_that_the_flow_stream_saw_no_motion(ckpt, tmp_path, capsys, caplog):

@@ -143,7 +143,7 @@ def test_a_corrupt_cache_entry_is_recomputed_or_an_error_never_dropped(tiny, tmp
 
     kw = dict(root=str(tiny), train_list=str(tiny / "train.txt"), val_list=str(tiny / "val.txt"),
               test_list=str(tiny / "test.txt"), mode="flow", flow_source="cache", cache_dir=str(tmp_path / "cache"),
-              flow_model="dis", num_workers=0, size=(32, 32), crop_size=(32, 32), num_segments=2, flow_length=3)
+              flow_engine="dis", num_workers=0, size=(32, 32), crop_size=(32, 32), num_segments=2, flow_length=3)
     ActionDataModule(**kw).prepare_data()
     dm = ActionDataModule(**kw)
     cache = dm.flow_cache()
@@ -215,3 +215,11 @@ def test_demo_option_leaves_a_folder_of_other_data_alone(tiny):
 def test_a_width_x_height_size_is_refused_with_the_form_to_write(tiny):
     with pytest.raises(DataConfigError, match=r"for 340x256 write --data.size '\[256, 340\]'"):
         ActionDataModule(root=str(tiny), train_list=str(tiny / "train.txt"), size="340x256")
+
+
+def test_the_old_flow_model_key_still_names_the_flow_engine_with_a_warning(tiny):
+    kw = dict(root=str(tiny), train_list=str(tiny / "train.txt"), size=(32, 32), crop_size=(32, 32))
+    with pytest.warns(FutureWarning, match="data.flow_model is deprecated: use data.flow_engine"):
+        old = ActionDataModule(**kw, flow_model="tvl1")
+    assert old.hparams.flow_engine == "tvl1" and "flow_model" not in old.hparams
+    assert old.flow_cache().engine_config == ActionDataModule(**kw, flow_engine="tvl1").flow_cache().engine_config

@@ -242,7 +242,7 @@ def test_the_data_module_trains_on_rawframe_lists_with_cached_flow(rawframes, tm
     train.write_text((rawframes / "train.txt").read_text() + f"{short} 10 0\n{broken} 6 1\n")
     kw = dict(root=str(rawframes), train_list=str(train), val_list=str(rawframes / "val.txt"),
               test_list=str(rawframes / "val.txt"), class_index=str(rawframes / "classes.txt"), mode="flow",
-              flow_source="cache", cache_dir=str(tmp_path / "cache"), flow_model="dis", num_workers=0, size=(32, 32),
+              flow_source="cache", cache_dir=str(tmp_path / "cache"), flow_engine="dis", num_workers=0, size=(32, 32),
               crop_size=(32, 32), num_segments=2, flow_length=3, frame_pattern="{:05d}.jpg")
     dm = ActionDataModule(**kw)
     with caplog.at_level(logging.WARNING):

@@ -53,7 +53,7 @@ def _clip(video: Path) -> Clip:
 
 def _model(mode: str = "two_stream") -> ActionRecognizer:
     torch.manual_seed(0)
-    return ActionRecognizer(num_classes=3, mode=mode, backbone="small_cnn", flow_length=3, flow_model="dis",
+    return ActionRecognizer(num_classes=3, mode=mode, backbone="small_cnn", flow_length=3, flow_engine="dis",
                             crop_size=CROP, flow_bound=BOUND, subtract_camera=False).eval()
 
 
@@ -133,7 +133,7 @@ def test_data_module_takes_a_short_side_and_mixed_shapes(shapes, tmp_path, caplo
     listing = tmp_path / "train.txt"
     listing.write_text("".join(f"{v} {i % 2}\n" for i, v in enumerate(shapes)))
     dm = ActionDataModule(train_list=str(listing), val_list=str(listing), test_list=str(listing), mode="two_stream",
-                          flow_source="cache", cache_dir=str(tmp_path / "cache"), flow_model="dis", size=SHORT_SIDE,
+                          flow_source="cache", cache_dir=str(tmp_path / "cache"), flow_engine="dis", size=SHORT_SIDE,
                           crop_size=[56, 56], num_segments=2, flow_length=3, batch_size=3, num_workers=0)
     dm.prepare_data()
     with caplog.at_level("WARNING"):

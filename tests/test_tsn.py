@@ -219,11 +219,11 @@ def test_training_reads_imported_flow_with_data_imported_flow(tmp_path, capsys):
     assert cli(capsys, "import", "--tsn", tmp_path / "frames", "--cache", tmp_path / "cache",
                "--naming", "x_{:05d}.png,y_{:05d}.png")[0] == 0
     kw = dict(root=str(tmp_path), train_list=str(tmp_path / "list.txt"), mode="flow", flow_source="cache",
-              cache_dir=str(tmp_path / "cache"), cache_missing="error", flow_model="tvl1", num_workers=0,
+              cache_dir=str(tmp_path / "cache"), cache_missing="error", flow_engine="tvl1", num_workers=0,
               size=(32, 32), crop_size=(32, 32), num_segments=2, flow_length=2, val_fraction=0.34, test_fraction=0.34)
     with pytest.raises(DataConfigError, match="6 video.s. have no usable flow"):  # imported flow is not tvl1's unasked
         ActionDataModule(**kw).prepare_data()
-    with pytest.raises(DataConfigError, match="data.imported_flow is 'dis' but data.flow_model is 'tvl1'"):
+    with pytest.raises(DataConfigError, match="data.imported_flow is 'dis' but data.flow_engine is 'tvl1'"):
         ActionDataModule(**kw, imported_flow="dis")
     dm = ActionDataModule(**kw, imported_flow="tvl1")
     dm.prepare_data()  # nothing missing, nothing computed
