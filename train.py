@@ -1,6 +1,6 @@
 """Train, then test, the two-stream action recogniser.
 
-    python train.py                                   # configs/default.yaml
+    python train.py                                   # the default run: the demo (see --print_config)
     python train.py --config configs/ucf101.yaml --trainer.max_epochs 50
     python train.py --data.root DIR --model.mode flow --data.flow_source online --trainer.accelerator gpu
     python train.py --print_config                    # the whole resolved configuration
@@ -12,6 +12,11 @@ A LightningCLI over ``actionflow.module.ActionRecognizer`` (``--model.*``) and
 runs that ``wandb sync`` uploads later). A run lives in ``trainer.default_root_dir`` (``runs/<name>``):
 config.yaml, checkpoints/, wandb/, test/ (metrics.json, confusion matrices, per-class reports).
 The last two lines printed are ``checkpoint: PATH`` and ``test metrics: PATH``.
+
+Defaults have one home each: the model's and the data's in their classes' signatures, the trainer's
+and where the default run reads and writes in :data:`TRAINER_DEFAULTS` and :data:`DEFAULT_RUN` here.
+No config file is layered underneath: ``--print_config`` shows what a run uses, a config of your own
+(``--config FILE`` or ``-c FILE``, the same) starts from exactly that, and the default run is the demo.
 """
 from __future__ import annotations
 
@@ -19,6 +24,7 @@ import json
 import logging
 import os
 import sys
+import warnings
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: with DataLoader workers (or other programs) on the
@@ -37,7 +43,18 @@ from actionflow.model import ModelConfigError
 from actionflow.module import ActionRecognizer
 from flow_engine.checkpoints import ResumeError, check_resume_fits
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
+# Where the default run (the demo dance set, generated on first use) reads and writes. A config of your
+# own sets these to its own folders (a data.root holding other videos is used as it is, not overwritten).
+DEFAULT_RUN = {"data.root": "data/demo", "data.demo": True, "data.cache_dir": "cache/demo"}
+# The trainer of the default run: sized for 10 minutes on a 2-core CPU, on whatever device there is.
+TRAINER_DEFAULTS = {
+    "default_root_dir": "runs/demo",  # the run directory: config, checkpoints/, wandb/, test/
+    "accelerator": "auto", "devices": 1, "precision": "32-true",  # 16-mixed / bf16-mixed on a GPU
+    "max_epochs": 20, "gradient_clip_val": 20.0, "log_every_n_steps": 5, "num_sanity_val_steps": 0,
+    "logger": {"class_path": "pytorch_lightning.loggers.WandbLogger",  # save_dir: keep it the run directory
+               "init_args": {"save_dir": "runs/demo", "project": "actionflow", "name": "demo"}},
+}
+CALLBACKS = [{"class_path": "pytorch_lightning.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "epoch"}}]
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself
 log = logging.getLogger("train")
 
@@ -48,21 +65,24 @@ class TrainCLI(LightningCLI):
         parser.add_argument("--wandb", type=str, default="auto", choices=["auto", "online", "offline"],
                             help="W&B mode (auto: online when WANDB_API_KEY is set)")
         parser.add_lightning_class_args(ModelCheckpoint, "checkpoint")
+        parser.set_defaults({**DEFAULT_RUN, "trainer.callbacks": CALLBACKS})
         parser.set_defaults({"checkpoint.monitor": "val/top1", "checkpoint.mode": "max",
                              "checkpoint.save_last": True, "checkpoint.filename": "best-epoch{epoch}",
                              "checkpoint.auto_insert_metric_name": False})
         parser.link_arguments("trainer.default_root_dir", "checkpoint.dirpath",
                               compute_fn=lambda run_dir: os.path.join(run_dir, "checkpoints"))
         parser.link_arguments("model.mode", "data.mode")
-        for key in ("flow_length", "flow_weights", "flow_updates", "flow_bound", "crop_size"):
+        for key in ("flow_length", "flow_engine", "flow_weights", "flow_updates", "flow_bound", "crop_size"):
             parser.link_arguments(f"data.{key}", f"model.{key}")
-        # data.flow_model is the old name of data.flow_engine (the data module warns about it)
-        parser.link_arguments(("data.flow_engine", "data.flow_model"), "model.flow_engine",
-                              compute_fn=lambda engine, old_name: old_name or engine)
         parser.link_arguments("data.num_classes", "model.num_classes", apply_on="instantiate")
         parser.link_arguments("data.class_names", "model.class_names", apply_on="instantiate")
 
     def before_instantiate_classes(self) -> None:
+        data = self.config.data
+        if data.flow_model is not None:  # its old name: the setting moves to data.flow_engine, and the model follows
+            warnings.warn("data.flow_model is deprecated: use data.flow_engine (the same setting)", FutureWarning)
+            data.flow_engine = self.config.model.flow_engine = data.flow_model
+            data.flow_model = None
         ckpt_path = self.config.ckpt_path
         if names_a_file(ckpt_path):
             # Checked here, before the data module is built (it may generate the demo set and compute
@@ -114,15 +134,16 @@ def finish_loggers(trainer) -> list[str]:
     return places
 
 
+def build_cli(argv: list[str] | None = None) -> TrainCLI:
+    """The parsed command line with model, data and trainer built (nothing run yet)."""
+    return TrainCLI(ActionRecognizer, ActionDataModule, args=argv, run=False, auto_configure_optimizers=False,
+                    seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True})
+
+
 def main(argv: list[str] | None = None) -> int:
-    given = sys.argv[1:] if argv is None else argv
-    # configs/default.yaml applies only when no --config is given (so keys of one never leak into the other)
-    has_config = any(a == "--config" or a.startswith("--config=") for a in given)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
-        cli = TrainCLI(ActionRecognizer, ActionDataModule, args=argv, run=False, auto_configure_optimizers=False,
-                       parser_kwargs={"default_config_files": [] if has_config else [str(DEFAULT_CONFIG)]},
-                       save_config_kwargs={"overwrite": True})
+        cli = build_cli(argv)
         trainer, model, data = cli.trainer, cli.model, cli.datamodule
         ckpt_path = cli.config.ckpt_path
         if names_a_file(ckpt_path):

@@ -23,8 +23,10 @@ from pathlib import Path
 import torch
 
 from actionflow.annotations import Sample
-from flow_engine.engine import FlowEngineError, resolve_device
+from actionflow.data import ActionDataModule, Clip, VideoClips, collate
+from actionflow.module import ActionRecognizer
 from flow_engine.checkpoints import WeightsError, load_weights_only
+from flow_engine.engine import FlowEngineError, resolve_device
 from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, decode_size, frame_pattern_arg, iter_frames, probe
 
 log = logging.getLogger(__name__)
@@ -48,9 +50,7 @@ def read_checkpoint(path: str | Path) -> dict:
 
 
 def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
-    """(ActionRecognizer in eval mode on ``device``, data hyperparameters dict) from a train.py checkpoint."""
-    from actionflow.module import ActionRecognizer
-
+    """(ActionRecognizer in eval mode on ``device``, data settings: :func:`data_settings`) from a train.py checkpoint."""
     path = Path(path)
     ckpt = read_checkpoint(path)
     accepted = inspect.signature(ActionRecognizer.__init__).parameters
@@ -78,20 +78,24 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         if any(now.get(k) != v for k, v in recorded.items()):
             log.warning("%s was trained on flow from %s; this machine's engine is %s: scores may differ",
                         path, recorded, {k: now.get(k) for k in recorded})
-    return model, dict(ckpt.get("datamodule_hyper_parameters") or {})
+    return model, data_settings(ckpt.get("datamodule_hyper_parameters") or {})
+
+
+def data_settings(recorded: dict) -> dict:
+    """A run's data settings as a checkpoint recorded them; :class:`ActionDataModule`'s defaults for any it lacks."""
+    defaults = {k: p.default for k, p in inspect.signature(ActionDataModule).parameters.items() if p.default is not p.empty}
+    return {**defaults, **dict(recorded)}
 
 
 def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None,
              frame_pattern: str = DEFAULT_FRAME_PATTERN) -> dict[str, torch.Tensor]:
     """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling); a frame
     folder's frames are the files ``frame_pattern`` names."""
-    from actionflow.data import Clip, VideoClips, collate
-
     info = probe(video, frame_pattern)
     if info.num_frames < 2 and model.hparams.mode != "rgb":
         log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
                     "fused ones rest on appearance alone", video)
-    h = data_hparams
+    h = data_settings(data_hparams)
     size = decode_size(info.height, info.width, _size_setting(h))
     crop = h.get("crop_size") or size
     dataset = VideoClips(
@@ -99,9 +103,9 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
         phase="test",
         mode=model.hparams.mode,
         flow_source="online",
-        num_segments=int(h.get("num_segments", 3)),
+        num_segments=int(h["num_segments"]),
         flow_length=int(model.hparams.flow_length),
-        test_clips=int(clips or h.get("test_clips", 5)),
+        test_clips=int(clips or h["test_clips"]),
         crop_size=(crop, crop) if isinstance(crop, int) else tuple(crop),
         strict=True,
         frame_pattern=frame_pattern,
@@ -112,8 +116,8 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
 
 
 def _size_setting(data_hparams: dict) -> tuple[int, int] | int:
-    """The training run's ``data.size``: [H, W] or a short side (128x128 when not recorded)."""
-    size = data_hparams.get("size") or (128, 128)
+    """The training run's ``data.size``: [H, W] or a short side."""
+    size = data_hparams["size"]
     return int(size) if isinstance(size, int) else (int(size[0]), int(size[1]))
 
 

@@ -48,6 +48,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from actionflow.annotations import Sample, load_splits
+from actionflow.flow_cache import DEFAULT_BOUND, CacheError, FlowCache
 from actionflow.model import MODES
 from actionflow.sampling import snippet_frames, snippet_starts
 from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe, read_frames
@@ -121,18 +122,20 @@ def crop_box(x: torch.Tensor, box: Sequence[int], flip: bool, size: tuple[int, i
 
 
 class VideoClips(Dataset):
-    """TSN snippets of ``clips`` for one ``phase`` (train/val/test); see the module docstring."""
+    """TSN snippets of ``clips`` for one ``phase`` (train/val/test); see the module docstring. The
+    settings are the run's (:class:`ActionDataModule`, or a checkpoint's for ``classify``): no defaults here."""
 
     def __init__(
         self,
         clips: list[Clip],
         phase: str,
-        mode: str = "two_stream",
-        flow_source: str = "cache",
-        num_segments: int = 3,
-        flow_length: int = 5,
-        test_clips: int = 1,
-        crop_size: tuple[int, int] = (112, 112),
+        *,
+        mode: str,
+        flow_source: str,
+        num_segments: int,
+        flow_length: int,
+        test_clips: int,
+        crop_size: tuple[int, int],
         scales: Sequence[float] = DEFAULT_SCALES,
         flip: bool = True,
         cache=None,
@@ -201,8 +204,6 @@ class VideoClips(Dataset):
     def _cached(self, path: str):
         """The video's open cache entry, checked once and kept (each DataLoader worker has its own
         copy of this dataset, so its own handles; at most :data:`OPEN_ENTRIES`, least recently used closed)."""
-        from actionflow.flow_cache import CacheError
-
         cached = self._entries.pop(path, None)
         if cached is None:
             try:
@@ -249,8 +250,6 @@ def _crop_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 def _read_cached_flows(cached, flow_idx: np.ndarray, path: str, size: tuple[int, int]) -> torch.Tensor:
     """Flows ``flow_idx [S, L]`` from a cache entry as float32 ``[S, 2L, H, W]`` px, x/y interleaved."""
-    from actionflow.flow_cache import CacheError
-
     S, L = flow_idx.shape
     try:
         if np.all(np.diff(flow_idx, axis=1) == 1):
@@ -290,6 +289,10 @@ def collate(items: list[dict[str, torch.Tensor] | None]) -> dict[str, torch.Tens
 class ActionDataModule(pl.LightningDataModule):
     """Train/val/test video splits with TSN sampling, RGB frames and flow (cached or online).
 
+    The defaults are those of the default run, ``python train.py`` (the demo on a CPU: ``dis_fine`` flow
+    at 112x112, 56x56 crops); where that run reads and writes (``root``, ``demo``, ``cache_dir``) is set
+    by train.py. ``python train.py --print_config`` shows every key as a run uses it.
+
     Args:
         root: folder with a sub-folder per class, or the folder the list paths are relative to.
         train_list: annotation list of the training videos (``relative/path label`` lines).
@@ -318,7 +321,8 @@ class ActionDataModule(pl.LightningDataModule):
             stores each video at its own size). Also the size the flow is computed at.
         crop_size: network input [h, w] taken out of the decoded frames (training at random scales and
             places, evaluation at the centre); None: size (fixed [H, W] only). A video whose decoded
-            frame is smaller than the crop is upscaled (said once in the log).
+            frame is smaller than the crop is upscaled (said once in the log). 56x56 is the demo's: 20
+            epochs fit the CPU budget (80 and 112 px gained nothing).
         flow_bound: flow is clipped at ±this many pixels (the cache's quantisation bound; online flow
             is clipped the same way).
         scales: multi-scale crop side fractions (training).
@@ -356,16 +360,16 @@ class ActionDataModule(pl.LightningDataModule):
         flow_source: Literal["cache", "online"] = "cache",
         cache_dir: str = "cache",
         cache_missing: Literal["compute", "error"] = "compute",
-        flow_engine: str = "dis",
+        flow_engine: str = "dis_fine",
         flow_weights: str | None = None,
         flow_updates: int | None = None,
         flow_device: str = "auto",
         num_segments: int = 3,
         flow_length: int = 5,
-        test_clips: int = 5,
-        size: tuple[int, int] | int | str = (128, 128),
-        crop_size: tuple[int, int] | None = (112, 112),
-        flow_bound: float = 20.0,
+        test_clips: int = 2,
+        size: tuple[int, int] | int | str = (112, 112),
+        crop_size: tuple[int, int] | None = (56, 56),
+        flow_bound: float = DEFAULT_BOUND,
         scales: tuple[float, ...] = DEFAULT_SCALES,
         flip: bool = True,
         batch_size: int = 8,
@@ -458,8 +462,6 @@ class ActionDataModule(pl.LightningDataModule):
 
     def flow_cache(self):
         """The flow cache for this engine and size (``flow_source: cache``)."""
-        from actionflow.flow_cache import FlowCache
-
         from flow_engine.engine import engine_identity
 
         h = self.hparams  # the cache is keyed by the engine's identity: nothing is built to read it
@@ -580,8 +582,9 @@ class ActionDataModule(pl.LightningDataModule):
     def dataset(self, phase: str) -> VideoClips:
         h = self.hparams
         return VideoClips(
-            self.clips[phase], phase, h.mode, h.flow_source, h.num_segments, h.flow_length, h.test_clips,
-            self.crop_size, h.scales, h.flip, self.cache, h.strict, h.frame_pattern,
+            self.clips[phase], phase, mode=h.mode, flow_source=h.flow_source, num_segments=h.num_segments,
+            flow_length=h.flow_length, test_clips=h.test_clips, crop_size=self.crop_size, scales=h.scales, flip=h.flip,
+            cache=self.cache, strict=h.strict, frame_pattern=h.frame_pattern,
         )
 
     def _loader(self, phase: str) -> DataLoader:

@@ -22,6 +22,9 @@ def tiny(tmp_path_factory):
     return root
 
 
+RGB = dict(flow_source="cache", num_segments=3, flow_length=5, test_clips=1)  # VideoClips settings the RGB tests do not vary
+
+
 def _item(H=8, W=8, L=2):
     rgb = torch.arange(H * W, dtype=torch.uint8).view(1, 1, H, W).expand(2, 3, H, W).contiguous()
     flow = torch.zeros(2, 2 * L, H, W)
@@ -32,7 +35,8 @@ def _item(H=8, W=8, L=2):
 
 
 def _clips(**kw):
-    return VideoClips([], "train", mode="two_stream", flow_length=2, crop_size=(8, 8), **kw)
+    return VideoClips([], "train", mode="two_stream", flow_source="cache", num_segments=3, flow_length=2, test_clips=1,
+                      crop_size=(8, 8), **kw)
 
 
 def _augment(ds: VideoClips, item: dict, rng: np.random.Generator, size=(8, 8)) -> dict:
@@ -69,12 +73,12 @@ def test_crop_resize_scales_flow_with_the_resize_factor():
 def test_eval_takes_the_centre_box_at_the_middle_training_scale():
     # size 8x8, crop 4x6: largest box of the crop's aspect is 5.33x8; at scale 0.875 -> 5x7,
     # centred at rows 1..5, cols 0..6, then resized to 4x6 like a training box
-    ds = VideoClips([], "val", mode="rgb", crop_size=(4, 6))
+    ds = VideoClips([], "val", mode="rgb", crop_size=(4, 6), **RGB)
     assert ds._box((8, 8), np.random.default_rng(0)) == ((1, 0, 5, 7), False)
     out = _augment(ds, _item(), np.random.default_rng(0))
     assert torch.equal(out["rgb"], _crop_resize(_item()["rgb"][..., 1:6, 0:7], (4, 6)))
     # the usual TSN case is unchanged: 224 of 256 is a plain centre crop
-    ds = VideoClips([], "val", mode="rgb", crop_size=(224, 224))
+    ds = VideoClips([], "val", mode="rgb", crop_size=(224, 224), **RGB)
     rgb = torch.randint(0, 255, (1, 3, 256, 256), dtype=torch.uint8)
     assert torch.equal(_augment(ds, {"rgb": rgb}, np.random.default_rng(0), (256, 256))["rgb"], rgb[..., 16:240, 16:240])
     # a portrait frame: the box is as wide as the frame, centred vertically
@@ -94,13 +98,13 @@ def test_online_item_holds_uncropped_snippet_frames_and_the_crop(tiny):
 def test_decode_failure_is_dropped_with_a_warning_and_counted(tiny, caplog):
     good = Clip(Sample(str(tiny / "videos/left/left_0.mp4"), 1), 12, (32, 32))
     bad = Clip(Sample(str(tiny / "broken.mp4"), 0), 12, (32, 32))  # passed setup, fails now
-    ds = VideoClips([good, bad], "val", mode="rgb", crop_size=(32, 32))
+    ds = VideoClips([good, bad], "val", mode="rgb", crop_size=(32, 32), **RGB)
     with caplog.at_level(logging.WARNING):
         batch = collate([ds[0], ds[1]])
     assert "broken.mp4" in caplog.text
     assert batch["label"].tolist() == [1] and int(batch["num_dropped"]) == 1
     assert int(collate([None])["num_dropped"]) == 1
-    strict = VideoClips([bad], "val", mode="rgb", crop_size=(32, 32), strict=True)
+    strict = VideoClips([bad], "val", mode="rgb", crop_size=(32, 32), strict=True, **RGB)
     with pytest.raises(VideoError, match="broken.mp4"):
         strict[0]
 

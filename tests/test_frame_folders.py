@@ -278,7 +278,7 @@ def test_a_frame_that_fails_after_setup_drops_the_item_with_its_name(tmp_path, c
     (folder / "img_00004.jpg").write_bytes(b"\xff\xd8 truncated")  # first and last frames (what setup probes) are fine
     assert probe(folder).num_frames == 8
     ds = VideoClips([Clip(Sample(str(folder), 0), 8, (24, 32))], "test", mode="two_stream", flow_source="online",
-                    num_segments=2, flow_length=3, crop_size=(24, 32))
+                    num_segments=2, flow_length=3, test_clips=1, crop_size=(24, 32))
     with caplog.at_level(logging.WARNING):
         batch = collate([ds[0]])
     assert int(batch["num_dropped"]) == 1

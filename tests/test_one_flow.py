@@ -70,7 +70,7 @@ def test_cache_keeps_each_video_at_its_own_aspect_ratio(shapes, cache):
 def test_online_and_cached_flow_inputs_agree_element_wise(shapes, cache, phase):
     model = _model("flow")
     clips = [_clip(v) for v in shapes]
-    kw = dict(mode="flow", num_segments=2, flow_length=3, crop_size=CROP, scales=(1.0, 0.875, 0.75))
+    kw = dict(mode="flow", num_segments=2, flow_length=3, test_clips=1, crop_size=CROP, scales=(1.0, 0.875, 0.75))
     cached = VideoClips(clips, phase, flow_source="cache", cache=cache, **kw)
     online = VideoClips(clips, phase, flow_source="online", **kw)
     for i in range(len(clips)):
@@ -90,7 +90,7 @@ def test_online_and_cached_flow_inputs_agree_element_wise(shapes, cache, phase):
 def test_batches_mix_portrait_landscape_and_square_online(shapes):
     model = _model()
     online = VideoClips([_clip(v) for v in shapes], "train", mode="two_stream", flow_source="online",
-                        num_segments=2, flow_length=3, crop_size=CROP)
+                        num_segments=2, flow_length=3, test_clips=1, crop_size=CROP)
     batch = collate([online[i] for i in range(3)])
     assert isinstance(batch["frames"], list) and [f.shape[-2:] for f in batch["frames"]] == [(48, 72), (72, 48), (48, 48)]
     rgb, flow = model.inputs(batch)
@@ -155,14 +155,14 @@ def test_each_cache_entry_is_opened_once_per_dataset(shapes, cache, monkeypatch)
     real_open = cache.open
     monkeypatch.setattr(cache, "open", lambda video: opened.append(video) or real_open(video))
     clips = VideoClips([_clip(v) for v in shapes], "train", mode="flow", flow_source="cache", cache=cache,
-                       num_segments=2, flow_length=3, crop_size=CROP)
+                       num_segments=2, flow_length=3, test_clips=1, crop_size=CROP)
     for _ in range(3):
         for i in range(len(shapes)):
             assert clips[i] is not None
     assert sorted(opened) == sorted(str(v) for v in shapes)  # once each, not once per item
     monkeypatch.setattr(data, "OPEN_ENTRIES", 2)  # a bounded number of open files: the oldest is closed
     clips = VideoClips([_clip(v) for v in shapes], "train", mode="flow", flow_source="cache", cache=cache,
-                       num_segments=2, flow_length=3, crop_size=CROP)
+                       num_segments=2, flow_length=3, test_clips=1, crop_size=CROP)
     for i in range(len(shapes)):
         clips[i]
     assert len(clips._entries) == 2
