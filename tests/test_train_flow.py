@@ -14,7 +14,8 @@ from flow_engine.checkpoints import WeightsError
 from flow_engine.models.pwcnet import PWCNet
 from flow_engine.data.synthetic import SyntheticFlow
 from flow_engine.training.losses import downsample_flow, matching_loss, multiscale_loss
-from flow_engine.training.cli import FlowCLI, export_weights, resolve_resume
+from flow_engine.lightning_cli import resolve_ckpt_path
+from flow_engine.training.cli import FlowCLI, export_weights
 from flow_engine.training.cli import main as train_main
 from flow_engine.training.datamodule import FlowDataModule
 from flow_engine.training.module import ConfigError, FlowModule
@@ -174,11 +175,10 @@ def test_photometric_identity_and_range():
 
 def tiny_args(out: Path) -> list[str]:
     return [
-        "--config", str(ROOT / "configs" / "flow" / "synthetic.yaml"),
-        "--out", str(out), "--seed_everything", "1", "--data.crop", "[64, 64]", "--data.batch_size", "1", "--data.val_cases", "null",
-        "--data.curriculum", "null", "--trainer.max_steps", "3", "--checkpoint.every_steps", "2", "--trainer.log_every_n_steps", "1",
+        "--trainer.default_root_dir", str(out), "--seed_everything", "1", "--data.crop", "[64, 64]", "--data.batch_size", "1", "--data.val_cases", "null",
+        "--data.curriculum", "null", "--trainer.max_steps", "3", "--checkpoint.every_n_train_steps", "2", "--trainer.log_every_n_steps", "1",
         "--trainer.precision", "32-true", "--trainer.accelerator", "cpu", "--trainer.devices", "1",
-        "--logger", "none", "--model.milestones", "[0.5]", "--model.lr", "1e-4",
+        "--trainer.logger", "false", "--model.milestones", "[0.5]", "--model.lr", "1e-4",
     ]
 
 
@@ -201,7 +201,7 @@ def test_validation_scores_each_set_and_averages_the_sets(tmp_path):
     write_case(tmp_path / "large" / "c", 40)
     out = tmp_path / "run"
     args = tiny_args(out) + ["--data.val_cases", f"[{tmp_path / 'small'}, {tmp_path / 'large'}]", "--trainer.max_steps", "1",
-                             "--trainer.val_check_interval", "1", "--logger", "csv"]
+                             "--trainer.val_check_interval", "1", "--trainer.logger", "CSVLogger", "--trainer.logger.init_args.name", "csv"]
     assert train_main(args) == 0
     rows = list(csv.DictReader(open(out / "csv" / "version_0" / "metrics.csv")))
     val = next(r for r in rows if r.get("val/epe"))
@@ -256,11 +256,11 @@ def test_nonfinite_batches_are_skipped_and_counted_before_the_loss():
 def test_a_diverging_run_stops_with_a_clear_error_and_keeps_its_checkpoints(tmp_path, capsys):
     out = tmp_path / "run"
     # A learning rate of 1e30 blows the weights up in one step; the next loss is not finite.
-    args = tiny_args(out) + ["--model.lr", "1e30", "--model.schedule", "constant", "--checkpoint.every_steps", "1",
+    args = tiny_args(out) + ["--model.lr", "1e30", "--model.schedule", "constant", "--checkpoint.every_n_train_steps", "1",
                              "--model.zero_flow_init", "false"]
     assert train_main(args) == 2
     err = capsys.readouterr().err
-    assert "training diverged at step" in err and "--resume auto" in err and "Traceback" not in err
+    assert "training diverged at step" in err and "--ckpt_path last" in err and "Traceback" not in err
     last = torch.load(out / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert all(torch.isfinite(v).all() for v in last["state_dict"].values())
 
@@ -307,7 +307,7 @@ def test_resume_continues_exactly(tmp_path):
 
     straight, t_straight = run(tmp_path / "a")
     run(tmp_path / "b", stop=2)
-    last = resolve_resume("auto", tmp_path / "b")
+    last = resolve_ckpt_path("last", tmp_path / "b")
     # The project's own Lightning checkpoints read with weights_only=True (export and resume use it).
     assert last is not None and torch.load(last, weights_only=True)["global_step"] == 2
     resumed, t_resumed = run(tmp_path / "b", resume=last)
@@ -338,13 +338,13 @@ def test_resuming_a_checkpoint_of_another_setup_is_a_clear_error(tmp_path, capsy
     cli.trainer.callbacks.append(StopAt(2))
     cli.trainer.fit(cli.model, datamodule=cli.datamodule, weights_only=True)
     last = tmp_path / "a" / "checkpoints" / "last.ckpt"
-    assert main(["train", *tiny_args(tmp_path / "a"), "--resume", "auto"]) == 0  # its own setup resumes
+    assert main(["train", *tiny_args(tmp_path / "a"), "--ckpt_path", "last"]) == 0  # its own setup resumes
     ckpt = torch.load(last, weights_only=True)
     groups = ckpt["optimizer_states"][0]["param_groups"]
     ckpt["optimizer_states"][0]["param_groups"] = [dict(groups[0], params=[i for g in groups for i in g["params"]])]
     torch.save(ckpt, last)
     capsys.readouterr()
-    assert main(["train", *tiny_args(tmp_path / "a"), "--resume", "auto"]) == 2
+    assert main(["train", *tiny_args(tmp_path / "a"), "--ckpt_path", "last"]) == 2
     err = capsys.readouterr().err
     assert f"error: {last}: cannot resume from it" in err and "optimizer parameter groups of sizes [" in err, err
     assert f"--model.init {last}" in err and "Traceback" not in err
@@ -362,8 +362,8 @@ def test_crafted_checkpoints_are_refused_never_run(tmp_path, capsys):
     out = tmp_path / "w.pt"
     runs = {
         "export": ["--export-only", str(evil), "--export", str(out)],
-        "resume": ["--resume", str(evil), "--out", str(tmp_path / "run_resume")],
-        "init": ["--model.init", str(evil), "--out", str(tmp_path / "run_init"), "--logger", "none"],
+        "resume": ["--ckpt_path", str(evil), "--trainer.default_root_dir", str(tmp_path / "run_resume")],
+        "init": ["--model.init", str(evil), "--trainer.default_root_dir", str(tmp_path / "run_init"), "--trainer.logger", "false"],
     }
     for name, argv in runs.items():
         assert main(["train", *argv]) == 2, name
@@ -382,7 +382,7 @@ def test_crafted_checkpoints_are_refused_never_run(tmp_path, capsys):
 
 
 def test_configs_load_and_bad_keys_fail(capsys):
-    for name in ("synthetic", "chairs", "things", "sintel", "distill", "distill_gpu"):
+    for name in ("chairs", "things", "sintel", "distill", "distill_gpu"):
         cfg = FlowCLI(["--config", str(ROOT / "configs" / "flow" / f"{name}.yaml")], build=False).config
         assert cfg.trainer.max_steps > 0
     with pytest.raises(SystemExit):
@@ -396,9 +396,9 @@ def test_command_line_shortcuts_and_refused_forms(capsys):
     argv = ["--teacher", "dis_fine", "--videos", "a.mp4", "--labels=L", "--videos=b", "--data.crop", "[128, 192]"]
     c = FlowCLI(argv, build=False).config
     assert c.data.distill.teacher == "dis_fine" and list(c.data.distill.videos) == ["a.mp4", "b"] and c.data.distill.labels == "L"
-    assert tuple(c.data.crop) == (128, 192) and c.data.train == [{"name": "synthetic"}]  # configs/flow/synthetic.yaml by default
+    assert tuple(c.data.crop) == (128, 192) and list(c.data.train) == [{"name": "synthetic"}]  # procedural pairs by default
     for argv, message in ((["--data.crop", "448x384"], "write --data.crop '[384, 448]'"),  # WxH: the other convention
-                          (["--max-steps", "5"], "--max-steps is now --trainer.max_steps"),
+                          (["--set", "model.lr=1"], "--set is now --SECTION.KEY VALUE"),
                           (["--data.distill.foo", "1"], "unrecognized arguments: --data.distill.foo")):
         with pytest.raises(SystemExit):
             FlowCLI(argv, build=False)
@@ -422,3 +422,43 @@ def test_shipped_weights_beat_zero_flow_and_point_the_right_way(shared_flow_case
     # Measured at commit time: EPE 3.68, 3.81, 7.84 vs zero flow 4.51, 6.00, 9.34; cosines 0.70, 0.85, 0.62.
     assert sum(ours) < 0.85 * sum(zero), (ours, zero)
     assert min(cosines) > 0.5, cosines
+
+
+def test_the_flags_of_earlier_versions_still_work_and_say_what_replaces_them(tmp_path, capsys):
+    # A background run's command line from before the shared convention.
+    run, labels = tmp_path / "run", tmp_path / "labels"
+    old = ["--out", str(run), "--resume", "auto", "--threads", "1", "--logger", "csv", "--checkpoint.every_minutes", "5",
+           "--labels", str(labels), "--export", "--max-steps", "7"]
+    c = FlowCLI(old, build=False).config
+    err = capsys.readouterr().err
+    new = FlowCLI(["--trainer.default_root_dir", str(run), "--ckpt_path", "last", "--threads", "1",
+                   "--trainer.logger", "CSVLogger", "--trainer.logger.init_args.name", "csv",
+                   "--checkpoint.train_time_interval", "0:05:00", "--labels", str(labels), "--export",
+                   "--trainer.max_steps", "7"], build=False).config
+    assert c == new
+    assert c.trainer.default_root_dir == str(run) and c.ckpt_path == "last" and c.trainer.max_steps == 7
+    assert c.trainer.logger.class_path.endswith("CSVLogger") and c.trainer.logger.init_args.save_dir == str(run)
+    assert str(c.checkpoint.train_time_interval) == "0:05:00" and c.checkpoint.dirpath == str(run / "checkpoints")
+    for flag, replacement in (("--out", "--trainer.default_root_dir"), ("--resume", "--ckpt_path last"),
+                              ("--logger", "--trainer.logger CSVLogger"), ("--checkpoint.every_minutes", "--checkpoint.train_time_interval 0:05:00"),
+                              ("--max-steps", "--trainer.max_steps 7")):
+        assert f"{flag} is deprecated; use {replacement}" in err, flag
+    assert "--labels is deprecated" not in err and "--threads is deprecated" not in err  # shortcuts and keys of its own stay
+
+
+def test_a_config_that_sets_nothing_is_the_default_and_short_and_long_config_flags_agree(tmp_path):
+    empty, mine = tmp_path / "empty.yaml", tmp_path / "mine.yaml"
+    empty.write_text("{}\n")
+    mine.write_text("model:\n  lr: 3.0e-4\ntrainer:\n  max_steps: 9\n")
+
+    def parsed(*argv: str) -> dict:
+        cfg = FlowCLI(list(argv), build=False).config.clone()
+        cfg.pop("config", None)  # the path of the file given, not a setting
+        return cfg.as_dict()
+
+    default = parsed()
+    assert default["data"]["curriculum"] == {"start": 16.0, "end": 160.0, "steps": 100000}  # the procedural pre-training
+    assert parsed("--config", str(empty)) == default
+    long = parsed("--config", str(mine))
+    assert long["model"]["lr"] == 3e-4 and long["trainer"]["max_steps"] == 9 and long["data"] == default["data"]
+    assert parsed("-c", str(mine)) == long

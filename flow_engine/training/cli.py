@@ -1,29 +1,30 @@
 """Training PWC-Net: ``python -m flow_engine train [--config FILE] [--section.key VALUE ...]``.
 
-A LightningCLI (:class:`FlowCLI`) over :class:`~flow_engine.training.module.FlowModule`
-(``--model.*``: start weights, loss, optimizer and schedule) and
-:class:`~flow_engine.training.datamodule.FlowDataModule` (``--data.*``: training sources, crop (h, w),
-batch, procedural pairs, curriculum, augmentation, validation cases, ``--data.distill.*``),
-plus ``--trainer.*`` (Lightning's Trainer) and these keys of its own:
+A LightningCLI (:class:`FlowCLI`, with the convention of :mod:`flow_engine.lightning_cli` that
+``train.py`` shares) over :class:`~flow_engine.training.module.FlowModule` (``--model.*``: start
+weights, loss, optimizer and schedule) and :class:`~flow_engine.training.datamodule.FlowDataModule`
+(``--data.*``: training sources, crop [H, W], batch, procedural pairs, curriculum, augmentation,
+validation cases, ``--data.distill.*``), plus ``--trainer.*`` (Lightning's Trainer; the run folder is
+``--trainer.default_root_dir``: checkpoints/, config.yaml, logs, val_images/, labels/),
+``--checkpoint.*`` (the ModelCheckpoint of step*.ckpt and last.ckpt, every N steps or a time interval;
+best-*.ckpt by val/epe is kept beside it), ``--ckpt_path PATH|last`` (resume exactly) and
+``--wandb auto|online|offline``, and these keys of its own:
 
-    --out DIR                the run folder: checkpoints/ (step*.ckpt every N steps or minutes, best-*.ckpt
-                             by val/epe, last.ckpt), config.yaml, logs, val_images/, labels/ (distillation)
-    --resume auto|PATH       continue a run exactly (auto: OUT/checkpoints/last.ckpt when there is one)
     --export [PATH]          after training, write the best (else last) checkpoint's fp16 weights
                              (default flow_engine/weights/pwcnet_actionflow.pt)
     --export-only CKPT|best  do not train: export CKPT (best: this run's best) to --export's PATH
     --threads N              torch.set_num_threads
-    --logger wandb|csv|none  (--wandb.project, --wandb.name, --wandb.mode auto: online when WANDB_API_KEY is set)
-    --checkpoint.every_steps N | --checkpoint.every_minutes M
     --teacher, --teacher-weights, --videos (repeatable), --labels: --data.distill.* shortcuts
 
-The config is ``configs/flow/synthetic.yaml`` unless ``--config`` names another; ``--print_config``
-prints the whole resolved configuration. Examples::
+The defaults are the paper's S_long pre-training on procedural pairs (:data:`TRAINER_DEFAULTS` and the
+classes' signatures); ``--print_config`` prints the whole configuration a run uses. Examples::
 
     python -m flow_engine train --config configs/flow/chairs.yaml --data.train '[{name: chairs, root: /data/FlyingChairs_release}]'
     python -m flow_engine train --trainer.devices 4 --trainer.strategy ddp --model.init flow_engine/weights/pwcnet_actionflow.pt --export
-    python -m flow_engine train --config configs/flow/distill.yaml --resume auto --export
+    python -m flow_engine train --config configs/flow/distill.yaml --ckpt_path last --export
 
+The flags of earlier versions (``--out``, ``--resume``, ``--logger``, ``--wandb.*``,
+``--checkpoint.every_steps|every_minutes``, ``--max-steps`` ...) still work and say what replaces them.
 Checkpoints hold only tensors and plain types, so resume and export read them with
 ``torch.load(weights_only=True)``; a crafted file is refused before Lightning sees it.
 """
@@ -37,17 +38,17 @@ import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import pytorch_lightning as pl
 import torch
 import yaml
-from pytorch_lightning.cli import LightningCLI
 
 from flow_engine.errors import DatasetError
 from flow_engine.data.teacher_labels import LabelError
 from flow_engine.engine import FlowEngineError
 from flow_engine.checkpoints import ResumeError, WeightsError, check_resume_fits, load_weights_only
+from flow_engine.lightning_cli import TrainingCLI, rename_flags, start_loggers
 from flow_engine.models.pwcnet import PWCNet
 from flow_engine.training.datamodule import FlowDataModule
 from flow_engine.training.module import ConfigError, DivergedError, FlowModule
@@ -56,25 +57,42 @@ from flow_engine.io.video import ListFileError
 log = logging.getLogger(__name__)
 
 ROOT = Path(__file__).resolve().parents[2]
-DEFAULT_CONFIG = ROOT / "configs" / "flow" / "synthetic.yaml"
 DEFAULT_WEIGHTS_OUT = Path(__file__).resolve().parents[1] / "weights" / "pwcnet_actionflow.pt"
 
-# Trainer settings of flow training (steps, not epochs: procedural data has no epochs).
+# The trainer of flow training (steps, not epochs: procedural data has no epochs): the paper's S_long
+# schedule of 1.2M steps, on every GPU there is, in bf16.
 TRAINER_DEFAULTS: dict[str, Any] = {
-    "max_steps": 1200000, "val_check_interval": 5000, "check_val_every_n_epoch": None, "log_every_n_steps": 50,
+    "default_root_dir": "runs/flow/synthetic",  # the run folder: checkpoints/, config.yaml, logs, val_images/, labels/
+    "max_steps": 1200000, "val_check_interval": 5000, "check_val_every_n_epoch": None, "log_every_n_steps": 100,
+    "accelerator": "auto", "devices": "auto", "strategy": "auto", "precision": "bf16-mixed",
     "num_sanity_val_steps": 0, "enable_progress_bar": False, "enable_model_summary": False,
+    "logger": {"class_path": "pytorch_lightning.loggers.WandbLogger",
+               "init_args": {"project": "actionflow-flow", "log_model": False}},
 }
-DESCRIPTION = ("Train or fine-tune PWC-Net: a YAML config (default configs/flow/synthetic.yaml) and --section.key VALUE "
-               "overrides. Sizes are (h, w). Shortcuts: --teacher NAME, --teacher-weights FILE, --videos DIR|LIST|VIDEO "
+CALLBACKS = [{"class_path": "pytorch_lightning.callbacks.LearningRateMonitor", "init_args": {"logging_interval": "step"}}]
+DESCRIPTION = ("Train or fine-tune PWC-Net: defaults as --print_config shows them, a YAML config (--config/-c) and "
+               "--section.key VALUE overrides. Sizes are [H, W]. Shortcuts: --teacher NAME, --teacher-weights FILE, --videos DIR|LIST|VIDEO "
                "(repeatable), --labels DIR set --data.distill.teacher, .teacher_weights, .videos, .labels.")
 # Short flags for --data.distill.* (--videos is repeatable and collected into one list).
 SHORTCUTS = {"--teacher": "--data.distill.teacher", "--teacher-weights": "--data.distill.teacher_weights",
              "--labels": "--data.distill.labels", "--videos": "--data.distill.videos"}
-# Flags of the earlier hand-rolled command line, and what replaces them.
-REPLACED = {"--max-steps": "--trainer.max_steps N", "--devices": "--trainer.devices N", "--num-nodes": "--trainer.num_nodes N",
-            "--strategy": "--trainer.strategy NAME", "--precision": "--trainer.precision NAME", "--batch-size": "--data.batch_size N",
-            "--lr": "--model.lr LR", "--crop": "--data.crop '[H, W]'", "--init": "--model.init PATH",
-            "--set": "--SECTION.KEY VALUE (e.g. --model.schedule onecycle)"}
+# Flags of earlier versions and what replaces them (they still work, and say so on stderr): the run
+# folder, resuming, the logger and checkpoint keys of the convention before TrainingCLI, and the
+# hand-rolled command line before that. (--set has no one replacement: it is refused with the form to use.)
+_LOGGERS = {"wandb": ["--trainer.logger", "WandbLogger"], "csv": ["--trainer.logger", "CSVLogger", "--trainer.logger.init_args.name", "csv"],
+            "none": ["--trainer.logger", "false"]}
+RENAMED = {
+    "--out": "--trainer.default_root_dir",
+    "--resume": lambda v: ["--ckpt_path", "last" if v == "auto" else v],
+    "--logger": lambda v: _LOGGERS.get(v, ["--trainer.logger", v]),
+    "--wandb.mode": "--wandb", "--wandb.project": "--trainer.logger.init_args.project",
+    "--wandb.name": "--trainer.logger.init_args.name",
+    "--checkpoint.every_steps": "--checkpoint.every_n_train_steps",
+    "--checkpoint.every_minutes": lambda v: ["--checkpoint.train_time_interval", str(timedelta(minutes=float(v)))],
+    "--max-steps": "--trainer.max_steps", "--devices": "--trainer.devices", "--num-nodes": "--trainer.num_nodes",
+    "--strategy": "--trainer.strategy", "--precision": "--trainer.precision", "--batch-size": "--data.batch_size",
+    "--lr": "--model.lr", "--crop": "--data.crop", "--init": "--model.init",
+}
 
 
 class StepLog(pl.Callback):
@@ -158,85 +176,37 @@ def best_checkpoint(out_dir: str | Path) -> Path:
     raise WeightsError(f"{folder}: no checkpoints")
 
 
-def resolve_resume(resume: str | None, out: Path) -> str | None:
-    """``auto`` -> the run's ``last.ckpt`` when there is one; a path must exist and load with ``weights_only=True``."""
-    if not resume:
-        return None
-    if resume == "auto":
-        last = out / "checkpoints" / "last.ckpt"
-        if not last.is_file():
-            log.info("no %s yet: starting fresh", last)
-            return None
-        log.info("resuming from %s", last)
-        resume = str(last)
-    # Lightning reads the checkpoint itself (fit passes weights_only=True too, but its default
-    # has changed between versions); reading it here first refuses a crafted pickle, or names a
-    # missing or broken file, before any model, data or trainer is built.
-    load_weights_only(resume, what="checkpoint to resume from")
-    return resume
-
-
-def make_logger(kind: str, out: Path, project: str, name: str | None, mode: str) -> pl.loggers.Logger | bool:
-    """The run's logger: W&B (offline unless WANDB_API_KEY is set, for mode auto), CSV in OUT/csv, or none (False)."""
-    if kind == "none":
-        return False
-    if kind == "wandb":
-        try:
-            import wandb  # noqa: F401
-        except ImportError:
-            log.warning("wandb is not installed; logging to CSV in %s", out)
-            kind = "csv"
-    if kind == "csv":
-        return pl.loggers.CSVLogger(str(out), name="csv")
-    if mode == "auto":
-        mode = "online" if os.environ.get("WANDB_API_KEY") else "offline"
-    return pl.loggers.WandbLogger(project=project, name=name, save_dir=str(out), mode=mode, log_model=False)
-
-
-class FlowCLI(LightningCLI):
+class FlowCLI(TrainingCLI):
     """The flow-training command line; ``build=False`` parses and checks the configuration only."""
 
+    RENAMED = RENAMED
+    CHECKPOINT_DEFAULTS = {"filename": "step{step:07d}", "auto_insert_metric_name": False, "save_last": True,
+                           "save_top_k": 1, "every_n_train_steps": 2000}
+
     def __init__(self, args: list[str] | None = None, prog: str = "python -m flow_engine train", build: bool = True):
-        given = sys.argv[1:] if args is None else list(args)
-        # configs/flow/synthetic.yaml applies only when no --config is given (so keys of one never leak into another)
-        has_config = any(a in ("-c", "--config") or a.startswith("--config=") for a in given)
         self.build = build
         self.ckpt_path: str | None = None
         super().__init__(
-            FlowModule, FlowDataModule, args=given, run=False, auto_configure_optimizers=False,
-            seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS, save_config_kwargs={"overwrite": True},
-            parser_kwargs={"prog": prog, "description": DESCRIPTION,
-                           "default_config_files": [] if has_config else [str(DEFAULT_CONFIG)]},
+            FlowModule, FlowDataModule, args=sys.argv[1:] if args is None else list(args), run=False,
+            auto_configure_optimizers=False, seed_everything_default=0, trainer_defaults=TRAINER_DEFAULTS,
+            save_config_kwargs={"overwrite": True}, parser_kwargs={"prog": prog, "description": DESCRIPTION},
         )
 
     def add_arguments_to_parser(self, parser) -> None:
-        parser.add_argument("--out", type=str, default="runs/flow/synthetic",
-                            help="the run folder: checkpoints/, config.yaml, logs, val_images/, labels/")
-        parser.add_argument("--resume", type=str | None, default=None,
-                            help="continue a run exactly: auto (OUT/checkpoints/last.ckpt when there is one) or a checkpoint")
+        super().add_arguments_to_parser(parser)
+        parser.set_defaults({"trainer.callbacks": CALLBACKS})
         parser.add_argument("--export", type=str | None, nargs="?", const=str(DEFAULT_WEIGHTS_OUT), default=None, metavar="PATH",
                             help=f"after training, write the best (else last) checkpoint's fp16 weights to PATH "
                                  f"(default {DEFAULT_WEIGHTS_OUT.relative_to(ROOT)})")
         parser.add_argument("--export-only", type=str | None, default=None, metavar="CKPT",
                             help="do not train: export CKPT (best: this run's best) to --export's PATH")
         parser.add_argument("--threads", type=int | None, default=None, help="torch.set_num_threads (null: torch's default)")
-        parser.add_argument("--logger", type=Literal["wandb", "csv", "none"], default="wandb",
-                            help="wandb (see --wandb.*), csv (OUT/csv) or none")
-        parser.add_argument("--wandb.project", type=str, default="actionflow-flow", help="W&B project")
-        parser.add_argument("--wandb.name", type=str | None, default=None, help="W&B run name")
-        parser.add_argument("--wandb.mode", type=Literal["auto", "online", "offline"], default="auto",
-                            help="auto: online when WANDB_API_KEY is set, else offline (upload later with wandb sync)")
-        parser.add_argument("--checkpoint.every_steps", type=int, default=5000, help="save a checkpoint every N optimizer steps")
-        parser.add_argument("--checkpoint.every_minutes", type=float | None, default=None,
-                            help="save a checkpoint every M minutes instead (for runs that may be killed)")
-        parser.link_arguments("out", "trainer.default_root_dir")
         parser.link_arguments("trainer.max_steps", "model.max_steps")
         # A seed of true (random) leaves the data seed at 0: a random run is not resumable anyway.
         parser.link_arguments("seed_everything", "data.seed", compute_fn=lambda s: 0 if isinstance(s, bool) else int(s))
 
     def parse_arguments(self, parser, args: list[str]) -> None:
-        # LightningCLI's own version warns whenever sys.argv is also set (always, under python -m flow_engine).
-        self.config = parser.parse_args(self._expand(parser, args))
+        self.config = parser.parse_args(rename_flags(self._expand(parser, args), self.RENAMED, parser.prog))
 
     @staticmethod
     def _expand(parser, args: list[str]) -> list[str]:
@@ -247,9 +217,9 @@ class FlowCLI(LightningCLI):
         i = 0
         while i < len(args):
             flag, eq, value = args[i].partition("=")
-            if flag in REPLACED:
-                parser.error(f"{flag} is now {REPLACED[flag]} (see --help)")
-            if flag not in SHORTCUTS and flag != "--data.crop":
+            if flag == "--set":
+                parser.error("--set is now --SECTION.KEY VALUE (e.g. --model.schedule onecycle; see --help)")
+            if flag not in SHORTCUTS and flag not in ("--data.crop", "--crop"):
                 out.append(args[i])
                 i += 1
                 continue
@@ -260,7 +230,7 @@ class FlowCLI(LightningCLI):
                 value = args[i]
             i += 1
             wxh = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-            if flag == "--data.crop" and wxh:
+            if flag in ("--data.crop", "--crop") and wxh:
                 w, h = wxh.groups()
                 parser.error(f"data.crop is [h, w] (height first), not WxH: for {w}x{h} write --data.crop '[{h}, {w}]'")
             if flag == "--videos":
@@ -278,44 +248,33 @@ class FlowCLI(LightningCLI):
     def before_instantiate_classes(self) -> None:
         if not self._building():
             return
+        super().before_instantiate_classes()  # the checkpoint to resume from is read before anything is built
         c = self.config
-        self.ckpt_path = resolve_resume(c.resume, Path(c.out))  # before anything is built or written
         if c.threads:
             torch.set_num_threads(c.threads)
         if c.data.distill.teacher and not c.data.distill.labels:
-            c.data.distill.labels = str(Path(c.out) / "labels")
+            c.data.distill.labels = str(Path(c.trainer.default_root_dir) / "labels")
 
     def instantiate_classes(self) -> None:
         if self._building():  # export-only and build=False need no model, data or trainer
             super().instantiate_classes()
 
     def instantiate_trainer(self, **kwargs: Any) -> pl.Trainer:
-        """Lightning's Trainer with the run's checkpoints, logger and step log, validating only when there are cases."""
+        """Lightning's Trainer with the step log and, when there are validation cases, the best checkpoint by val/epe."""
         c = self.config
-        if c.trainer.logger is not None:
-            raise ConfigError("trainer.logger: flow training sets its logger with --logger wandb|csv|none and --wandb.*")
-        out = Path(c.out)
-        out.mkdir(parents=True, exist_ok=True)
-        every_minutes = c.checkpoint.every_minutes
-        callbacks: list[pl.Callback] = [StepLog(c.trainer.log_every_n_steps), pl.callbacks.ModelCheckpoint(
-            dirpath=out / "checkpoints", filename="step{step:07d}", auto_insert_metric_name=False, save_last=True, save_top_k=1,
-            every_n_train_steps=None if every_minutes else c.checkpoint.every_steps,
-            train_time_interval=timedelta(minutes=every_minutes) if every_minutes else None,
-        )]
+        callbacks: list[pl.Callback] = [StepLog(c.trainer.log_every_n_steps)]
         if not self.datamodule.val_sets():
             log.info("no validation cases at %s: validation and best-checkpoint selection are off", c.data.val_cases)
             kwargs.update(val_check_interval=None, limit_val_batches=0)
         else:
             callbacks.append(pl.callbacks.ModelCheckpoint(
-                dirpath=out / "checkpoints", filename="best-step{step:07d}-epe{val/epe:.3f}", auto_insert_metric_name=False,
-                monitor="val/epe", mode="min", save_top_k=1,
+                dirpath=Path(c.trainer.default_root_dir) / "checkpoints", filename="best-step{step:07d}-epe{val/epe:.3f}",
+                auto_insert_metric_name=False, monitor="val/epe", mode="min", save_top_k=1,
             ))
-        logger = make_logger(c.logger, out, c.wandb.project, c.wandb.name, c.wandb.mode)
-        if logger:
-            callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
-            logger.log_hyperparams(yaml.safe_load(self.parser.dump(c)))
-        configured = self.config_init.trainer.callbacks or []
-        return super().instantiate_trainer(callbacks=[*configured, *callbacks], logger=logger, **kwargs)
+        trainer = super().instantiate_trainer(**{**kwargs, "callbacks": [*kwargs.get("callbacks", []), *callbacks]})
+        for lg in trainer.loggers:
+            lg.log_hyperparams(yaml.safe_load(self.parser.dump(c)))
+        return trainer
 
 
 def main(argv: list[str] | None = None, prog: str = "python -m flow_engine train") -> int:
@@ -325,14 +284,15 @@ def main(argv: list[str] | None = None, prog: str = "python -m flow_engine train
         cli = FlowCLI(argv, prog=prog)
         c = cli.config
         if c.export_only:
-            ckpt = best_checkpoint(c.out) if c.export_only == "best" else Path(c.export_only)
+            ckpt = best_checkpoint(c.trainer.default_root_dir) if c.export_only == "best" else Path(c.export_only)
             print(export_weights(ckpt, c.export or DEFAULT_WEIGHTS_OUT))
             return 0
         trainer = cli.trainer
-        if cli.ckpt_path:
+        if cli.ckpt_path and Path(cli.ckpt_path).is_file():
             check_resume_fits(cli.model, load_weights_only(cli.ckpt_path, what="checkpoint to resume from"), cli.ckpt_path,
-                              cli.model.param_groups(), hint=f"Start a new run (another --out) from its weights with "
-                                                             f"--model.init {cli.ckpt_path}.")
+                              cli.model.param_groups(), hint=f"Start a new run (another --trainer.default_root_dir) from "
+                                                             f"its weights with --model.init {cli.ckpt_path}.")
+        start_loggers(trainer)
         trainer.fit(cli.model, datamodule=cli.datamodule, ckpt_path=cli.ckpt_path, weights_only=True)
         best = None
         for cb in trainer.checkpoint_callbacks:
@@ -340,7 +300,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m flow_engine train
                 best = cb.best_model_path
                 print(f"best checkpoint: {best} (val EPE {float(cb.best_model_score):.3f} px)")
         if c.export:
-            print(export_weights(best or Path(c.out) / "checkpoints" / "last.ckpt", c.export))
+            print(export_weights(best or Path(c.trainer.default_root_dir) / "checkpoints" / "last.ckpt", c.export))
     except (ConfigError, WeightsError, ResumeError, DatasetError, LabelError, ListFileError, FlowEngineError, DivergedError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -196,7 +196,7 @@ class FlowDataModule(pl.LightningDataModule):
         batch_size: int = 8,
         num_workers: int = 4,
         synthetic: Synthetic = Synthetic(),
-        curriculum: Curriculum | None = None,
+        curriculum: Curriculum | None = Curriculum(),
         spatial: dict[str, Any] | None = {},  # noqa: B006 (never mutated; {} = augment's defaults, null = off)
         photometric: dict[str, Any] | None = {},  # noqa: B006
         val_cases: str | list[str] | None = "../shared/data/flow",

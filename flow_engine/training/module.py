@@ -156,7 +156,7 @@ class FlowModule(pl.LightningModule):
     def _diverged_message(self, what: str) -> str:
         folder = Path(self.trainer.default_root_dir) / "checkpoints" if self._trainer is not None else None
         return (f"training diverged at step {self.global_step}: {what}. The weights were not updated with it; the last "
-                f"checkpoint written before it is kept{f' in {folder}' if folder else ''}. Resume with --resume auto and a "
+                f"checkpoint written before it is kept{f' in {folder}' if folder else ''}. Resume with --ckpt_path last and a "
                 "lower --model.lr, or look for bad training data.")
 
     def on_validation_epoch_start(self) -> None:
