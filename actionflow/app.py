@@ -3,29 +3,23 @@
 ``python -m actionflow app [--ckpt PATH] [--host 127.0.0.1] [--port 7860] [--examples DIR] [--max-upload-mb 200]
 [--concurrency 1] [--flow-weights ENGINE=PATH] [--device auto] [--bench [VIDEO]]``
 
-Classify tab: an uploaded video (or a zip of a frame folder, or an example clip) goes through classify's own
-:func:`actionflow.classify.predict`, so the page shows the numbers ``classify --json`` prints: the fused top-5
-beside each stream's, the snippets the network saw beside their flow (the checkpoint's engine), each snippet's
-scores along the video, and the time of each step. The same action is the API endpoint ``/classify``, which
-returns classify's JSON. Flow tab: two frames or a short video through any engine :class:`FlowEngine` knows,
-with the colour key, the time taken, a ``.flo`` to download and, given a ground-truth ``.flo``, the EPE and the
-error map.
-
-Safety: binds 127.0.0.1 unless told otherwise (and says so when not); opens only uploads (Gradio refuses any
-other path a client names) and the configured examples; refuses uploads over ``--max-upload-mb``; queues
-requests (``--concurrency`` at a time); writes only into one temporary folder, swept while it runs and removed
-when it stops.
+Classify: an upload (a video or a frame folder's zip) or an example goes through classify's own
+:func:`actionflow.classify.predict`: the numbers ``classify --json`` prints (also the API endpoint ``/classify``),
+the snippets the network saw beside their flow, each snippet's scores along the video, each step's time. Flow: two
+frames or a short video through any engine, the colour key, a ``.flo``, and EPE and error map given the truth.
+Safety: 127.0.0.1 unless told otherwise; only uploads (Gradio refuses other paths a client names) and the
+configured examples are opened; an upload size limit; a queue; temporary files swept, and removed at the end.
 """
 from __future__ import annotations
 
 import argparse
 import atexit
+import json
 import logging
 import os
 import re
 import shutil
 import signal
-import socket
 import sys
 import tempfile
 import time
@@ -79,7 +73,7 @@ def find_checkpoint(runs: Path = Path("runs")) -> Path | None:
 
 def example_clips(data_hparams: dict | None, examples_dir: Path | None) -> list[Path]:
     """The demo set's test videos (one per class first) when the checkpoint's data root holds them, then the
-    videos and frame folders of ``examples_dir``."""
+    videos in ``examples_dir``."""
     clips: list[Path] = []
     root = Path((data_hparams or {}).get("root") or "")
     test_list = root / "test.txt"
@@ -93,7 +87,7 @@ def example_clips(data_hparams: dict | None, examples_dir: Path | None) -> list[
         ordered = [v[i] for i in range(rounds) for v in by_class.values() if i < len(v)]
         clips += ordered[:DEMO_EXAMPLES]
     if examples_dir is not None:
-        clips += [p.resolve() for p in list_videos(examples_dir) if p.is_file()][:DIR_EXAMPLES]  # uploads are files
+        clips += [p.resolve() for p in list_videos(examples_dir) if p.is_file()][:DIR_EXAMPLES]  # not frame folders
     return clips
 
 
@@ -144,14 +138,13 @@ def _enlarge(x: torch.Tensor, side: int = DISPLAY_SIDE) -> torch.Tensor:
 def snippet_frames(pred: Prediction) -> list[np.ndarray]:
     """What the network saw, as video frames: each snippet's crops beside their colour-coded flow (one
     colour scale for the whole video), uint8 ``[H, W, 3]``; the crops alone for an RGB-only model."""
-    frames = pred.frames
     if pred.flow is None:
-        tiles = frames.flatten(0, 1)
+        tiles = pred.frames.flatten(0, 1)
     else:
         flow = pred.flow.flatten(0, 1).float()
         max_flow = float(flow.norm(dim=1).max().clamp_min(1e-3))
         colour = flow_to_color_torch(flow, max_flow=max_flow)
-        rgb = frames[:, : pred.flow.shape[1]].flatten(0, 1)
+        rgb = pred.frames[:, : pred.flow.shape[1]].flatten(0, 1)
         gap = torch.full((*rgb.shape[:-1], max(2, rgb.shape[-1] // 16)), 255, dtype=torch.uint8)
         tiles = torch.cat([rgb, gap, colour], dim=-1)
     return list(_enlarge(tiles).permute(0, 2, 3, 1).contiguous().numpy())
@@ -169,9 +162,8 @@ def timeline_figure(pred: Prediction, classes: int = 3):
     fig = Figure(figsize=(6.4, 3.0), dpi=100, layout="constrained")
     ax = fig.add_subplot()
     for i, c in enumerate(pred.probs[pred.main].topk(min(classes, len(pred.class_names))).indices.tolist()):
-        colour = f"C{i}"
-        ax.plot(x, scores[:, c].numpy(), "o-", color=colour, label=pred.class_names[c])
-        ax.axhline(float(pred.probs[pred.main][c]), color=colour, linestyle="--", linewidth=1)
+        ax.plot(x, scores[:, c].numpy(), "o-", color=f"C{i}", label=pred.class_names[c])
+        ax.axhline(float(pred.probs[pred.main][c]), color=f"C{i}", linestyle="--", linewidth=1)
     ax.set_ylim(0, 1)
     ax.set_xlabel("time in the video (s)" if fps > 0 else "frame")
     ax.set_ylabel("probability")
@@ -198,9 +190,8 @@ _gradio = {"folder": None, "pages": 0}  # this process's folder for Gradio, and 
 
 
 def _gradio_folder(use: bool) -> None:
-    """Gradio keeps uploads and its copies of outputs in $GRADIO_TEMP_DIR, which it reads on every request (only
-    files under it are accepted as uploads), so there is one per process: made by the first page (unless set),
-    removed with everything in it when the last one closes (``use=False``) or at exit."""
+    """$GRADIO_TEMP_DIR (uploads, Gradio's copies of outputs) is read by Gradio on every request, so there is one
+    per process: made by the first page (unless set), removed when the last one closes (``use=False``) or at exit."""
     if use:
         if _gradio["pages"] == 0 and not os.environ.get("GRADIO_TEMP_DIR"):
             _gradio["folder"] = os.environ["GRADIO_TEMP_DIR"] = tempfile.mkdtemp(prefix="actionflow-gradio-")
@@ -236,6 +227,7 @@ class ActionflowApp:
         self._engines: dict[str, FlowEngine] = {}
         self.root = Path(tempfile.mkdtemp(prefix="actionflow-app-"))
         self.page = None
+        self.last_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ inputs and outputs
     def _upload(self, upload: str | None, kinds: tuple[str, ...], what: str) -> Path:
@@ -313,13 +305,12 @@ class ActionflowApp:
         write_video(snippet_frames(pred), video, fps=DISPLAY_FPS)
         figure = timeline_figure(pred)
         seconds = dict(pred.seconds, page=time.perf_counter() - classified, total=time.perf_counter() - started)
+        self.last_seconds = seconds  # for the benchmark
         return scores_html(result, pred.streams), str(video), figure, self._details(pred, result, seconds), result
 
     def _details(self, pred: Prediction, result: dict, seconds: dict[str, float]) -> str:
-        info, h, engine = pred.info, self.model.hparams, None
-        if pred.flow is not None:
-            e = self.model.flow_engine
-            engine = f"`{e.name}` (weights {e.weights_hash}, {e.device})"
+        info, h, e = pred.info, self.model.hparams, self.model.flow_engine if pred.flow is not None else None
+        engine = f"`{e.name}` (weights {e.weights_hash}, {e.device})" if e is not None else None
         S, T = pred.frames.shape[:2]
         seen = "RGB crop | flow" if pred.flow is not None else "RGB crops (this checkpoint has no flow stream)"
         duration = f", {info.num_frames / info.fps:.1f} s" if info.fps > 0 else ""
@@ -369,20 +360,17 @@ class ActionflowApp:
         H, W = fields.shape[1:3]
         timing = (f"`{engine.name}` on {engine.device}: {len(fields)} flow field(s) of {W}×{H} in {seconds:.2f} s "
                   f"({len(fields) / seconds:.2f} pairs/s){note}")
-        flow_video = None
-        if len(fields) == 1:
-            download = out / "flow.flo"
-            write_flow(download, fields[0])
-        else:
-            download = out / "flows.zip"
-            with zipfile.ZipFile(download, "w") as zf:
-                for i, field in enumerate(fields):
-                    write_flow(out / f"{i:06d}.flo", field)
-                    zf.write(out / f"{i:06d}.flo", f"{i:06d}.flo")
-                    (out / f"{i:06d}.flo").unlink()
-            max_flow = max(float(np.linalg.norm(fields, axis=-1).max()), 1e-3)  # one scale: steady colours
+        flow_video, download = None, out / "flow.flo"
+        if len(fields) > 1:  # a video: its flows as a zip of .flo and a colour-coded MP4 on one scale
+            (out / "flows").mkdir()
+            for i, field in enumerate(fields):
+                write_flow(out / "flows" / f"{i:06d}.flo", field)
+            download = Path(shutil.make_archive(str(out / "flows"), "zip", out / "flows"))
+            max_flow = max(float(np.linalg.norm(fields, axis=-1).max()), 1e-3)
             flow_video = out / "flow.mp4"
             write_video((flow_to_color(f, max_flow=max_flow) for f in fields), flow_video, fps=DISPLAY_FPS)
+        else:
+            write_flow(download, fields[0])
         error_map, scores = None, ""
         if truth:
             gt, valid = read_flow(self._upload(truth, (".flo",), "a ground-truth .flo"))
@@ -390,9 +378,8 @@ class ActionflowApp:
                 raise UploadError(f"{Path(truth).name} is {gt.shape[1]}×{gt.shape[0]} but the frames are {W}×{H}")
             m = flow_metrics(fields[0], gt, valid)
             scores = f"**EPE {m['epe']:.3f} px** · angular error {m['ae']:.2f}° · Fl-all {m['fl']:.2f} %"
-            error_map = self._error_map(fields[0], gt, valid)
-            scores += f" · error map: black 0 px, white {error_map[1]:.1f} px and above"
-            error_map = error_map[0]
+            error_map, scale = self._error_map(fields[0], gt, valid)
+            scores += f" · error map: black 0 px, white {scale:.1f} px and above"
         return flow_to_color(fields[0]), str(flow_video) if flow_video else None, timing, str(download), error_map, scores
 
     def _video_flow(self, engine: FlowEngine, path: Path) -> tuple[torch.Tensor, str]:
@@ -400,9 +387,8 @@ class ActionflowApp:
         info = probe(path)
         if info.num_frames < 2:
             raise UploadError(f"{path.name}: {info.num_frames} frame; flow needs two")
-        size = None
-        if max(info.height, info.width) > FLOW_MAX_SIDE:
-            size = scaled_size(info.height, info.width, FLOW_MAX_SIDE * min(info.height, info.width) // max(info.height, info.width))
+        short, long = sorted((info.height, info.width))
+        size = scaled_size(info.height, info.width, FLOW_MAX_SIDE * short // long) if long > FLOW_MAX_SIDE else None
         n = min(info.num_frames, FLOW_MAX_FRAMES)
 
         def chunks():
@@ -493,15 +479,14 @@ class ActionflowApp:
         return page
 
     def start(self, host: str = "127.0.0.1", port: int | None = None) -> str:
-        """Serve the page on ``host:port`` (a free port when None) in the background; returns its URL."""
+        """Serve the page on ``host:port`` (None: the first free one from 7860) in the background; returns its URL."""
         import gradio as gr
 
         page = self.page or self.build()
         theme = gr.themes.Default(font=["ui-sans-serif", "system-ui", "sans-serif"], font_mono=["ui-monospace", "monospace"])
-        _, url, _ = page.launch(server_name=host, server_port=port or free_port(host), max_file_size=self.max_bytes,
-                                theme=theme, prevent_thread_lock=True, quiet=True, show_error=True, ssr_mode=False, mcp_server=False,
-                                footer_links=["api"])
-        return url
+        return page.launch(server_name=host, server_port=port, max_file_size=self.max_bytes, theme=theme, quiet=True,
+                           prevent_thread_lock=True, show_error=True, ssr_mode=False, mcp_server=False,
+                           footer_links=["api"])[1]
 
     def close(self) -> None:
         """Stop the server and remove every file the page wrote."""
@@ -510,13 +495,6 @@ class ActionflowApp:
             self.page = None
             _gradio_folder(use=False)
         shutil.rmtree(self.root, ignore_errors=True)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port free on ``host`` now."""
-    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as s:
-        s.bind((host, 0))
-        return s.getsockname()[1]
 
 
 def bind_note(host: str, port: int) -> str:
@@ -528,26 +506,29 @@ def bind_note(host: str, port: int) -> str:
 
 
 def bench(app: ActionflowApp, video: Path | None, runs: int = 5) -> dict[str, float]:
-    """Upload-to-result time of the page for ``video`` (default: a generated 10 s 720p clip) through its own server
-    and Gradio's client (upload, queue, classify, the page's video and plot, download of the results), against
-    classify alone (:func:`predict` in this process) on the same file; medians of ``runs`` after a warm-up of
-    each (first-call costs), seconds."""
+    """Upload-to-result seconds of the page for ``video`` (default: a generated 10 s 720p clip) through its server and
+    Gradio's client, against classify alone (:func:`predict`) on the file, interleaved; medians of ``runs`` after a
+    warm-up. The page's time splits into classify inside it, its video and plot, and the rest (upload, queue, download)."""
     from gradio_client import Client, handle_file
 
     with tempfile.TemporaryDirectory() as tmp:
         clip = video or bench_clip(Path(tmp) / "bench_720p.mp4")
         info, size = probe(clip), clip.stat().st_size
         client = Client(app.start(), verbose=False, download_files=str(Path(tmp) / "downloads"))
-        alone, page = [], []
-        for _ in range(runs + 1):  # interleaved, so that other load on the machine weighs on both alike
+        rows = []
+        for _ in range(runs + 1):
             started = time.perf_counter()
             predict(app.model, app.data_hparams, clip, frame_pattern=app.pattern)
-            alone.append(time.perf_counter() - started)
+            alone = time.perf_counter() - started
             started = time.perf_counter()
             client.predict(handle_file(str(clip)), api_name="/classify_page")
-            page.append(time.perf_counter() - started)
+            page = time.perf_counter() - started
+            inside = app.last_seconds
+            rows.append((alone, page, inside["total"] - inside["page"], inside["page"], page - inside["total"]))
+    medians = np.median(np.array(rows[1:]), axis=0)
+    names = ("classify_s", "page_s", "page_classify_s", "page_render_s", "page_transfer_s")
     return {"frames": info.num_frames, "width": info.width, "height": info.height, "bytes": size,
-            "classify_s": float(np.median(alone[1:])), "page_s": float(np.median(page[1:]))}
+            **{k: round(float(v), 3) for k, v in zip(names, medians)}}
 
 
 def bench_clip(path: Path, seconds: float = 10.0, fps: float = 30.0, size: tuple[int, int] = (720, 1280)) -> Path:
@@ -573,7 +554,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", type=Path, help="checkpoint written by train.py (default: the newest best*.ckpt under runs/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
     parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--examples", type=Path, metavar="DIR", help="offer the videos and frame folders of DIR as examples")
+    parser.add_argument("--examples", type=Path, metavar="DIR", help="offer the videos in DIR as examples too")
     parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload in MB (default 200)")
     parser.add_argument("--concurrency", type=int, default=1, help="requests worked on at once; the rest queue (default 1)")
     parser.add_argument("--flow-weights", type=_engine_weights, action="append", default=[], metavar="ENGINE=FILE",
@@ -602,16 +583,16 @@ def run(args: argparse.Namespace) -> int:
             if app.model is None:
                 print("app: error: --bench needs a checkpoint (--ckpt, or train one with python train.py)", file=sys.stderr)
                 return 2
-            import json
-
-            result = bench(app, Path(args.bench) if args.bench else None, args.bench_runs)
-            result["page_adds_s"] = result["page_s"] - result["classify_s"]
-            print(json.dumps(result))
+            print(json.dumps(bench(app, Path(args.bench) if args.bench else None, args.bench_runs)))
             return 0
         print(f"checkpoint: {ckpt}" if ckpt else "no checkpoint: the Classify tab says how to make one")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that the temporary folder is removed
-        url = app.start(args.host, args.port)
-        print(bind_note(args.host, args.port) if url else "", flush=True)
+        try:
+            app.start(args.host, args.port)
+        except OSError as exc:  # the port is taken, the address is not this machine's ...
+            print(f"app: error: cannot serve on {args.host}:{args.port} ({exc})", file=sys.stderr)
+            return 1
+        print(bind_note(args.host, args.port), flush=True)
         app.page.block_thread()
         return 0
     finally:
