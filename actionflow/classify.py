@@ -18,16 +18,22 @@ import inspect
 import json
 import logging
 import sys
+import time
+from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from actionflow.annotations import Sample
-from actionflow.data import ActionDataModule, Clip, VideoClips, collate
+from actionflow.data import ActionDataModule, Clip, VideoClips, collate, crop_box
 from actionflow.module import ActionRecognizer
+from actionflow.sampling import snippet_starts
 from flow_engine.checkpoints import WeightsError, load_weights_only
 from flow_engine.engine import FlowEngineError, resolve_device
-from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, decode_size, frame_pattern_arg, iter_frames, probe
+from flow_engine.io.video import (
+    DEFAULT_FRAME_PATTERN, VideoError, VideoInfo, decode_size, frame_pattern_arg, iter_frames, probe,
+)
 
 log = logging.getLogger(__name__)
 
@@ -87,10 +93,47 @@ def data_settings(recorded: dict) -> dict:
     return {**defaults, **dict(recorded)}
 
 
-def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None,
-             frame_pattern: str = DEFAULT_FRAME_PATTERN) -> dict[str, torch.Tensor]:
-    """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling); a frame
-    folder's frames are the files ``frame_pattern`` names."""
+@dataclass
+class Prediction:
+    """classify's result for one video: ``probs`` (what the command prints, :meth:`json`) and what the web
+    page shows besides: the snippets the network saw and each snippet's own scores.
+
+    ``frames`` are the snippets' frames cropped as the network saw them, uint8 ``[S, T, 3, h, w]`` (T = L+1
+    with flow, 1 for an RGB-only model; the RGB stream sees the first); ``flow`` their flow in px ``[S, L, 2,
+    h, w]`` (None without a flow stream); ``starts`` each snippet's first frame ``[S]`` (clip-major, as
+    sampled); ``snippet_probs`` ``{stream: [S, C]}`` when asked for; ``seconds`` the wall time of each step.
+    """
+
+    video: str
+    class_names: list[str]
+    streams: list[str]
+    probs: dict[str, torch.Tensor]
+    info: VideoInfo
+    starts: np.ndarray
+    frames: torch.Tensor
+    flow: torch.Tensor | None
+    snippet_probs: dict[str, torch.Tensor] | None
+    seconds: dict[str, float]
+
+    @property
+    def main(self) -> str:
+        """The stream whose scores are the answer: ``two_stream`` when both streams are there."""
+        return self.streams[-1]
+
+    def json(self, k: int = 5) -> dict:
+        """The object ``classify --json`` prints."""
+        return {
+            "video": self.video,
+            "topk": topk(self.probs[self.main], self.class_names, k),
+            "streams": {s: topk(self.probs[s], self.class_names, k) for s in self.streams if s != "two_stream"},
+        }
+
+
+def predict(model, data_hparams: dict, video: str | Path, clips: int | None = None,
+            frame_pattern: str = DEFAULT_FRAME_PATTERN, snippets: bool = False) -> Prediction:
+    """Classify ``video`` (test-time multi-clip sampling, online flow); a frame folder's frames are the files
+    ``frame_pattern`` names. ``snippets`` also scores each snippet alone (one more pass of the network)."""
+    clock = time.perf_counter()
     info = probe(video, frame_pattern)
     if info.num_frames < 2 and model.hparams.mode != "rgb":
         log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
@@ -112,7 +155,34 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
     )
     batch = collate([dataset[0]])
     batch = {k: v.to(model.device) if torch.is_tensor(v) else [t.to(model.device) for t in v] for k, v in batch.items()}
-    return {k: v[0].cpu() for k, v in model.predict_proba(batch).items()}
+    seconds = {"decode": time.perf_counter() - clock}
+    clock = time.perf_counter()
+    rgb, flow = model.inputs(batch)
+    seconds["flow"] = time.perf_counter() - clock
+    clock = time.perf_counter()
+    probs = {k: v[0].cpu() for k, v in model.predict_proba({"rgb": rgb, "flow": flow}).items()}
+    per_snippet = None
+    if snippets:  # each snippet as a video of one segment
+        alone = {k: None if x is None else x.flatten(0, 1)[:, None] for k, x in (("rgb", rgb), ("flow", flow))}
+        per_snippet = {k: v.cpu() for k, v in model.predict_proba(alone).items()}
+    seconds["network"] = time.perf_counter() - clock
+    if "frames" in batch:  # the snippets' frames, cropped as the network's input was
+        box, flip = batch["box"][0].tolist(), bool(batch["flip"][0])
+        frames = crop_box(batch["frames"][0], box, flip, tuple(flow.shape[-2:])).cpu()
+    else:
+        frames = rgb[0][:, None].cpu()
+    if flow is not None:
+        flow = flow[0].unflatten(1, (-1, 2)).cpu()
+    starts = snippet_starts(info.num_frames, dataset.num_segments, dataset.span, "test", dataset.test_clips)
+    return Prediction(str(video), list(model.hparams.class_names), list(model.streams), probs, info,
+                      starts.reshape(-1), frames, flow, per_snippet, seconds)
+
+
+def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None,
+             frame_pattern: str = DEFAULT_FRAME_PATTERN) -> dict[str, torch.Tensor]:
+    """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling); a frame
+    folder's frames are the files ``frame_pattern`` names."""
+    return predict(model, data_hparams, video, clips, frame_pattern).probs
 
 
 def _size_setting(data_hparams: dict) -> tuple[int, int] | int:
@@ -171,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
     names = model.hparams.class_names
     try:
         pattern = args.frame_pattern or data_hparams.get("frame_pattern") or DEFAULT_FRAME_PATTERN  # as in training
-        probs = classify(model, data_hparams, args.video, args.clips, pattern)
+        prediction = predict(model, data_hparams, args.video, args.clips, pattern)
         if args.flow_video is not None:
             info = probe(args.video, pattern)
             size = decode_size(info.height, info.width, _size_setting(data_hparams))
@@ -179,12 +249,7 @@ def run(args: argparse.Namespace) -> int:
     except VideoError as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 1
-    main = model.streams[-1]
-    result = {
-        "video": str(args.video),
-        "topk": topk(probs[main], names, args.topk),
-        "streams": {s: topk(probs[s], names, args.topk) for s in model.streams if s != "two_stream"},
-    }
+    main, result = prediction.main, prediction.json(args.topk)
     if args.json:
         print(json.dumps(result))
         return 0

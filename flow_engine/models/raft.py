@@ -142,6 +142,11 @@ def default_weights_id(variant: str) -> str:
     return f"torchvision-{_builder(variant)[1].DEFAULT.url.rsplit('/', 1)[-1].split('.')[0]}"
 
 
+def cached_weights_path(variant: str) -> Path:
+    """Where the torch hub cache keeps torchvision's default weights of ``variant`` (present or not)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / _builder(variant)[1].DEFAULT.url.rsplit("/", 1)[-1]
+
+
 def load_raft(variant: str, weights: str | Path | None = None) -> tuple[nn.Module, str]:
     """torchvision's ``variant`` with weights; returns (model, weights id).
 
