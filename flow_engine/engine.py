@@ -17,13 +17,14 @@ import logging
 import os
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 import torch
 
 from flow_engine.checkpoints import WeightsError, file_hash
-from flow_engine.models.classical import CLASSICAL_METHODS
+from flow_engine.models.classical import CLASSICAL_METHODS, ClassicalFlow
 from flow_engine.models.pwcnet import MULTIPLE, FlowInputError, PWCNet, check_scales, padded_size
 from flow_engine.models.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
 
@@ -167,7 +168,6 @@ class FlowEngine:
         self.model: PWCNet | RAFT | None = None
         self.flow_updates: int | None = None
         self.workers = int(workers)
-        self._pool = None
         if self.workers < 1:
             raise FlowEngineError(f"workers must be at least 1, got {workers}")
         if name in RAFT_VARIANTS:
@@ -188,6 +188,7 @@ class FlowEngine:
             self.dtype = "fp32"
             self.weights_hash = f"opencv-{cv2.__version__}"
             self.max_pixels_per_batch = max_pixels_per_batch or CPU_MAX_PIXELS
+            self._method = ClassicalFlow(name, self.workers)
             return
 
         self.device = resolve_device(device)
@@ -198,6 +199,7 @@ class FlowEngine:
         else:
             self.model, self.weights_hash = self._load(weights)
         self.model.to(self.device).eval()
+        self._method = self.model  # what computes the flow: the network here, a ClassicalFlow for OpenCV's methods
         if max_pixels_per_batch is None:
             if self.device.type == "cuda":
                 total = torch.cuda.get_device_properties(self.device).total_memory
@@ -244,6 +246,8 @@ class FlowEngine:
     # --- inference -------------------------------------------------------------------------
     def pairs_per_batch(self, height: int, width: int) -> int:
         """How many frame pairs of ``height`` x ``width`` go through one forward pass."""
+        if isinstance(self._method, ClassicalFlow):
+            return 1 << 30  # any number: its pairs go to its worker processes as they come
         if isinstance(self.model, RAFT):
             Hp, Wp = (max(RAFT_MIN_SIDE, s) for s in padded_size(height, width, 8))
             corr_pixels = RAFT_CORR_BYTES * (Hp * Wp / 64) ** 2 / GPU_BYTES_PER_PIXEL
@@ -261,11 +265,8 @@ class FlowEngine:
         frames1, frames2 = _check_frames(frames1, frames2)
         B, _, H, W = frames1.shape
         out = torch.empty((B, 2, H, W), dtype=torch.float32, device=frames1.device)
-        if self.model is None:
-            return self._classical(frames1, frames2, out)
         step = self.pairs_per_batch(H, W)
-        autocast = self.dtype != "fp32"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
+        with self._inference():
             for i in range(0, B, step):
                 a = _to_unit_float(frames1[i : i + step].to(self.device, non_blocking=True))
                 b = _to_unit_float(frames2[i : i + step].to(self.device, non_blocking=True))
@@ -292,16 +293,10 @@ class FlowEngine:
         if batch is not None and batch < 1:
             raise FlowEngineError(f"batch must be at least 1, got {batch}")
         H, W = clip.shape[-2:]
-        step = self.pairs_per_batch(H, W) if self.model is not None else len(clip)
+        step = min(self.pairs_per_batch(H, W), len(clip) - 1)
         step = min(step, batch or step)
-        if self.model is None:
-            for s in range(0, len(clip) - 1, step):
-                n = min(step, len(clip) - 1 - s)
-                yield self(clip[s : s + n], clip[s + 1 : s + n + 1])
-            return
-        autocast = self.dtype != "fp32"
         clip = clip.to(self.device, non_blocking=True)
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
+        with self._inference():
             for s in range(0, len(clip) - 1, step):
                 yield self._predict_clips(_to_unit_float(clip[s : s + step + 1])[None])[0].float()
 
@@ -313,13 +308,9 @@ class FlowEngine:
             raise FlowInputError(f"snippets must be a tensor [N,T,3,H,W] with T >= 2, got {tuple(getattr(snippets, 'shape', ()))}")
         N, T, C, H, W = snippets.shape
         home = snippets.device
-        if self.model is None:
-            flows = self(snippets[:, :-1].flatten(0, 1), snippets[:, 1:].flatten(0, 1))
-            return flows.unflatten(0, (N, T - 1)).to(home)
         per_call = max(1, self.pairs_per_batch(H, W) // (T - 1))
-        autocast = self.dtype != "fp32"
         out = []
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=autocast):
+        with self._inference():
             for s in range(0, N, per_call):
                 part = _to_unit_float(snippets[s : s + per_call].to(self.device, non_blocking=True))
                 out.append(self._predict_clips(part).float().to(home))
@@ -340,8 +331,7 @@ class FlowEngine:
                 chunk = torch.from_numpy(chunk).permute(0, 3, 1, 2)
             if len(chunk) == 0:
                 continue
-            if self.model is not None:
-                chunk = chunk.to(self.device, non_blocking=True)
+            chunk = chunk.to(self.device, non_blocking=True)
             seq = chunk if previous is None else torch.cat([previous, chunk])
             previous = seq[-1:]
             if len(seq) >= 2:
@@ -354,52 +344,26 @@ class FlowEngine:
         autocast here: the caller owns train/eval mode, precision (e.g. Lightning's) and the
         optimizer of ``engine.model.parameters()``.
         """
-        if self.model is None:
+        if self.name not in LEARNED_ENGINES:
             raise FlowEngineError(f"engine {self.name!r} is a classical method: no gradients to take")
         frames1, frames2 = _check_frames(frames1, frames2)
         return self._predict(_to_unit_float(frames1), _to_unit_float(frames2))
 
+    @contextmanager
+    def _inference(self) -> Iterator[None]:
+        """Inference mode, and autocast to the engine's dtype (off in fp32): the one block every call runs in."""
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=DTYPES[self.dtype], enabled=self.dtype != "fp32"):
+            yield
+
     def _predict(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
         if self.scales is not None:
-            return self.model.predict(a, b, scales=self.scales)
-        return self.model.predict(a, b)
+            return self._method.predict(a, b, scales=self.scales)
+        return self._method.predict(a, b)
 
     def _predict_clips(self, clips: torch.Tensor) -> torch.Tensor:
         if self.scales is not None:
-            return self.model.predict_clips(clips, scales=self.scales)
-        return self.model.predict_clips(clips)
-
-    def _classical(self, frames1: torch.Tensor, frames2: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
-        from flow_engine.models.classical import classical_flow
-
-        def to_numpy(x: torch.Tensor) -> np.ndarray:
-            if x.dtype != torch.uint8:
-                x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
-            return x.permute(0, 2, 3, 1).cpu().numpy()
-
-        a, b = to_numpy(frames1), to_numpy(frames2)
-        if self.workers > 1 and len(a) > 1:
-            flows = np.stack(list(self._process_pool().map(classical_flow, [self.name] * len(a), a, b)))
-        else:
-            flows = np.stack([classical_flow(self.name, a[i], b[i]) for i in range(len(a))])
-        out.copy_(torch.from_numpy(flows).permute(0, 3, 1, 2))
-        return out
-
-    def _process_pool(self):
-        """The worker processes of a classical engine (started on first use, stopped with the engine)."""
-        if self._pool is None:
-            import multiprocessing
-            import weakref
-            from concurrent.futures import ProcessPoolExecutor
-
-            from flow_engine.models.classical import one_thread
-
-            # forkserver, not fork: the caller may run threads (decoders, encoders, OpenMP) whose
-            # locks a forked child would inherit held.
-            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
-                                             initializer=one_thread)
-            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
-        return self._pool
+            return self._method.predict_clips(clips, scales=self.scales)
+        return self._method.predict_clips(clips)
 
 
 def _check_frames(frames1: torch.Tensor, frames2: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

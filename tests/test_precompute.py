@@ -27,17 +27,27 @@ BOUND = 20.0
 class StandInEngine(FlowEngine):
     """A fast engine with a known answer: u = red change / 2 (often beyond the bound:
     exercises clipping), v = red of frame 1 * 30/255 - 15. Counts its calls. FlowEngine's
-    ``stream`` serves it, as it serves the classical engines (``model`` None: pairs one call each)."""
+    ``stream`` serves it, as it serves the classical engines (``model`` None, the flow from
+    ``predict_clips``: a window's pairs in one call)."""
 
     model = None
     name = "standin"
     weights_hash = "0123abcd"
     device = torch.device("cpu")
-    dtype = torch.float32
+    dtype = "fp32"
+    scales = None
+    max_pixels_per_batch = 1 << 40
 
     def __init__(self, delay: float = 0.0):
         self.delay = delay
         self.pairs = 0
+        self._method = self
+
+    def predict_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """As FlowEngine calls its method: frames as floats in [0, 1], [N,T,3,H,W] -> [N,T-1,2,H,W]."""
+        clips = (clips * 255).round().to(torch.uint8)
+        N, T = clips.shape[:2]
+        return self(clips[:, :-1].flatten(0, 1), clips[:, 1:].flatten(0, 1)).unflatten(0, (N, T - 1))
 
     def config(self) -> dict:
         return {"name": self.name, "weights_hash": self.weights_hash, "dtype": "float32", "device": "cpu"}

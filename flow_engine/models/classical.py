@@ -9,11 +9,18 @@ The parameters of ``dis``, ``farneback`` and ``tvl1`` are those of
 pixels wide in small frames (limbs of a dancer 60 px tall); ``dis_fine`` keeps it, at 2-4x
 the time (it is also more accurate on every shared Sintel and Chairs case; ``dis`` stays the
 faster choice for large frames).
+
+:class:`ClassicalFlow` puts a method behind the networks' interface for :class:`flow_engine.FlowEngine`.
 """
 from __future__ import annotations
 
+import multiprocessing
+import weakref
+from concurrent.futures import ProcessPoolExecutor
+
 import cv2
 import numpy as np
+import torch
 
 CLASSICAL_METHODS = ("dis", "dis_fine", "farneback", "tvl1")
 
@@ -68,3 +75,48 @@ def classical_flow(method: str, img1: np.ndarray, img2: np.ndarray) -> np.ndarra
 def one_thread() -> None:
     """OpenCV on one thread: for worker processes that each take one pair (no oversubscription)."""
     cv2.setNumThreads(1)
+
+
+class ClassicalFlow:
+    """A classical method behind the networks' interface (``predict``, ``predict_clips``), so that
+    :class:`flow_engine.FlowEngine` runs every engine the same way: RGB frames [B,3,H,W] as float in
+    [0,1] (or uint8) in, float32 flow [B,2,H,W] in pixels out, on the CPU. With ``workers > 1`` the
+    pairs of a call are spread over that many processes (started on first use, stopped with this
+    object); the flows come back in order."""
+
+    def __init__(self, method: str, workers: int = 1):
+        if method not in CLASSICAL_METHODS:
+            raise ValueError(f"unknown classical method {method!r}; choose from {', '.join(CLASSICAL_METHODS)}")
+        self.method, self.workers = method, int(workers)
+        self._pool = None
+
+    def predict(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
+        """Flow [B,2,H,W] float32 px from frames [B,3,H,W] (float in [0,1] or uint8), on the CPU."""
+        a, b = _uint8_images(img1), _uint8_images(img2)
+        if self.workers > 1 and len(a) > 1:
+            flows = list(self._process_pool().map(classical_flow, [self.method] * len(a), a, b))
+        else:
+            flows = [classical_flow(self.method, a[i], b[i]) for i in range(len(a))]
+        return torch.from_numpy(np.stack(flows)).permute(0, 3, 1, 2)
+
+    def predict_clips(self, clips: torch.Tensor) -> torch.Tensor:
+        """Flows [N,T-1,2,H,W] px within each of N clips of frames [N,T,3,H,W]."""
+        N, T = clips.shape[:2]
+        flows = self.predict(clips[:, :-1].flatten(0, 1), clips[:, 1:].flatten(0, 1))
+        return flows.unflatten(0, (N, T - 1))
+
+    def _process_pool(self) -> ProcessPoolExecutor:
+        if self._pool is None:
+            # forkserver, not fork: the caller may run threads (decoders, encoders, OpenMP) whose
+            # locks a forked child would inherit held.
+            self._pool = ProcessPoolExecutor(self.workers, mp_context=multiprocessing.get_context("forkserver"),
+                                             initializer=one_thread)
+            weakref.finalize(self, self._pool.shutdown, wait=False, cancel_futures=True)
+        return self._pool
+
+
+def _uint8_images(x: torch.Tensor) -> np.ndarray:
+    """[B,3,H,W] uint8, or float in [0,1] (rounded to the nearest level), as numpy [B,H,W,3] uint8."""
+    if x.dtype != torch.uint8:
+        x = (x.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    return x.permute(0, 2, 3, 1).cpu().numpy()
