@@ -36,11 +36,11 @@ import math
 import os
 import re
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from flow_engine.io.video import (
-    DEFAULT_FRAME_PATTERN, VIDEO_EXTENSIONS, ListFileError, is_frame_name, is_video_path, read_list_lines,
+    DEFAULT_FRAME_PATTERN, VIDEO_EXTENSIONS, ListFileError, Video, is_frame_name, is_video_path, read_list_lines,
     split_list_line,
 )
 
@@ -61,13 +61,19 @@ class AnnotationError(ValueError):
 
 @dataclass(frozen=True)
 class Sample:
-    """One labelled video (or frame folder): absolute ``path``, 0-based class index ``label``, and
-    where it was listed (``source`` "file:line"; ``listed_frames``: a rawframe list's frame count)."""
+    """One labelled video (or frame folder): absolute ``path``, 0-based class index ``label``, where it
+    was listed (``source`` "file:line"; ``listed_frames``: a rawframe list's frame count), and the file
+    names of a folder's frames (``frame_pattern``): :attr:`video` is what the readers take."""
 
     path: str
     label: int
     listed_frames: int | None = field(default=None, compare=False)
     source: str | None = field(default=None, compare=False)
+    frame_pattern: str = field(default=DEFAULT_FRAME_PATTERN, compare=False)
+
+    @property
+    def video(self) -> Video:
+        return Video(self.path, self.frame_pattern)
 
 
 @dataclass(frozen=True)
@@ -406,7 +412,7 @@ def load_splits(
     A class-index file is looked for next to the training list and in ``root`` when not given.
     A video listed twice in a list, or found in more than one split, is a warning with a count and
     examples (an :class:`AnnotationError` with ``strict``). ``frame_pattern`` names the frames of
-    frame folders in a folder-per-class ``root``.
+    frame folders (found in a folder-per-class ``root``; every sample carries it).
     """
     if train_list is None and val_list is None and test_list is None and root is not None:
         lists = {k: Path(root) / f"{k}.txt" for k in ("train", "val", "test")}
@@ -455,4 +461,5 @@ def load_splits(
         frac = val_fraction * total / len(samples) if given_test is None else val_fraction
         samples, val = stratified_split(samples, min(frac, 0.9), seed)
     _check_overlap({"train": samples, "val": val, "test": test}, strict)
-    return Splits(samples, val, test, classes)
+    with_pattern = [[replace(s, frame_pattern=frame_pattern) for s in split] for split in (samples, val, test)]
+    return Splits(*with_pattern, classes)

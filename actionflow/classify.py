@@ -32,7 +32,7 @@ from actionflow.sampling import snippet_starts
 from flow_engine.checkpoints import WeightsError, load_weights_only
 from flow_engine.engine import FlowEngineError, resolve_device
 from flow_engine.io.video import (
-    DEFAULT_FRAME_PATTERN, VideoError, VideoInfo, decode_size, frame_pattern_arg, iter_frames, probe,
+    Video, VideoError, VideoInfo, as_video, decode_size, frame_pattern_arg, iter_frames, probe,
 )
 
 log = logging.getLogger(__name__)
@@ -129,12 +129,13 @@ class Prediction:
         }
 
 
-def predict(model, data_hparams: dict, video: str | Path, clips: int | None = None,
-            frame_pattern: str = DEFAULT_FRAME_PATTERN, snippets: bool = False) -> Prediction:
+def predict(model, data_hparams: dict, video: str | Path | Video, clips: int | None = None,
+            frame_pattern: str | None = None, snippets: bool = False) -> Prediction:
     """Classify ``video`` (test-time multi-clip sampling, online flow); a frame folder's frames are the files
     ``frame_pattern`` names. ``snippets`` also scores each snippet alone (one more pass of the network)."""
     clock = time.perf_counter()
-    info = probe(video, frame_pattern)
+    video = as_video(video, frame_pattern)
+    info = probe(video)
     if info.num_frames < 2 and model.hparams.mode != "rgb":
         log.warning("%s has a single frame: the flow stream saw no motion (all-zero flow), so its scores and the "
                     "fused ones rest on appearance alone", video)
@@ -142,7 +143,7 @@ def predict(model, data_hparams: dict, video: str | Path, clips: int | None = No
     size = decode_size(info.height, info.width, _size_setting(h))
     crop = h.get("crop_size") or size
     dataset = VideoClips(
-        [Clip(Sample(str(video), 0), info.num_frames, size)],
+        [Clip(Sample(video.path, 0, frame_pattern=video.frame_pattern), info.num_frames, size)],
         phase="test",
         mode=model.hparams.mode,
         flow_source="online",
@@ -151,7 +152,6 @@ def predict(model, data_hparams: dict, video: str | Path, clips: int | None = No
         test_clips=int(clips or h["test_clips"]),
         crop_size=(crop, crop) if isinstance(crop, int) else tuple(crop),
         strict=True,
-        frame_pattern=frame_pattern,
     )
     batch = collate([dataset[0]])
     batch = {k: v.to(model.device) if torch.is_tensor(v) else [t.to(model.device) for t in v] for k, v in batch.items()}
@@ -178,8 +178,8 @@ def predict(model, data_hparams: dict, video: str | Path, clips: int | None = No
                       starts.reshape(-1), frames, flow, per_snippet, seconds)
 
 
-def classify(model, data_hparams: dict, video: str | Path, clips: int | None = None,
-             frame_pattern: str = DEFAULT_FRAME_PATTERN) -> dict[str, torch.Tensor]:
+def classify(model, data_hparams: dict, video: str | Path | Video, clips: int | None = None,
+             frame_pattern: str | None = None) -> dict[str, torch.Tensor]:
     """Class probabilities ``{stream: [C]}`` for ``video`` (test-time multi-clip sampling); a frame
     folder's frames are the files ``frame_pattern`` names."""
     return predict(model, data_hparams, video, clips, frame_pattern).probs
@@ -197,11 +197,12 @@ def topk(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
 
 
 def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str | Path, chunk: int = 32,
-                     frame_pattern: str = DEFAULT_FRAME_PATTERN) -> int:
+                     frame_pattern: str | None = None) -> int:
     """The whole video's flow (model's engine, at ``size``) colour-coded into an MP4; returns frames written."""
     from flow_engine.io.viz import flow_to_color_torch, write_video
 
-    frames = iter_frames(video, chunk, size, frame_pattern)
+    video = as_video(video, frame_pattern)
+    frames = iter_frames(video, chunk, size)
     flows = [f.half().cpu() for f in model.flow_engine.stream(frames, chunk)]
     if not flows:
         log.warning("%s has a single frame: no flow video written", video)
@@ -209,7 +210,7 @@ def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str |
     flow = torch.cat(flows).float()
     max_flow = float(flow.norm(dim=1).max().clamp_min(1e-3))  # one normaliser for the whole clip: steady colours
     colours = flow_to_color_torch(flow, max_flow=max_flow).permute(0, 2, 3, 1).numpy()
-    fps = probe(video, frame_pattern).fps or 25.0
+    fps = probe(video).fps or 25.0
     write_video(list(colours), out, fps=fps)
     return len(colours)
 
@@ -240,12 +241,12 @@ def run(args: argparse.Namespace) -> int:
         return 2
     names = model.hparams.class_names
     try:
-        pattern = args.frame_pattern or data_hparams.get("frame_pattern") or DEFAULT_FRAME_PATTERN  # as in training
-        prediction = predict(model, data_hparams, args.video, args.clips, pattern)
+        video = Video(str(args.video), args.frame_pattern or data_hparams["frame_pattern"])  # as in training
+        prediction = predict(model, data_hparams, video, args.clips)
         if args.flow_video is not None:
-            info = probe(args.video, pattern)
+            info = probe(video)
             size = decode_size(info.height, info.width, _size_setting(data_hparams))
-            write_flow_video(model, args.video, size, args.flow_video, frame_pattern=pattern)
+            write_flow_video(model, video, size, args.flow_video)
     except VideoError as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 1

@@ -13,7 +13,8 @@ Each item is one video as a dict of tensors (S = num_segments, times test_clips 
 
 Frames are decoded at ``size``: (H, W) for every video, or an int, the short side, each video
 keeping its aspect ratio (portrait, landscape and square videos mix in one dataset); an item may
-also be a folder of ``frame_pattern`` images (see ``flow_engine.io.video``), read the same way.
+also be a folder of ``frame_pattern`` images (see ``flow_engine.io.video``), read the same way: each
+sample carries its ``video`` (path and frame pattern), so every probe and decode sees the pattern.
 Training picks a random multi-scale box (TSN's scale jitter: each side a fraction in ``scales`` of
 the largest box with the crop's aspect ratio, at a random place), validation and test the centre
 box at the middle training scale (``EVAL_SCALE``); the box is resized to ``crop_size`` and
@@ -140,7 +141,6 @@ class VideoClips(Dataset):
         flip: bool = True,
         cache=None,
         strict: bool = False,
-        frame_pattern: str = DEFAULT_FRAME_PATTERN,
     ):
         self.clips = clips
         self.phase = phase
@@ -154,7 +154,6 @@ class VideoClips(Dataset):
         self.flip = flip
         self.cache = cache
         self.strict = strict
-        self.frame_pattern = frame_pattern
         self._entries: OrderedDict[str, object] = OrderedDict()  # path -> open CachedFlow
         self.needs_rgb = mode in ("rgb", "two_stream")
         self.needs_flow = mode in ("flow", "two_stream")
@@ -180,7 +179,7 @@ class VideoClips(Dataset):
         return item
 
     def _load(self, clip: Clip, rng: np.random.Generator) -> dict[str, torch.Tensor]:
-        path, n, size = clip.sample.path, clip.num_frames, clip.size
+        video, path, n, size = clip.sample.video, clip.sample.path, clip.num_frames, clip.size
         cached = None
         if self.needs_flow and self.flow_source == "cache":
             cached = self._cached(path)
@@ -189,12 +188,12 @@ class VideoClips(Dataset):
         box, flip = self._box(size, rng)
         if self.needs_flow and self.flow_source == "online":
             idx = snippet_frames(starts, self.span, n)  # [S, L+1]
-            frames = read_frames(path, idx.reshape(-1), size, self.frame_pattern)
+            frames = read_frames(video, idx.reshape(-1), size)
             frames = torch.from_numpy(frames).view(*idx.shape, *frames.shape[1:]).permute(0, 1, 4, 2, 3)
             return {"frames": frames, "box": torch.tensor(box), "flip": torch.tensor(flip)}
         item: dict[str, torch.Tensor] = {}
         if self.needs_rgb:
-            rgb = torch.from_numpy(read_frames(path, starts, size, self.frame_pattern)).permute(0, 3, 1, 2)
+            rgb = torch.from_numpy(read_frames(video, starts, size)).permute(0, 3, 1, 2)
             item["rgb"] = crop_box(rgb, box, flip, self.crop_size)
         if cached is not None:
             flow_idx = snippet_frames(starts, self.flow_length, max(cached.num_flows, 1)) % cached.num_flows
@@ -502,7 +501,7 @@ class ActionDataModule(pl.LightningDataModule):
         # verify: every frame's crc32 (cheap, as precompute does by default). A corrupt entry then
         # counts as missing and is recomputed here, instead of failing when read and its video
         # being dropped from every batch of the run.
-        missing = sorted({s.path for s in samples if cache.lookup(s.path, verify=True) is None})
+        missing = sorted({s.video for s in samples if cache.lookup(s.video, verify=True) is None}, key=str)
         if not missing:
             return
         if self.hparams.cache_missing == "error":
@@ -513,8 +512,7 @@ class ActionDataModule(pl.LightningDataModule):
         engine = self.flow_engine()
         cache.root.mkdir(parents=True, exist_ok=True)
         logger.info("computing flow of %d video(s) missing from %s with %s", len(missing), cache.root, engine.name)
-        summary = precompute([Path(p) for p in missing], cache, engine, workers=2,
-                             frame_pattern=self.hparams.frame_pattern)
+        summary = precompute(missing, cache, engine, workers=2)
         for path, reason in summary.failed:  # setup() then skips these as uncached
             if self.hparams.strict:
                 raise BadVideo(f"{path}: no flow ({reason})")
@@ -532,13 +530,14 @@ class ActionDataModule(pl.LightningDataModule):
         all_samples = {s.path: s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split}
 
         def check(path: str) -> str | tuple[int, tuple[int, int]]:
+            video = all_samples[path].video
             try:
-                info = probe(path, self.hparams.frame_pattern)
+                info = probe(video)
             except VideoError as exc:
                 return exc.reason
             if info.num_frames < min_frames:
                 return f"only {info.num_frames} frame(s); flow needs {min_frames}"
-            if cache is not None and cache.lookup(path) is None:
+            if cache is not None and cache.lookup(video) is None:
                 return f"no cached flow in {self.hparams.cache_dir}"
             return info.num_frames, decode_size(info.height, info.width, self.size)
 
@@ -584,7 +583,7 @@ class ActionDataModule(pl.LightningDataModule):
         return VideoClips(
             self.clips[phase], phase, mode=h.mode, flow_source=h.flow_source, num_segments=h.num_segments,
             flow_length=h.flow_length, test_clips=h.test_clips, crop_size=self.crop_size, scales=h.scales, flip=h.flip,
-            cache=self.cache, strict=h.strict, frame_pattern=h.frame_pattern,
+            cache=self.cache, strict=h.strict,
         )
 
     def _loader(self, phase: str) -> DataLoader:

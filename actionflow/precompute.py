@@ -58,7 +58,7 @@ from actionflow.flow_cache import (
 from flow_engine.engine import ENGINES, LEARNED_ENGINES
 from flow_engine.commands.args import add_engine_argument, parse_size_or_side
 from flow_engine.io.video import (
-    DEFAULT_FRAME_PATTERN, ListFileError, VideoError, frame_pattern_arg, iter_frames, list_videos,
+    DEFAULT_FRAME_PATTERN, ListFileError, Video, VideoError, as_video, frame_pattern_arg, iter_frames, list_videos,
 )
 
 log = logging.getLogger(__name__)
@@ -174,12 +174,12 @@ def write_video_entry(
     max_pending: int = 8,
     frames: Prefetch | None = None,
     header: dict | None = None,
-    frame_pattern: str = DEFAULT_FRAME_PATTERN,
+    frame_pattern: str | None = None,
 ) -> CacheWriter:
     """Compute and write ``video``'s entry (no locking: the caller holds the video's lock).
 
     ``frames``: the video's decoded chunks when the caller started decoding already (else
-    decoded here; a frame folder's frames are the files ``frame_pattern`` names); ``header``:
+    decoded here; a frame folder's frames are the files its pattern names: see ``as_video``); ``header``:
     ``cache.header_for(video)`` taken before decoding began.
     Returns the committed writer (``.path``, ``.num_flows``, ``.bytes_written``). Raises
     VideoError for unreadable videos and videos with fewer than two frames; nothing is left
@@ -188,11 +188,12 @@ def write_video_entry(
     import torch
 
     device = torch.device(getattr(engine, "device", "cpu"))
+    video = as_video(video, frame_pattern)  # the pattern travels with the video from here on
     if header is None:
         header = _header(cache, video)
     h, w = header["height"], header["width"]  # the video's own size in a short-side cache
     if frames is None:
-        frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w), frame_pattern=frame_pattern))
+        frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w)))
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
     pending: deque[tuple[Future, np.ndarray]] = deque()
@@ -249,7 +250,7 @@ def precompute_video(
     batch: int = 32,
     pool: Executor | None = None,
     verify: bool = False,
-    frame_pattern: str = DEFAULT_FRAME_PATTERN,
+    frame_pattern: str | None = None,
 ) -> Path:
     """Make sure ``video`` has a valid entry in ``cache`` and return its path.
 
@@ -299,7 +300,7 @@ class _Claim:
 
 
 def precompute(
-    videos: list[Path],
+    videos: list[Path | Video],
     cache: FlowCache,
     engine,
     batch: int = 32,
@@ -307,10 +308,11 @@ def precompute(
     decoders: int = 2,
     verify: bool = True,
     progress: bool = True,
-    frame_pattern: str = DEFAULT_FRAME_PATTERN,
+    frame_pattern: str | None = None,
 ) -> Summary:
     """Cache every video of ``videos`` (see module doc); failures are recorded, never raised.
-    Frame folders among them are read as ``frame_pattern`` names their frames.
+    Frame folders among them are read as their pattern names their frames (a :class:`Video`'s own, or
+    ``frame_pattern`` for every one: see ``as_video``).
 
     ``decoders`` videos are decoded at once (the one in the engine and the next ones), so a
     new video's first frames are ready when the previous one ends. Videos locked by another
@@ -356,14 +358,14 @@ def precompute(
             skip(video)
             return True
         try:
-            header = _header(cache, video)
+            header = _header(cache, as_video(video, frame_pattern))
         except VideoError as exc:
             lock.release()
             log.warning("skipping %s", exc)
             fail(video, exc.reason)
             return True
         cache.remove_temp_files(video)
-        frames = iter_frames(video, chunk=batch, size=(header["height"], header["width"]), frame_pattern=frame_pattern)
+        frames = iter_frames(as_video(video, frame_pattern), chunk=batch, size=(header["height"], header["width"]))
         ahead.append(_Claim(video, lock, header, Prefetch(frames)))
         return True
 

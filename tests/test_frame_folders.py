@@ -313,3 +313,29 @@ def test_frame_indices_out_of_range_are_an_error(tmp_path):
     folder = write_frames(tmp_path / "v", ramp(4))
     with pytest.raises(VideoError, match=r"frame index out of range: asked for 0..4, folder has 4 frames"):
         read_frames(folder, [0, 4])
+
+
+def test_the_frame_pattern_travels_with_the_video_into_a_short_side_cache(tmp_path, capsys):
+    """A short-side cache probes each video for its size (FlowCache.header_for): a frame folder named
+    otherwise than img_{:05d}.jpg is probed with its own pattern, from the command line and from a Video."""
+    from test_precompute import StandInEngine
+
+    from actionflow import precompute as pc
+    from actionflow.flow_cache import CachedFlow, FlowCache
+    from flow_engine.io.video import Video
+
+    folder = write_frames(tmp_path / "rawframes" / "v", ramp(5, 24, 32), "{:05d}.png")
+    cache = FlowCache(tmp_path / "cache", StandInEngine().config(), size=16, bound=20.0, codec="png")
+    assert cache.frame_size(Video(str(folder), "{:05d}.png")) == (16, 22)  # short side 16 of 24x32, sides even
+    with pytest.raises(VideoError, match="no frames"):
+        cache.header_for(str(folder))  # a bare path: the default pattern names none of its files
+    argv = ["--videos", str(tmp_path / "rawframes"), "--cache", str(tmp_path / "cache"), "--size", "16",
+            "--frame-pattern", "{:05d}.png", "--codec", "png", "--no-progress"]
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    pc.add_arguments(parser)
+    assert pc.run(parser.parse_args(argv), engine=StandInEngine()) == 0
+    assert "videos: 1 computed" in capsys.readouterr().out
+    with CachedFlow(cache.path_for(folder)) as c:
+        assert (c.height, c.width, c.num_flows) == (16, 22, 4) and c.header["video"]["frame_size"] == [24, 32]

@@ -26,7 +26,7 @@ from actionflow.flow_cache.entry import (
     FORMAT, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
 )
 from actionflow.flow_cache.lock import VideoLock, lock_is_held
-from flow_engine.io.video import source_stat
+from flow_engine.io.video import Video, decode_size, probe, source_stat
 
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
 # Keys of an engine config that do not change the flow enough to invalidate a cache.
@@ -107,34 +107,30 @@ class FlowCache:
         path = self.path_for(video)
         return VideoLock(path.with_name(path.name + ".lock"))
 
-    def frame_size(self, video: str | os.PathLike) -> tuple[int, int]:
-        """(H, W) in pixels the flow of ``video`` is computed at (a short-side cache probes the video)."""
+    def frame_size(self, video: str | os.PathLike | Video) -> tuple[int, int]:
+        """(H, W) in pixels the flow of ``video`` is computed at (a short-side cache probes the video: a frame
+        folder as its :class:`~flow_engine.io.video.Video` names its frames)."""
         if not isinstance(self.size, int):
             return self.size
-        from flow_engine.io.video import decode_size, probe
-
         info = probe(video)
         return decode_size(info.height, info.width, self.size)
 
     def _expected_size(self, header: dict) -> tuple[int, int] | None:
         if not isinstance(self.size, int):
             return self.size
-        from flow_engine.io.video import decode_size
-
         native = (header.get("video") or {}).get("frame_size")
         if not (isinstance(native, list) and len(native) == 2 and all(isinstance(v, int) and v > 0 for v in native)):
             return None
         return decode_size(native[0], native[1], self.size)
 
-    def header_for(self, video: str | os.PathLike) -> dict:
+    def header_for(self, video: str | os.PathLike | Video) -> dict:
         """The header a new entry for ``video`` gets (``num_flows`` is added by the writer).
 
         A short-side cache records the video's own frame size ``video.frame_size`` [H, W] (probed
-        here: VideoError when the video does not open)."""
+        here, a frame folder as its :class:`~flow_engine.io.video.Video` names its frames: VideoError
+        when the video does not open)."""
         identity = video_identity(video)
         if isinstance(self.size, int):
-            from flow_engine.io.video import probe
-
             info = probe(video)
             identity["frame_size"] = [info.height, info.width]
         height, width = self._expected_size({"video": identity})

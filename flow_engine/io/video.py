@@ -18,6 +18,10 @@ slow and occasionally inexact. So readers here are short-lived (one per call), f
 indices are read in ascending order and then put back in the order asked for. PyAV decodes
 what decord mis-sizes.
 
+A :class:`Video` is a path with the pattern of its frames: the value every reader takes, so the
+pattern travels with the path from where it is known (a command's ``--frame-pattern``, a training
+config's ``data.frame_pattern``) to every probe and decode (a video file ignores it).
+
 :func:`list_videos` turns a folder, a list file or a single video into paths;
 :func:`read_list_lines` is the one reader of list files (UTF-8, BOM stripped, comments skipped).
 """
@@ -39,6 +43,30 @@ VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".m
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_FRAME_PATTERN = "img_{:05d}.jpg"  # mmaction2 / denseflow rawframes
 MAX_LIST_BYTES = 256 << 20  # a list file larger than this is not a list of videos
+
+
+@dataclass(frozen=True)
+class Video:
+    """A video file or a frame folder (``path``), and the file names of a folder's frames (``frame_pattern``).
+
+    ``os.fspath(video)`` and ``str(video)`` are the path, so a Video goes wherever a path does."""
+
+    path: str
+    frame_pattern: str = DEFAULT_FRAME_PATTERN
+
+    def __fspath__(self) -> str:
+        return self.path
+
+    def __str__(self) -> str:
+        return self.path
+
+
+def as_video(source: str | os.PathLike | Video, frame_pattern: str | None = None) -> Video:
+    """``source`` as a :class:`Video`: a Video keeps its pattern unless ``frame_pattern`` is given; a path
+    gets ``frame_pattern`` (default ``img_{:05d}.jpg``)."""
+    if isinstance(source, Video):
+        return source if frame_pattern is None else Video(source.path, frame_pattern)
+    return Video(os.fspath(source), frame_pattern or DEFAULT_FRAME_PATTERN)
 
 
 class ListFileError(ValueError):
@@ -180,11 +208,14 @@ def _short(exc: BaseException) -> str:
     return text[0][:200] if text else type(exc).__name__
 
 
-def probe(path: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATTERN) -> VideoInfo:
+def probe(video: str | os.PathLike | Video, frame_pattern: str | None = None) -> VideoInfo:
     """Frame count, frame rate and size of a video, without decoding it. A frame folder's
-    first and last frames are decoded (their sizes must agree); its frame rate is 0.0 (unknown)."""
+    first and last frames are decoded (their sizes must agree); its frame rate is 0.0 (unknown).
+    ``frame_pattern``: see :func:`as_video`."""
+    video = as_video(video, frame_pattern)
+    path = video.path
     if os.path.isdir(path):
-        return _probe_folder(path, frame_pattern)
+        return _probe_folder(path, video.frame_pattern)
     reader = _open(path)
     h, w = _frame_shape(reader, path)
     return VideoInfo(os.fspath(path), len(reader), float(reader.get_avg_fps() or 0.0), h, w)
@@ -212,18 +243,20 @@ def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
 
 
 def read_frames(
-    path: str | os.PathLike,
+    video: str | os.PathLike | Video,
     indices: Sequence[int] | np.ndarray | None = None,
     size: tuple[int, int] | None = None,
-    frame_pattern: str = DEFAULT_FRAME_PATTERN,
+    frame_pattern: str | None = None,
 ) -> np.ndarray:
     """Frames ``indices`` (all when None) as uint8 RGB ``[T,H,W,3]``, resized to ``size`` = (H, W) on decode.
 
     Indices may repeat and come in any order; they must lie in ``[0, num_frames)``.
-    ``path`` may be a frame folder (frames named by ``frame_pattern``).
+    ``video`` may be a frame folder (frames named by its pattern, see :func:`as_video`).
     """
+    video = as_video(video, frame_pattern)
+    path = video.path
     if os.path.isdir(path):
-        return _read_folder(path, indices, size, frame_pattern)
+        return _read_folder(path, indices, size, video.frame_pattern)
     try:
         return _read_frames(path, indices, size)
     except VideoError as exc:
@@ -294,17 +327,19 @@ def _read_frames(path, indices, size) -> np.ndarray:
 
 
 def iter_frames(
-    path: str | os.PathLike, chunk: int = 64, size: tuple[int, int] | None = None,
-    frame_pattern: str = DEFAULT_FRAME_PATTERN,
+    video: str | os.PathLike | Video, chunk: int = 64, size: tuple[int, int] | None = None,
+    frame_pattern: str | None = None,
 ) -> Iterator[np.ndarray]:
     """Decode a whole video in order, ``chunk`` frames at a time, as uint8 RGB ``[t,H,W,3]`` arrays.
 
     Sequential decoding (no seeking), so memory stays bounded by one chunk however long the video.
-    A file that stops decoding part-way raises VideoError naming the frame. ``path`` may be a
-    frame folder (frames named by ``frame_pattern``).
+    A file that stops decoding part-way raises VideoError naming the frame. ``video`` may be a
+    frame folder (frames named by its pattern, see :func:`as_video`).
     """
+    video = as_video(video, frame_pattern)
+    path = video.path
     if os.path.isdir(path):
-        yield from _iter_folder(path, chunk, size, frame_pattern)
+        yield from _iter_folder(path, chunk, size, video.frame_pattern)
         return
     try:
         yield from _iter_frames(path, chunk, size)
