@@ -32,12 +32,12 @@ from pathlib import Path
 # ResNet-18 training step 3-5x faster. Must be set before torch loads OpenMP.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from actionflow.annotations import AnnotationError
-from actionflow.classify import CheckpointError, read_checkpoint
-from actionflow.data import ActionDataModule, BadVideo, DataConfigError
-from actionflow.model import ModelConfigError
+from actionflow.classify import read_checkpoint
+from actionflow.data import ActionDataModule
+from actionflow.errors import ActionflowError
 from actionflow.module import ActionRecognizer
-from flow_engine.checkpoints import ResumeError, check_resume_fits
+from flow_engine.checkpoints import check_resume_fits
+from flow_engine.errors import FlowEngineError
 from flow_engine.lightning_cli import TrainingCLI, finish_loggers, start_loggers
 
 # Where the default run (the demo dance set, generated on first use) reads and writes. A config of your
@@ -99,7 +99,7 @@ def main(argv: list[str] | None = None) -> int:
         ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
         trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
         places = finish_loggers(trainer)
-    except (AnnotationError, DataConfigError, BadVideo, ModelConfigError, CheckpointError, ResumeError) as exc:
+    except (ActionflowError, FlowEngineError) as exc:  # a bad list, setting, video, checkpoint...: one line, exit 2
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_global_zero:

@@ -39,6 +39,7 @@ from collections import Counter
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from actionflow.errors import ActionflowError
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, VIDEO_EXTENSIONS, ListFileError, Video, is_frame_name, is_video_path, read_list_lines,
     split_list_line,
@@ -55,7 +56,7 @@ KINETICS_COLUMNS = ("label", "youtube_id", "time_start", "time_end")
 MAX_LISTED_MISSING = 20  # missing Kinetics videos named in the warning (all are counted)
 
 
-class AnnotationError(ValueError):
+class AnnotationError(ActionflowError, ValueError):
     """A bad annotation file, line, label or split request; the message names the file and line."""
 
 

@@ -32,6 +32,7 @@ import numpy as np
 import torch
 
 from actionflow.classify import CheckpointError, Prediction, load_checkpoint, predict
+from actionflow.errors import ActionflowError
 from flow_engine.checkpoints import WeightsError
 from flow_engine.engine import ENGINES, FlowEngine, FlowEngineError, resolve_device
 from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, write_flow
@@ -62,7 +63,7 @@ NO_CHECKPOINT = ("**No checkpoint.** Train one with `python train.py` (it ends b
 STREAM_TITLES = {"two_stream": "fused (two-stream)", "rgb": "RGB stream", "flow": "flow stream"}
 
 
-class UploadError(ValueError):
+class UploadError(ActionflowError, ValueError):
     """An upload the page cannot use; the message names it by its file name, never by a server path."""
 
 

@@ -27,6 +27,7 @@ import torch
 
 from actionflow.annotations import Sample
 from actionflow.data import ActionDataModule, Clip, VideoClips, collate, crop_box
+from actionflow.errors import ActionflowError
 from actionflow.module import ActionRecognizer
 from actionflow.sampling import snippet_starts
 from flow_engine.checkpoints import WeightsError, load_weights_only
@@ -38,7 +39,7 @@ from flow_engine.io.video import (
 log = logging.getLogger(__name__)
 
 
-class CheckpointError(ValueError):
+class CheckpointError(ActionflowError, ValueError):
     """A checkpoint that is missing, unreadable, or not one written by train.py."""
 
 

@@ -49,6 +49,7 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from actionflow.annotations import Sample, load_splits
+from actionflow.errors import ActionflowError
 from actionflow.flow_cache import DEFAULT_BOUND, CacheError, FlowCache
 from actionflow.model import MODES
 from actionflow.sampling import snippet_frames, snippet_starts
@@ -63,11 +64,11 @@ OPEN_ENTRIES = 128  # cache entries a dataset keeps open (file descriptors per D
 EVAL_SCALE = 0.875  # box side (fraction of the largest box) that validation and test crop
 
 
-class DataConfigError(ValueError):
+class DataConfigError(ActionflowError, ValueError):
     """A bad data setting or path, raised before any video is decoded."""
 
 
-class BadVideo(RuntimeError):
+class BadVideo(ActionflowError, RuntimeError):
     """A video (or its cached flow) that cannot be used; the message names the file."""
 
 

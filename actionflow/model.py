@@ -26,9 +26,9 @@ import math
 import os
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
+from actionflow.errors import ActionflowError
 from flow_engine.checkpoints import WeightsError, load_weights_only
 
 logger = logging.getLogger(__name__)
@@ -40,7 +40,7 @@ IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
 
-class ModelConfigError(ValueError):
+class ModelConfigError(ActionflowError, ValueError):
     """A bad model setting (mode, backbone, fusion, pretrained weights file)."""
 
 

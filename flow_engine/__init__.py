@@ -7,7 +7,8 @@
 It never imports ``actionflow``.
 """
 from flow_engine.checkpoints import WeightsError
-from flow_engine.engine import FlowEngine, FlowEngineError
+from flow_engine.engine import FlowEngine
+from flow_engine.errors import FlowEngineError
 from flow_engine.io.flow_files import FlowFileError, read_flo, read_flow, read_image, write_flo, write_flow
 from flow_engine.metrics import flow_metrics
 from flow_engine.models.pwcnet import PWCNet

@@ -15,12 +15,14 @@ from typing import Any
 
 import torch
 
+from flow_engine.errors import FlowEngineError
 
-class WeightsError(ValueError):
+
+class WeightsError(FlowEngineError):
     """A weights file or checkpoint that cannot be read or loaded (names the file and the problem: keys, layout)."""
 
 
-class ResumeError(ValueError):
+class ResumeError(FlowEngineError):
     """A checkpoint that does not fit the run that would resume from it (names the file and what differs)."""
 
 

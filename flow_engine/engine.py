@@ -24,6 +24,7 @@ import numpy as np
 import torch
 
 from flow_engine.checkpoints import WeightsError, file_hash
+from flow_engine.errors import FlowEngineError
 from flow_engine.models.classical import CLASSICAL_METHODS, ClassicalFlow
 from flow_engine.models.pwcnet import MULTIPLE, FlowInputError, PWCNet, check_scales, padded_size
 from flow_engine.models.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
@@ -47,10 +48,6 @@ GPU_BYTES_PER_PIXEL = 4096
 RAFT_CORR_BYTES = 4 * (1 + 1 / 4 + 1 / 16 + 1 / 64)
 
 _warned_random = False
-
-
-class FlowEngineError(ValueError):
-    """A FlowEngine that cannot be built as asked (unknown engine, device or dtype)."""
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:

@@ -61,3 +61,28 @@ def test_the_application_loads_none_of_pwcnet_training():
     assert "actionflow.precompute" in loaded and "flow_engine.engine" in loaded  # the check sees what was imported
     training = {m for m in loaded if m.startswith(("flow_engine.training", "flow_engine.data"))}
     assert not training, sorted(training)
+
+
+def test_every_error_of_a_package_derives_from_its_base():
+    """flow_engine's errors are FlowEngineErrors and actionflow's ActionflowErrors, so a command catches
+    one class; each keeps the builtin it was (a VideoError or a CacheError is still a RuntimeError)."""
+    import importlib
+    import inspect
+    import pkgutil
+
+    import actionflow
+    import flow_engine
+    from actionflow.errors import ActionflowError
+    from flow_engine.errors import FlowEngineError
+
+    found = {}
+    for package, base in ((flow_engine, FlowEngineError), (actionflow, ActionflowError)):
+        for info in pkgutil.walk_packages(package.__path__, package.__name__ + "."):
+            module = importlib.import_module(info.name)
+            for name, cls in inspect.getmembers(module, inspect.isclass):
+                if issubclass(cls, Exception) and cls.__module__ == info.name:
+                    found[name] = cls
+                    assert issubclass(cls, base), f"{info.name}.{name} is not a {base.__name__}"
+    assert {"VideoError", "WeightsError", "DatasetError", "CacheError", "AnnotationError", "BadVideo", "UploadError"} <= set(found)
+    assert issubclass(found["VideoError"], RuntimeError) and issubclass(found["CacheError"], RuntimeError)
+    assert issubclass(found["WeightsError"], ValueError) and issubclass(found["AnnotationError"], ValueError)

@@ -43,6 +43,7 @@ import cv2
 import numpy as np
 
 from actionflow.benchmarks.demo_figure import FIGURE_HEIGHT, MOVE_OFFSETS, MOVES, Body, dark, dance_pose, random_body, skeleton
+from actionflow.errors import ActionflowError
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +56,7 @@ DEFAULT_FRAMES = 16
 SPLITS = ("train", "val", "test")
 
 
-class DemoDataError(ValueError):
+class DemoDataError(ActionflowError, ValueError):
     """Bad parameters for the demo dataset (unknown class, odd or too small size, ...)."""
 
 

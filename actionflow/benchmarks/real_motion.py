@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actionflow.errors import ActionflowError
 from flow_engine.io.video import VideoError, decode_size, iter_frames, list_videos, probe
 from flow_engine.io.viz import write_video
 
@@ -51,7 +52,7 @@ DEFAULT_SOURCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" 
 VERSION = 2
 
 
-class RealMotionError(ValueError):
+class RealMotionError(ActionflowError, ValueError):
     """A source folder or setting the benchmark cannot be built from."""
 
 

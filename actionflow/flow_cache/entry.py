@@ -45,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from actionflow.errors import ActionflowError
 from actionflow.flow_cache.codec import (
     LEVEL_SCHEMES, ZERO_EXACT, decode_frame, dequantize, encode_frames, parse_codec, quantize, split_jpeg, stack_flows,
 )
@@ -60,7 +61,7 @@ INDEX_DTYPE = np.dtype([("offset", "<u8"), ("length", "<u4"), ("crc32", "<u4"), 
 TAIL_READ = 1 << 16  # one read of the file's last 64 KB holds header + index of ~3000 flows
 
 
-class CacheError(RuntimeError):
+class CacheError(ActionflowError, RuntimeError):
     """A cache entry that cannot be used: missing, unreadable, or of a newer format."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

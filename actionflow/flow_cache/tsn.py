@@ -36,6 +36,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from actionflow.errors import ActionflowError
 from actionflow.flow_cache.cache import IMPORTED_ENGINE, FlowCache, cache_files
 from actionflow.flow_cache.codec import DEFAULT_BOUND, TSN, encode_frames, parse_codec, positive_pixels, tsn_levels
 from actionflow.flow_cache.entry import CacheError, CachedFlow, CacheWriter
@@ -51,7 +52,7 @@ NAMINGS = (DEFAULT_NAMING, ("flow_x_{:05d}.jpg", "flow_y_{:05d}.jpg"))  # tried 
 IMPORT_CODEC = "webp"  # lossless: an import adds no error to the JPEGs' values
 
 
-class TsnError(ValueError):
+class TsnError(ActionflowError, ValueError):
     """A flow folder or file that cannot be imported or exported; the message names it."""
 
 

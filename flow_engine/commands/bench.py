@@ -29,9 +29,9 @@ from typing import Callable
 import torch
 
 from flow_engine.models.correlation import correlation, cupy_usable
-from flow_engine.engine import DTYPES, ENGINES, FlowEngine, FlowEngineError
+from flow_engine.engine import DTYPES, ENGINES, FlowEngine
+from flow_engine.errors import FlowEngineError
 from flow_engine.commands.args import add_engine_argument, parse_size
-from flow_engine.checkpoints import WeightsError
 from flow_engine.models.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, padded_size
 
 
@@ -169,7 +169,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine = FlowEngine(name=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
                             flow_updates=args.flow_updates, scales=args.scales)
-    except (FlowEngineError, WeightsError) as e:
+    except FlowEngineError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     device = engine.device

@@ -22,10 +22,9 @@ import numpy as np
 import torch
 
 from flow_engine.commands.args import add_engine_argument, parse_size
-from flow_engine.engine import ENGINES, FlowEngine, FlowEngineError
-from flow_engine.io.flow_files import FlowFileError, read_image, write_flow, write_image
-from flow_engine.checkpoints import WeightsError
-from flow_engine.models.pwcnet import FlowInputError
+from flow_engine.engine import ENGINES, FlowEngine
+from flow_engine.errors import FlowEngineError
+from flow_engine.io.flow_files import read_image, write_flow, write_image
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, VideoError, frame_files, frame_pattern_arg, iter_frames, probe, resize_frames,
 )
@@ -33,7 +32,7 @@ from flow_engine.io.viz import flow_to_color, write_video
 
 log = logging.getLogger(__name__)
 
-class EstimateError(ValueError):
+class EstimateError(FlowEngineError):
     """Input the estimate command cannot use (names the file and the problem)."""
 
 
@@ -78,7 +77,7 @@ def run(args: argparse.Namespace) -> int:
         if args.video is None and args.frames is None:
             return _run_pair(engine, args)
         return _run_sequence(engine, args)
-    except (EstimateError, FlowFileError, FlowInputError, FlowEngineError, WeightsError) as e:
+    except FlowEngineError as e:  # a bad frame, flow file, video, weights file or engine setting
         print(f"error: {e}", file=sys.stderr)
         return 1
 

@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from flow_engine.commands.args import add_engine_argument
 from flow_engine.engine import LEARNED_ENGINES
+from flow_engine.errors import FlowEngineError
 from flow_engine.models.classical import CLASSICAL_METHODS, classical_flow
 from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, tensor_to_flow
 from flow_engine.metrics import flow_metrics
@@ -193,7 +194,7 @@ def run(args: argparse.Namespace) -> int:
         sets = cases_from_args(args)
         method_fn = make_method(args.engine, args.weights, args.device, args.flow_updates, args.scales)
         results = {name: evaluate(method_fn, cases, progress=not args.no_progress) for name, cases in sets.items()}
-    except (FlowFileError, ValueError) as e:
+    except (FlowEngineError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     for name, result in results.items():

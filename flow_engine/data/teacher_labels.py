@@ -36,7 +36,7 @@ import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
 
-from flow_engine.errors import DatasetError
+from flow_engine.errors import DatasetError, FlowEngineError
 from flow_engine.io.video import VideoError, list_videos, probe, read_frames, scaled_size
 
 log = logging.getLogger(__name__)
@@ -48,7 +48,7 @@ JPEG_QUALITY = 95
 FB_ALPHA1, FB_ALPHA2 = 0.01, 0.5
 
 
-class LabelError(ValueError):
+class LabelError(FlowEngineError):
     """A label folder that cannot be used as asked (another teacher's labels, bad settings)."""
 
 

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 import torch
 
+from flow_engine.errors import FlowEngineError
+
 FLO_TAG = 202021.25
 FLO_UNKNOWN_THRESHOLD = 1e9  # |u| or |v| above this means "unknown" (Middlebury convention)
 FLO_UNKNOWN_VALUE = 1e10
@@ -37,7 +39,7 @@ KITTI_SCALE = 64.0
 PathLike = str | os.PathLike
 
 
-class FlowFileError(ValueError):
+class FlowFileError(FlowEngineError):
     """A flow or image file that cannot be read or written; ``.path`` names it."""
 
     def __init__(self, path: PathLike, problem: str):

@@ -39,6 +39,8 @@ from pathlib import Path
 
 import numpy as np
 
+from flow_engine.errors import FlowEngineError
+
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".wmv", ".flv", ".3gp", ".ts")
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 DEFAULT_FRAME_PATTERN = "img_{:05d}.jpg"  # mmaction2 / denseflow rawframes
@@ -69,7 +71,7 @@ def as_video(source: str | os.PathLike | Video, frame_pattern: str | None = None
     return Video(os.fspath(source), frame_pattern or DEFAULT_FRAME_PATTERN)
 
 
-class ListFileError(ValueError):
+class ListFileError(FlowEngineError):
     """A list file that cannot be read as text: missing, not UTF-8, too large (names the file)."""
 
 
@@ -143,7 +145,7 @@ def list_videos(spec: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATT
     return sorted(set(found), key=str)
 
 
-class VideoError(RuntimeError):
+class VideoError(FlowEngineError, RuntimeError):
     """A video that cannot be read: missing, empty, corrupt, truncated or not a video."""
 
     def __init__(self, path: str | os.PathLike, reason: str):

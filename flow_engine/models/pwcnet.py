@@ -28,6 +28,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from flow_engine.checkpoints import WeightsError, load_weights_only
+from flow_engine.errors import FlowEngineError
 from flow_engine.models.correlation import correlation
 
 log = logging.getLogger(__name__)
@@ -41,7 +42,7 @@ WARP_SCALES = {5: 0.625, 4: 1.25, 3: 2.5, 2: 5.0}
 MULTIPLE = 64  # 6 stride-2 levels
 
 
-class FlowInputError(ValueError):
+class FlowInputError(FlowEngineError):
     """Frames that PWC-Net cannot take (wrong shape, channels, mismatched pair)."""
 
 

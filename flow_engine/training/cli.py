@@ -44,15 +44,12 @@ import pytorch_lightning as pl
 import torch
 import yaml
 
-from flow_engine.errors import DatasetError
-from flow_engine.data.teacher_labels import LabelError
-from flow_engine.engine import FlowEngineError
-from flow_engine.checkpoints import ResumeError, WeightsError, check_resume_fits, load_weights_only
+from flow_engine.checkpoints import WeightsError, check_resume_fits, load_weights_only
+from flow_engine.errors import FlowEngineError
 from flow_engine.lightning_cli import TrainingCLI, rename_flags, start_loggers
 from flow_engine.models.pwcnet import PWCNet
 from flow_engine.training.datamodule import FlowDataModule
-from flow_engine.training.module import ConfigError, DivergedError, FlowModule
-from flow_engine.io.video import ListFileError
+from flow_engine.training.module import FlowModule
 
 log = logging.getLogger(__name__)
 
@@ -301,7 +298,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m flow_engine train
                 print(f"best checkpoint: {best} (val EPE {float(cb.best_model_score):.3f} px)")
         if c.export:
             print(export_weights(best or Path(c.trainer.default_root_dir) / "checkpoints" / "last.ckpt", c.export))
-    except (ConfigError, WeightsError, ResumeError, DatasetError, LabelError, ListFileError, FlowEngineError, DivergedError) as e:
+    except FlowEngineError as e:  # a bad setting, file, checkpoint or dataset, or a diverged run: one line, exit 2
         print(f"error: {e}", file=sys.stderr)
         return 2
     return 0

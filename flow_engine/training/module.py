@@ -17,6 +17,7 @@ from typing import Literal
 import pytorch_lightning as pl
 import torch
 
+from flow_engine.errors import FlowEngineError
 from flow_engine.training.losses import LEVEL_WEIGHTS, end_point_error, full_resolution_flow, matching_loss, multiscale_loss
 from flow_engine.models.pwcnet import FlowInputError, PWCNet, check_scales, load_pwcnet_state_dict
 
@@ -25,11 +26,11 @@ log = logging.getLogger(__name__)
 Schedule = Literal["multistep", "onecycle", "cosine_restarts", "constant"]
 
 
-class ConfigError(ValueError):
+class ConfigError(FlowEngineError):
     """A training setting that cannot be used (the message names the key)."""
 
 
-class DivergedError(RuntimeError):
+class DivergedError(FlowEngineError, RuntimeError):
     """Training produced a non-finite loss or gradient: the run stops before the weights are spoiled."""
 
 
