@@ -332,7 +332,7 @@ def stratified_split(samples: list[Sample], fraction: float, seed: int) -> tuple
 
     Falls back to an unstratified split (with a warning) when a class has too few videos to stratify.
     """
-    from sklearn.model_selection import train_test_split
+    from sklearn.model_selection import train_test_split  # scikit-learn loads slowly: only when a split is made
 
     if not 0.0 < fraction < 1.0:
         raise AnnotationError(f"split fraction must lie in (0, 1), got {fraction}")

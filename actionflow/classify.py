@@ -35,6 +35,7 @@ from flow_engine.engine import FlowEngineError, resolve_device
 from flow_engine.io.video import (
     Video, VideoError, VideoInfo, as_video, decode_size, frame_pattern_arg, iter_frames, probe,
 )
+from flow_engine.io.viz import flow_to_color_torch, write_video
 
 log = logging.getLogger(__name__)
 
@@ -200,8 +201,6 @@ def topk(probs: torch.Tensor, names: list[str], k: int) -> list[dict]:
 def write_flow_video(model, video: str | Path, size: tuple[int, int], out: str | Path, chunk: int = 32,
                      frame_pattern: str | None = None) -> int:
     """The whole video's flow (model's engine, at ``size``) colour-coded into an MP4; returns frames written."""
-    from flow_engine.io.viz import flow_to_color_torch, write_video
-
     video = as_video(video, frame_pattern)
     frames = iter_frames(video, chunk, size)
     flows = [f.half().cpu() for f in model.flow_engine.stream(frames, chunk)]

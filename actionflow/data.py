@@ -49,10 +49,13 @@ import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset, default_collate
 
 from actionflow.annotations import Sample, load_splits
+from actionflow.benchmarks.demo_data import MOVES, DemoDataError, check_settings, generate_demo_dataset
 from actionflow.errors import ActionflowError
 from actionflow.flow_cache import DEFAULT_BOUND, CacheError, FlowCache
 from actionflow.model import MODES
+from actionflow.precompute import available_cores, precompute
 from actionflow.sampling import snippet_frames, snippet_starts
+from flow_engine.engine import LEARNED_ENGINES, FlowEngine, engine_identity
 from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe, read_frames
 
 logger = logging.getLogger(__name__)
@@ -389,8 +392,6 @@ class ActionDataModule(pl.LightningDataModule):
         # multi-GPU run); until then its class names come from the generator's settings.
         self._demo_classes: list[str] | None = None
         if demo:
-            from actionflow.benchmarks.demo_data import MOVES, DemoDataError, check_settings
-
             if root is None:
                 raise DataConfigError("data.demo needs data.root: the folder to write the demo dataset into")
             if _holds_other_data(Path(root)):  # e.g. `python train.py --data.root MY_DATA` over the default config
@@ -462,8 +463,6 @@ class ActionDataModule(pl.LightningDataModule):
 
     def flow_cache(self):
         """The flow cache for this engine and size (``flow_source: cache``)."""
-        from flow_engine.engine import engine_identity
-
         h = self.hparams  # the cache is keyed by the engine's identity: nothing is built to read it
         identity = engine_identity(h.flow_engine, h.flow_weights, h.flow_updates)
         return FlowCache(h.cache_dir, identity, size=self.size, bound=h.flow_bound, accept_imported=h.imported_flow is not None)
@@ -471,12 +470,7 @@ class ActionDataModule(pl.LightningDataModule):
     def flow_engine(self):
         """The ``FlowEngine`` whose flow is cached (built once, on first use)."""
         if self._engine is None:
-            from flow_engine.engine import FlowEngine
-
             h = self.hparams
-            from actionflow.precompute import available_cores
-            from flow_engine.engine import LEARNED_ENGINES
-
             # A classical engine fills the cache on every core; learned engines use their device.
             workers = 1 if h.flow_engine in LEARNED_ENGINES else available_cores()
             self._engine = FlowEngine(name=h.flow_engine, weights=h.flow_weights, device=h.flow_device,
@@ -487,16 +481,12 @@ class ActionDataModule(pl.LightningDataModule):
         """Generate the demo set when asked, then fill the flow cache for every video that lacks an
         entry (Lightning runs this on one process per node)."""
         if self._demo_classes is not None:
-            from actionflow.benchmarks.demo_data import generate_demo_dataset
-
             demo = self.hparams.demo
             generate_demo_dataset(self.hparams.root, **(demo if isinstance(demo, dict) else {}))
         if self.splits is None:
             self.splits = self._load_splits()
         if not (self.needs_flow and self.hparams.flow_source == "cache"):
             return
-        from actionflow.precompute import precompute
-
         cache = self.flow_cache()
         samples = [s for split in (self.splits.train, self.splits.val, self.splits.test) for s in split]
         # verify: every frame's crc32 (cheap, as precompute does by default). A corrupt entry then

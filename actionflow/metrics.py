@@ -43,14 +43,14 @@ def summary(scores: torch.Tensor, labels: torch.Tensor) -> dict[str, float]:
 
 def confusion(labels: np.ndarray, preds: np.ndarray, num_classes: int) -> np.ndarray:
     """Confusion matrix ``[true, predicted]`` of counts, int64 ``[C, C]``."""
-    from sklearn.metrics import confusion_matrix
+    from sklearn.metrics import confusion_matrix  # scikit-learn and matplotlib load slowly: only at test time
 
     return confusion_matrix(labels, preds, labels=np.arange(num_classes)).astype(np.int64)
 
 
 def plot_confusion(cm: np.ndarray, class_names: list[str], path: str | Path, title: str = "") -> Path:
     """Row-normalised confusion matrix as a PNG (matplotlib, Agg), counts written in the cells when few classes."""
-    import matplotlib
+    import matplotlib  # only when a confusion matrix is drawn
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -84,7 +84,7 @@ def write_report(
     """Write ``<stream>_confusion.png``, ``<stream>_confusion.json`` (matrix + class names) and
     ``<stream>_report.{txt,json}`` (scikit-learn classification_report) into ``out_dir``;
     return :func:`summary`."""
-    from sklearn.metrics import classification_report
+    from sklearn.metrics import classification_report  # only at test time
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)

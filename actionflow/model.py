@@ -96,7 +96,7 @@ def pretrained_state(backbone: str, pretrained_path: str | None = None) -> dict[
         if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
             state = state["state_dict"]
         return state
-    import torchvision
+    import torchvision  # torchvision only for its backbones: small_cnn needs none
 
     try:
         # weights_only=True: torch.hub's default is False, and a file planted in its cache would run code
@@ -151,7 +151,7 @@ class Stream(nn.Module):
     ):
         """``state``: ImageNet weights of ``backbone`` to start from (None: random initialisation)."""
         super().__init__()
-        import torchvision
+        import torchvision  # torchvision only for its backbones: small_cnn needs none
 
         try:
             net = SmallCNN(in_channels) if backbone == "small_cnn" else torchvision.models.get_model(backbone, weights=None)

@@ -27,9 +27,13 @@ import numpy as np
 import pytorch_lightning as pl
 import torch
 import torch.nn.functional as F
+from pytorch_lightning.loggers import WandbLogger
 
 from actionflow import metrics
+from actionflow.data import crop_box
 from actionflow.model import TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
+from flow_engine.engine import FlowEngine, engine_identity
+from flow_engine.io.viz import flow_to_color_torch
 
 logger = logging.getLogger(__name__)
 
@@ -140,8 +144,6 @@ class ActionRecognizer(pl.LightningModule):
         return self.net.streams
 
     def _make_engine(self, device):
-        from flow_engine.engine import FlowEngine
-
         h = self.hparams
         return FlowEngine(name=h.flow_engine, weights=h.flow_weights, device=str(device), flow_updates=h.flow_updates)
 
@@ -176,8 +178,6 @@ class ActionRecognizer(pl.LightningModule):
         differ) and each item's crop ``box`` and ``flip``: flow is computed at decode size and then
         cropped like the RGB frames (:func:`actionflow.data.crop_box`), as the cache's flow is.
         """
-        from actionflow.data import crop_box
-
         rgb, flow = batch.get("rgb"), batch.get("flow")
         if "frames" not in batch:
             return rgb, flow
@@ -330,8 +330,6 @@ class ActionRecognizer(pl.LightningModule):
     # ------------------------------------------------------------------ W&B images
 
     def _log_images(self, key: str, images: list, captions: list[str]) -> None:
-        from pytorch_lightning.loggers import WandbLogger
-
         for lg in self.loggers:
             if isinstance(lg, WandbLogger):
                 try:
@@ -341,15 +339,11 @@ class ActionRecognizer(pl.LightningModule):
 
     def _log_clips(self, rgb, flow, out, labels) -> None:
         """The first ``log_clips`` validation videos: first snippet's frame | its first flow, colour-coded."""
-        from pytorch_lightning.loggers import WandbLogger
-
         n = min(self.hparams.log_clips, len(labels))
         if n == 0 or self.trainer.sanity_checking or not self.trainer.is_global_zero:
             return
         if not any(isinstance(lg, WandbLogger) for lg in self.loggers):
             return
-        from flow_engine.io.viz import flow_to_color_torch
-
         panels = []
         if rgb is not None:
             panels.append(rgb[:n, 0])
@@ -365,8 +359,6 @@ class ActionRecognizer(pl.LightningModule):
 
     def flow_identity(self) -> dict:
         """The flow engine's identity (``flow_engine.engine.engine_identity``), without building it."""
-        from flow_engine.engine import engine_identity
-
         h = self.hparams
         return engine_identity(h.flow_engine, h.flow_weights, h.flow_updates)
 

@@ -41,6 +41,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import torch
+from tqdm import tqdm
 
 from actionflow.flow_cache import (
     DEFAULT_BOUND,
@@ -55,7 +57,7 @@ from actionflow.flow_cache import (
     positive_pixels,
     quantize,
 )
-from flow_engine.engine import ENGINES, LEARNED_ENGINES
+from flow_engine.engine import ENGINES, LEARNED_ENGINES, FlowEngine
 from flow_engine.commands.args import add_engine_argument, parse_size_or_side
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, ListFileError, Video, VideoError, as_video, frame_pattern_arg, iter_frames, list_videos,
@@ -156,8 +158,6 @@ class Prefetch:
 
 def _frames_to_tensor(frames: np.ndarray, device):
     """uint8 ``[t,H,W,3]`` RGB -> uint8 ``[t,3,H,W]`` on ``device``."""
-    import torch
-
     t = torch.from_numpy(frames)
     if t.device != torch.device(device):
         t = t.pin_memory() if torch.device(device).type == "cuda" else t
@@ -185,8 +185,6 @@ def write_video_entry(
     VideoError for unreadable videos and videos with fewer than two frames; nothing is left
     behind on any error.
     """
-    import torch
-
     device = torch.device(getattr(engine, "device", "cpu"))
     video = as_video(video, frame_pattern)  # the pattern travels with the video from here on
     if header is None:
@@ -319,8 +317,6 @@ def precompute(
     process are left for last and then waited for; they are computed here only if that
     process did not finish them.
     """
-    from tqdm import tqdm
-
     if batch < 1:  # here, not per video: range(0, n, 0) would fail every one of them
         raise ValueError(f"batch must be at least 1, got {batch}")
     summary = Summary()
@@ -467,8 +463,6 @@ def _shard_from_env() -> tuple[int, int]:
 
 def make_engine(args: argparse.Namespace):
     """The real ``FlowEngine`` the arguments ask for."""
-    from flow_engine.engine import FlowEngine
-
     classical = args.engine not in LEARNED_ENGINES
     # device "auto" under torchrun: LOCAL_RANK's GPU (modulo: several processes per GPU work too)
     return FlowEngine(name=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,

@@ -20,6 +20,7 @@ from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 
@@ -27,7 +28,9 @@ from flow_engine.checkpoints import WeightsError, file_hash
 from flow_engine.errors import FlowEngineError
 from flow_engine.models.classical import CLASSICAL_METHODS, ClassicalFlow
 from flow_engine.models.pwcnet import MULTIPLE, FlowInputError, PWCNet, check_scales, padded_size
-from flow_engine.models.raft import DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, load_raft
+from flow_engine.models.raft import (
+    DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, default_weights_id, load_raft,
+)
 
 log = logging.getLogger(__name__)
 
@@ -74,8 +77,6 @@ def engine_identity(name: str = "pwcnet", weights: str | Path | None = None, flo
     if name not in ENGINES:
         raise FlowEngineError(f"unknown flow engine {name!r}; choose one of {', '.join(ENGINES)}")
     if name in CLASSICAL_METHODS:
-        import cv2
-
         return {"name": name, "weights_hash": f"opencv-{cv2.__version__}"}
     if weights is not None:
         path = Path(weights)
@@ -85,8 +86,6 @@ def engine_identity(name: str = "pwcnet", weights: str | Path | None = None, flo
     elif name == "pwcnet":
         weights_hash = file_hash(DEFAULT_WEIGHTS) if DEFAULT_WEIGHTS.is_file() else "random"
     else:
-        from flow_engine.models.raft import default_weights_id
-
         weights_hash = default_weights_id(name)
     out = {"name": name, "weights_hash": weights_hash}
     if name in RAFT_VARIANTS:
@@ -177,8 +176,6 @@ class FlowEngine:
             raise FlowEngineError(f"scales apply to PWC-Net only, not to {name!r}")
         self.scales = _pwcnet_scales(scales) if name == "pwcnet" else None
         if name not in LEARNED_ENGINES:
-            import cv2
-
             if weights is not None:
                 raise FlowEngineError(f"engine {name!r} is a classical method and takes no weights (got {weights})")
             self.device = torch.device("cpu")

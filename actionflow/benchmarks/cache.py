@@ -18,6 +18,7 @@ Numbers depend on the machine and its load (the load average is recorded in the 
 from __future__ import annotations
 
 import argparse
+import fractions
 import json
 import logging
 import multiprocessing
@@ -45,8 +46,8 @@ from actionflow.flow_cache import (
 )
 from actionflow.precompute import precompute
 from flow_engine.commands.args import add_engine_argument, parse_size_or_side
+from flow_engine.engine import ENGINES, FlowEngine
 from flow_engine.io.video import iter_frames, list_videos
-from flow_engine.engine import ENGINES
 
 log = logging.getLogger(__name__)
 
@@ -200,9 +201,7 @@ HEVC_GOP = 8
 
 def _hevc_row(flows_by_video: list[np.ndarray], spec: str, bound: float, clip: int, seconds: float) -> dict:
     """The ``hevc:CRF`` row of :func:`compare_codecs` (see there)."""
-    import fractions
-
-    import av
+    import av  # PyAV only for the video-codec comparison
 
     crf = spec.partition(":")[2] or "10"
     coded, err, pixels, frames, enc = [], 0.0, 0, 0, 0.0
@@ -237,7 +236,7 @@ def _hevc_row(flows_by_video: list[np.ndarray], spec: str, bound: float, clip: i
 
 def _hevc_decode(packets: list[bytes], start: int, count: int) -> np.ndarray:
     """Frames ``start .. start+count-1`` of an H.265 stream (one packet per frame), decoded from the keyframe before."""
-    import av
+    import av  # PyAV only for the video-codec comparison
 
     ctx = av.CodecContext.create("hevc", "r")
     out = []
@@ -250,8 +249,6 @@ def _hevc_decode(packets: list[bytes], start: int, count: int) -> np.ndarray:
 def run(args: argparse.Namespace) -> int:
     """Run the benchmark; 0 when every target is met, 1 otherwise, 2 on bad input."""
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from flow_engine.engine import FlowEngine
-
     try:
         videos = list_videos(args.videos)
         engine = FlowEngine(name=args.engine, weights=args.weights, device=args.device)

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import functools
+import inspect
 import json
 import logging
 import multiprocessing
@@ -129,7 +130,7 @@ PHOTOS = ("astronaut", "coffee", "chelsea", "rocket", "camera", "coins", "brick"
 @functools.lru_cache(maxsize=None)
 def _photo(name: str) -> np.ndarray:
     """A scikit-image sample photo as uint8 RGB (bundled with scikit-image, no download)."""
-    import skimage.data
+    import skimage.data  # scikit-image loads slowly: only for the backgrounds, in the workers
 
     img = np.asarray(getattr(skimage.data, name)())
     if img.dtype != np.uint8:
@@ -300,8 +301,6 @@ def _check(classes: Sequence[str], clips_per_class: int, frames: int, size: int,
 def check_settings(**settings) -> None:
     """Raise :class:`DemoDataError` for settings :func:`generate_demo_dataset` would refuse (TypeError
     for a setting it does not have), without generating anything."""
-    import inspect
-
     args = inspect.signature(generate_demo_dataset).bind("out", **settings)
     args.apply_defaults()
     a = args.arguments

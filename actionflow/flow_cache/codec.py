@@ -118,7 +118,7 @@ def quantize(flow, bound: float = DEFAULT_BOUND):
     ``clipped[i]`` counts the pixels of frame i with ``|u| > bound`` or ``|v| > bound``.
     With torch the work stays on the flow's device, so a GPU ships 1 byte per value to the host.
     """
-    import torch
+    import torch  # the cache itself needs no torch: only tensors from the device come here
 
     if isinstance(flow, np.ndarray):
         q, clipped = quantize(torch.from_numpy(np.asarray(flow, dtype=np.float32)), bound)

@@ -24,7 +24,10 @@ PyTorch path is healthy), 1 when any check is BROKEN.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
+import logging
+import os
 import platform
 import sys
 import tempfile
@@ -33,6 +36,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+
+# Each check imports what it checks (CuPy, OpenCV, PyAV, decord, the engines) inside itself: a library
+# that is missing or broken is that check's line ("not available" or BROKEN, with why), not a crash.
 
 OK, UNAVAILABLE, BROKEN = "OK", "not available", "BROKEN"
 # Agreement of the CuPy kernel with the PyTorch path, relative to the output's scale.
@@ -78,8 +84,6 @@ def _cuda_version(v: int) -> str:
 
 def devices() -> list[dict]:
     """The CPU and each CUDA device torch sees, with memory in GiB."""
-    import os
-
     cpu_mem = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     out = [{"device": "cpu", "name": platform.processor() or platform.machine(), "cores": os.cpu_count(),
             "memory_gib": round(cpu_mem, 1)}]
@@ -183,8 +187,6 @@ def check_torch_cost_volume() -> Check:
 
 
 def _cupy_installed() -> bool:
-    import importlib.util
-
     return importlib.util.find_spec("cupy") is not None
 
 
@@ -302,8 +304,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import logging
-
     logging.basicConfig(level=logging.ERROR)  # the report says it all; no fallback warnings in between
     report = {"versions": versions(), "devices": devices()}
     print("versions: " + ", ".join(f"{k} {v}" for k, v in report["versions"].items() if k != "platform"))

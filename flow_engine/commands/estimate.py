@@ -20,6 +20,7 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from flow_engine.commands.args import add_engine_argument, parse_size
 from flow_engine.engine import ENGINES, FlowEngine
@@ -152,8 +153,6 @@ def _sequence(path: Path, chunk: int, size: tuple[int, int] | None, max_frames: 
 
 
 def _run_sequence(engine: FlowEngine, args: argparse.Namespace) -> int:
-    from tqdm import tqdm
-
     if args.video is not None:
         pattern = args.frame_pattern or DEFAULT_FRAME_PATTERN
         names, fps, chunks = _sequence(args.video, args.batch, args.size, args.max_frames, pattern, False)

@@ -24,8 +24,9 @@ import torch
 from tqdm import tqdm
 
 from flow_engine.commands.args import add_engine_argument
-from flow_engine.engine import LEARNED_ENGINES
-from flow_engine.errors import FlowEngineError
+from flow_engine.data.datasets import FlowCases, make_dataset
+from flow_engine.engine import LEARNED_ENGINES, FlowEngine
+from flow_engine.errors import DatasetError, FlowEngineError
 from flow_engine.models.classical import CLASSICAL_METHODS, classical_flow
 from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, tensor_to_flow
 from flow_engine.metrics import flow_metrics
@@ -50,9 +51,6 @@ class Case:
 
 def load_cases(root: str | Path) -> list[Case]:
     """The cases under ``root``, sorted by name (the layout of :class:`flow_engine.data.datasets.FlowCases`)."""
-    from flow_engine.data.datasets import FlowCases
-    from flow_engine.errors import DatasetError
-
     try:
         pairs = FlowCases(root).pairs
     except DatasetError as e:
@@ -95,8 +93,6 @@ def make_method(name: str, weights: str | None = None, device: str = "auto", flo
     if name in CLASSICAL_METHODS:
         return lambda img1, img2: classical_flow(name, img1, img2)
     if name in LEARNED_ENGINES:
-        from flow_engine.engine import FlowEngine
-
         engine = FlowEngine(name=name, weights=weights, device=device, flow_updates=flow_updates, scales=scales)
 
         def learned(img1: np.ndarray, img2: np.ndarray) -> np.ndarray:
@@ -139,8 +135,6 @@ DEFAULT_SPLITS = {"sintel": "training", "kitti": "training", "chairs": "val", "t
 
 def dataset_cases(name: str, root: str | Path, split: str | None = None, pass_: str = "clean", year: int = 2015) -> list[Case]:
     """The pairs with ground truth of a benchmark (see :mod:`flow_engine.data.datasets`) as cases."""
-    from flow_engine.data.datasets import make_dataset
-
     split = split or DEFAULT_SPLITS[name]
     options = {"sintel": {"split": split, "pass_": pass_}, "kitti": {"split": split, "year": year},
                "chairs": {"split": split}, "things": {"split": split, "pass_": pass_}}[name]

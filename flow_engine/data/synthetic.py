@@ -28,6 +28,7 @@ import logging
 import math
 from dataclasses import dataclass
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -64,8 +65,7 @@ class SyntheticBatch:
 @functools.lru_cache(maxsize=1)
 def _photo_bank_cpu() -> tuple[torch.Tensor, torch.Tensor]:
     """Square crops of the bundled photos: uint8 [N,3,S,S] and bool [N] "was grey"."""
-    import cv2
-    import skimage.data
+    import skimage.data  # scikit-image loads slowly: only when photo textures are drawn
 
     crops: list[np.ndarray] = []
     grey: list[bool] = []

@@ -31,10 +31,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import Dataset
+from tqdm import tqdm
 
 from flow_engine.errors import DatasetError, FlowEngineError
 from flow_engine.io.video import VideoError, list_videos, probe, read_frames, scaled_size
@@ -102,8 +104,6 @@ def fb_consistency(fw: torch.Tensor, bw: torch.Tensor) -> torch.Tensor:
 
 def _jpeg_roundtrip(frames: np.ndarray) -> tuple[list[bytes], np.ndarray]:
     """JPEG bytes of RGB uint8 frames [T,H,W,3] and the frames decoded back from them."""
-    import cv2
-
     blobs, decoded = [], []
     for f in frames:
         ok, buf = cv2.imencode(".jpg", f[..., ::-1], [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
@@ -115,8 +115,6 @@ def _jpeg_roundtrip(frames: np.ndarray) -> tuple[list[bytes], np.ndarray]:
 
 
 def _decode_jpeg(blob: np.ndarray, where: Path) -> np.ndarray:
-    import cv2
-
     img = cv2.imdecode(np.asarray(blob, np.uint8), cv2.IMREAD_COLOR)
     if img is None:
         raise DatasetError(f"{where}: a frame is not a readable JPEG")
@@ -176,8 +174,6 @@ def label_videos(videos: str | os.PathLike | Sequence[str | os.PathLike], out: s
     ``nonfinite`` counts pairs whose teacher flow held NaN or inf, which are not written.
     Videos that cannot be decoded are skipped and named; a mismatching teacher is a LabelError.
     """
-    from tqdm import tqdm
-
     if pairs_per_video < 1 or batch < 1 or not gaps or not short_sides:
         raise LabelError("pairs_per_video and batch must be positive; gaps and short_sides not empty")
     if any(int(g) < 1 for g in gaps) or any(int(s) < 16 for s in short_sides):

@@ -27,6 +27,7 @@ config's ``data.frame_pattern``) to every probe and decode (a video file ignores
 """
 from __future__ import annotations
 
+import argparse
 import fnmatch
 import functools
 import os
@@ -37,6 +38,7 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from flow_engine.errors import FlowEngineError
@@ -235,8 +237,6 @@ def _frame_shape(reader, path) -> tuple[int, int]:
 def resize_frames(frames: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """uint8 ``[T,h,w,3]`` -> ``[T,H,W,3]`` (``size`` = (H, W)) with OpenCV (area when shrinking,
     bilinear when growing); unchanged when already that size."""
-    import cv2
-
     H, W = int(size[0]), int(size[1])
     if frames.shape[1:3] == (H, W):
         return frames
@@ -290,7 +290,7 @@ def _decord_size_bug(exc: VideoError) -> bool:
 
 def _pyav_chunks(path: str | os.PathLike, chunk: int, size: tuple[int, int] | None) -> Iterator[np.ndarray]:
     """Sequential decoding with PyAV (the fallback for what decord cannot decode), ``chunk`` frames at a time."""
-    import av
+    import av  # PyAV only for the files decord mis-sizes
 
     buf: list[np.ndarray] = []
     try:
@@ -378,8 +378,6 @@ def check_frame_pattern(pattern: str) -> str:
 
 def frame_pattern_arg(text: str) -> str:
     """:func:`check_frame_pattern` as an argparse ``type``: a bad pattern is an argument error saying why."""
-    import argparse
-
     try:
         return check_frame_pattern(text)
     except ValueError as exc:

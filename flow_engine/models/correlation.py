@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -366,7 +367,7 @@ def _kernels(dtype: torch.dtype, device_index: int) -> dict:
     """The compiled kernels for ``dtype`` on that device (compiled once, then cached)."""
     key = (dtype, device_index)
     if key not in _KERNELS:
-        import cupy
+        import cupy  # optional (CUDA machines): imported where the kernel runs
 
         with cupy.cuda.Device(device_index):
             module = cupy.RawModule(code=kernel_source(dtype), options=("--std=c++17",))
@@ -388,7 +389,7 @@ def cupy_usable(device: torch.device | None = None) -> bool:
         try:
             if index < 0:
                 raise RuntimeError("PyTorch sees no CUDA device")
-            import cupy
+            import cupy  # optional (CUDA machines): imported where the kernel runs
 
             if cupy.cuda.runtime.getDeviceCount() <= index:
                 raise RuntimeError(f"CuPy sees {cupy.cuda.runtime.getDeviceCount()} CUDA device(s)")
@@ -414,9 +415,7 @@ def _kernel_fits(d: int, device: torch.device) -> bool:
 
 def _launch(kernel: str, tensors: tuple[torch.Tensor, ...], B: int, C: int, H: int, W: int, d: int) -> None:
     """Run ``kernel`` on the current torch CUDA stream of the tensors' device; pointers via data_ptr."""
-    import cupy
-    import numpy as np
-
+    import cupy  # optional (CUDA machines): imported where the kernel runs
     device = tensors[0].device
     grid, ints, smem = launch_config(kernel, B, C, H, W, d)
     fn = _kernels(tensors[0].dtype, device.index)[kernel]

@@ -38,7 +38,7 @@ MIN_SIDE = 128
 
 
 def _builder(variant: str):
-    from torchvision.models import optical_flow
+    from torchvision.models import optical_flow  # here: torchvision loads only when RAFT is used
 
     if variant not in VARIANTS:
         raise ValueError(f"unknown RAFT variant {variant!r}; choose {', '.join(VARIANTS)}")
@@ -256,7 +256,7 @@ class RAFT(nn.Module):
             coords1 = coords1 + delta
         flow = coords1 - coords0
         up_mask = None if net.mask_predictor is None else net.mask_predictor(hidden)
-        from torchvision.models.optical_flow._utils import upsample_flow
+        from torchvision.models.optical_flow._utils import upsample_flow  # torchvision only when RAFT runs
 
         return self._crop(upsample_flow(flow=flow, up_mask=up_mask).float(), pad)
 

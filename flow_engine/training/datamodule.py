@@ -24,6 +24,10 @@ import torch
 from torch.utils.data import ConcatDataset, DataLoader, Dataset, IterableDataset
 
 from flow_engine.data import augment
+from flow_engine.data.datasets import DATASETS, FlowCases, make_dataset
+from flow_engine.data.synthetic import SyntheticFlow
+from flow_engine.data.teacher_labels import label_videos
+from flow_engine.engine import FlowEngine
 from flow_engine.training.module import ConfigError
 
 log = logging.getLogger(__name__)
@@ -115,8 +119,6 @@ def _check_kwargs(key: str, given: dict | None, fn: Any, skip: tuple[str, ...] =
 
 
 def _check_entry(i: int, entry: Any) -> None:
-    from flow_engine.data.datasets import DATASETS
-
     where = f"data.train[{i}]"
     if not isinstance(entry, dict) or not isinstance(entry.get("name"), str):
         raise ConfigError(f"{where} must be a mapping with a name (synthetic, {', '.join(DATASETS)}), got {entry!r}")
@@ -277,9 +279,6 @@ class FlowDataModule(pl.LightningDataModule):
         d = self.distill
         if not d.teacher or not d.videos:
             return
-        from flow_engine.data.teacher_labels import label_videos
-        from flow_engine.engine import FlowEngine
-
         teacher = FlowEngine(name=d.teacher, weights=d.teacher_weights, device=d.device, flow_updates=d.flow_updates)
         threads = torch.get_num_threads()
         if d.threads:
@@ -295,8 +294,6 @@ class FlowDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         if not self.datasets:
             return DataLoader(_Ticks(), batch_size=None)
-        from flow_engine.data.datasets import make_dataset
-
         parts = []
         for entry in self.datasets:
             entry = dict(entry)
@@ -328,8 +325,6 @@ class FlowDataModule(pl.LightningDataModule):
         if self.uses_synthetic:
             device = batch.device if torch.is_tensor(batch) else batch[0].device
             if self._generator is None or self._generator.device != device:
-                from flow_engine.data.synthetic import SyntheticFlow
-
                 s = self.synthetic
                 self._generator = SyntheticFlow(*self.crop, device, self.seed, num_layers=tuple(s.num_layers), min_displacement=s.min_displacement,
                                                 max_displacement=s.max_displacement, photometric=s.photometric, noise=s.noise,
@@ -364,8 +359,6 @@ class FlowDataModule(pl.LightningDataModule):
         return sets
 
     def val_dataloader(self) -> list[DataLoader]:
-        from flow_engine.data.datasets import FlowCases
-
         sets = self.val_sets()
         if not sets:
             log.info("validation skipped: no cases folder at %s", self.val_cases)

@@ -18,8 +18,10 @@ import pytorch_lightning as pl
 import torch
 
 from flow_engine.errors import FlowEngineError
-from flow_engine.training.losses import LEVEL_WEIGHTS, end_point_error, full_resolution_flow, matching_loss, multiscale_loss
+from flow_engine.io.flow_files import write_image
+from flow_engine.io.viz import flow_to_color_torch
 from flow_engine.models.pwcnet import FlowInputError, PWCNet, check_scales, load_pwcnet_state_dict
+from flow_engine.training.losses import LEVEL_WEIGHTS, end_point_error, full_resolution_flow, matching_loss, multiscale_loss
 
 log = logging.getLogger(__name__)
 
@@ -188,9 +190,6 @@ class FlowModule(pl.LightningModule):
         return self.model.predict(img1, img2, scales=self.val_scales).float()
 
     def _log_flow_image(self, name: str, img1: torch.Tensor, pred: torch.Tensor, gt: torch.Tensor, valid: torch.Tensor) -> None:
-        from flow_engine.io.flow_files import write_image
-        from flow_engine.io.viz import flow_to_color_torch
-
         max_flow = float(gt[0].norm(dim=0)[valid[0]].max()) if bool(valid.any()) else None
         colours = flow_to_color_torch(torch.cat([pred, gt]).float(), max_flow=max_flow)
         panel = torch.cat([img1[0].to(torch.uint8).cpu(), colours[0].cpu(), colours[1].cpu()], dim=2)  # [3,H,3W]
