@@ -1,6 +1,6 @@
 """Benchmark the flow cache on real clips: size, round-trip error, read speed, precompute speed.
 
-``python -m actionflow bench-cache [--videos ../shared/data/video] [--size 340x256] [--engine dis] [--json OUT]``
+``python -m actionflow bench-cache --videos ../shared/data/video [--size 340x256] [--engine dis] [--json OUT]``
 
 For every video of ``--videos`` the engine's flow (default DIS on CPU: real, noisy flow,
 harder to compress than PWC-Net's smooth flow) is computed at ``--size`` and measured as:
@@ -51,12 +51,11 @@ from flow_engine.io.video import iter_frames, list_videos
 
 log = logging.getLogger(__name__)
 
-DEFAULT_VIDEOS = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video"
 TARGETS = {"ratio_vs_flo": 70.0, "epe": 0.1, "read_frames_per_s": 2000.0}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--videos", type=Path, default=DEFAULT_VIDEOS, help="folder or list of videos (default ../shared/data/video)")
+    parser.add_argument("--videos", type=Path, required=True, help="folder or list of videos, e.g. ../shared/data/video")
     parser.add_argument("--size", type=parse_size_or_side, default=(256, 340), help="WIDTHxHEIGHT of the flow (default 340x256)")
     add_engine_argument(parser, "dis", ENGINES)
     parser.add_argument("--weights", default=None, help="PWC-Net weights (with --engine pwcnet)")

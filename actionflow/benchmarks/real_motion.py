@@ -1,6 +1,6 @@
 """The real-footage benchmark: clips of real people moving, labelled by how the footage moves.
 
-``python -m actionflow real-motion OUT [--source ../shared/data/video_real]`` cuts the 30 real
+``python -m actionflow real-motion OUT --source ../shared/data/video_real`` cuts the 30 real
 clips of ``../shared/data/video_real`` (dance, sports, exercise, everyday actions, crowds; any
 size, 10 to 60 fps) into short clips of three classes that only motion tells apart: how fast the
 footage plays.
@@ -48,7 +48,6 @@ SPEEDS = {"normal": 1, "fast": 2, "faster": 4}  # base frames per clip frame
 TEST_VIDEOS = ("vibeold_dance_duo", "unianimate_dance_indoor", "gvhmr_tennis", "askanything_yoga",
                "sam2_kids_jumping_on_bed", "tokenflow_woman_running")
 VAL_VIDEOS = ("mimicmotion_tiktok_dance_b", "askanything_hitting_baseball", "sam2_pouring_coffee", "alphapose_street_crowd")
-DEFAULT_SOURCE = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "video_real"
 VERSION = 2
 
 
@@ -83,7 +82,7 @@ def cut_clips(base: np.ndarray, clips_per_class: int, frames: int) -> dict[str, 
     return out
 
 
-def build(out: str | Path, source: str | Path = DEFAULT_SOURCE, clips_per_class: int = 5, frames: int = 16,
+def build(out: str | Path, source: str | Path, clips_per_class: int = 5, frames: int = 16,
           short_side: int = 128) -> Path:
     """Write the benchmark into ``out`` (see the module docstring); returns ``out``. Videos that
     cannot be decoded are skipped and named in the log; an existing complete build is kept."""
@@ -140,7 +139,7 @@ def build(out: str | Path, source: str | Path = DEFAULT_SOURCE, clips_per_class:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="output folder (e.g. data/real_motion)")
-    parser.add_argument("--source", type=Path, default=DEFAULT_SOURCE, help="folder of real clips (default ../shared/data/video_real)")
+    parser.add_argument("--source", type=Path, required=True, help="folder of real clips, e.g. ../shared/data/video_real")
     parser.add_argument("--clips-per-class", type=int, default=5, help="clips of each class per video (default 5)")
     parser.add_argument("--frames", type=int, default=16, help="frames per clip (default 16)")
     parser.add_argument("--short-side", type=int, default=128, help="short side of the clips in px (default 128)")
