@@ -214,7 +214,7 @@ def write_video_entry(
 
     device = torch.device(getattr(engine, "device", "cpu"))
     if header is None:
-        header = _header(cache, video)
+        header = _header(cache, video, frame_pattern)
     h, w = header["height"], header["width"]  # the video's own size in a short-side cache
     if frames is None:
         frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w), frame_pattern=frame_pattern))
@@ -256,10 +256,10 @@ def write_video_entry(
     return writer
 
 
-def _header(cache: FlowCache, video: str | os.PathLike) -> dict:
+def _header(cache: FlowCache, video: str | os.PathLike, frame_pattern: str) -> dict:
     """The new entry's header, with the video's size and mtime as they are now; VideoError when it is missing."""
     try:
-        return cache.header_for(video)
+        return cache.header_for(video, frame_pattern)
     except FileNotFoundError:
         raise VideoError(video, "no such file") from None
     except OSError as exc:
@@ -381,7 +381,7 @@ def precompute(
             skip(video)
             return True
         try:
-            header = _header(cache, video)
+            header = _header(cache, video, frame_pattern)
         except VideoError as exc:
             lock.release()
             log.warning("skipping %s", exc)

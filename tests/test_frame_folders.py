@@ -268,6 +268,22 @@ def test_the_data_module_trains_on_rawframe_lists_with_cached_flow(rawframes, tm
         strict.setup("fit")
 
 
+def test_a_short_side_cache_reads_frame_folders_with_their_pattern(rawframes, tmp_path):
+    """data.size as a short side probes each folder for its own size: with the folders' pattern, not the default."""
+    from actionflow.data import ActionDataModule
+
+    dm = ActionDataModule(root=str(rawframes), train_list=str(rawframes / "train.txt"), val_list=str(rawframes / "val.txt"),
+                          test_list=str(rawframes / "val.txt"), class_index=str(rawframes / "classes.txt"), mode="flow",
+                          cache_dir=str(tmp_path / "cache"), flow_model="dis", num_workers=0, size=32, crop_size=(32, 32),
+                          num_segments=2, flow_length=3, frame_pattern="{:05d}.jpg")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.skipped == [] and len(dm.clips["train"]) == 4
+    with dm.cache.open(dm.clips["train"][0].sample.path) as cached:
+        assert (cached.num_flows, cached.height, cached.width) == (9, 32, 32)
+        assert cached.header["video"]["frame_size"] == [32, 32]
+
+
 def test_a_frame_that_fails_after_setup_drops_the_item_with_its_name(tmp_path, caplog):
     import logging
 
