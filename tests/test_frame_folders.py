@@ -105,6 +105,11 @@ def test_an_unreadable_frame_is_an_error_naming_it(tmp_path):
     (folder / "img_00004.jpg").write_bytes(b"")
     with pytest.raises(VideoError, match="frame img_00004.jpg: empty file"):
         read_frames(folder, [3])
+    from hostile_files import image_claiming
+
+    (folder / "img_00004.jpg").write_bytes(image_claiming(".jpg", 20000, 20000))  # 629 bytes, 1.2 GB decoded
+    with pytest.raises(VideoError, match="frame img_00004.jpg: image of 20000x20000 pixels is above the limit"):
+        list(iter_frames(folder, chunk=2))
 
 
 @pytest.mark.timeout(60)

@@ -46,7 +46,8 @@ from typing import Any
 import numpy as np
 
 from actionflow.flow_cache.codec import (
-    LEVEL_SCHEMES, ZERO_EXACT, decode_frame, dequantize, encode_frames, parse_codec, quantize, split_jpeg, stack_flows,
+    LEVEL_SCHEMES, ZERO_EXACT, decode_frame, dequantize, encode_frames, fits, parse_codec, quantize, split_jpeg,
+    stack_flows,
 )
 
 MAGIC = b"\x89AFC\r\n\x1a\n"  # PNG-style: a text-mode copy or a truncation to 7 bits is caught
@@ -193,6 +194,9 @@ class CachedFlow:
         except ValueError:
             os.close(fd)
             raise CacheCorrupt(path, "header codec tables are not valid base64") from None
+        if self._tables is not None and not fits(self._tables, int(header["height"]), int(header["width"])):
+            os.close(fd)
+            raise CacheCorrupt(path, f"header codec tables are not those of a {2 * header['height']}x{header['width']} JPEG")
         self.header: dict[str, Any] = header
         self.index = index
         self.num_flows = n
