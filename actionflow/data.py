@@ -413,6 +413,16 @@ class ActionDataModule(pl.LightningDataModule):
             check_frame_pattern(frame_pattern)
         except ValueError as exc:
             raise DataConfigError(f"data.frame_pattern: {exc}") from None
+        if mode in ("flow", "two_stream"):  # an unknown engine or a missing weights file fails now, not after the demo set
+            from flow_engine.engine import FlowEngineError, engine_identity
+            from flow_engine.pwcnet import WeightsError
+
+            try:
+                engine_identity(flow_model, flow_weights, flow_updates)
+            except FlowEngineError as exc:
+                raise DataConfigError(f"data.flow_model: {exc}") from None
+            except WeightsError as exc:
+                raise DataConfigError(f"data.flow_weights: {exc}") from None
         if imported_flow is not None and imported_flow != flow_model:
             raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_model is {flow_model!r}: "
                                   "imported flow stands in only for the engine that fills the rest of the cache")

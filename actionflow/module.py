@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from actionflow import metrics
-from actionflow.model import TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
+from actionflow.model import ModelConfigError, TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
 
 logger = logging.getLogger(__name__)
 
@@ -105,14 +105,14 @@ class ActionRecognizer(pl.LightningModule):
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+            raise ModelConfigError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+            raise ModelConfigError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
         if finetune_flow and flow_model != "pwcnet":
-            raise ValueError(f"model.finetune_flow needs the pwcnet flow model (data.flow_model), not {flow_model!r}")
+            raise ModelConfigError(f"model.finetune_flow needs the pwcnet flow model (data.flow_model), not {flow_model!r}")
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+            raise ModelConfigError(f"{len(class_names)} class names for {num_classes} classes")
         self.save_hyperparameters()
         # plain types only, so that checkpoints load with torch.load(weights_only=True)
         self.hparams["class_names"] = [str(c) for c in class_names]
