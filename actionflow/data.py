@@ -83,18 +83,21 @@ def _holds_other_data(root: Path) -> bool:
 
 
 def _pair(value: Sequence[int] | int | None, name: str, short_side: bool = False) -> tuple[int, int] | int | None:
-    """[H, W] (or one int: a square for crops, the short side for ``short_side`` sizes) checked >= 8 px."""
+    """[H, W] (or one int: a square for crops, the short side for ``short_side`` sizes) checked to lie in
+    8..8192 px (the flow cache's largest side: frames decoded larger would be crafted, not asked for)."""
+    from actionflow.flow_cache import MAX_SIDE
+
     if value is None:
         return None
     if isinstance(value, int) and short_side:
-        if value < 8:
-            raise DataConfigError(f"data.{name} as a short side must be >= 8 px, got {value}")
+        if not 8 <= value <= MAX_SIDE:
+            raise DataConfigError(f"data.{name} as a short side must be 8..{MAX_SIDE} px, got {value}")
         return int(value)
     if isinstance(value, int):
         value = (value, value)
-    if len(value) != 2 or min(value) < 8:
+    if len(value) != 2 or min(value) < 8 or max(value) > MAX_SIDE:
         form = "[H, W] (e.g. [256, 340]) or one int, the short side (e.g. 256)" if short_side else "[H, W], e.g. [224, 224]"
-        raise DataConfigError(f"data.{name} must be {form}, both >= 8 px; got {value}")
+        raise DataConfigError(f"data.{name} must be {form}, both 8..{MAX_SIDE} px; got {value}")
     return int(value[0]), int(value[1])
 
 
@@ -432,6 +435,12 @@ class ActionDataModule(pl.LightningDataModule):
         self.size = _pair(size, "size", short_side=True)
         if crop_size is None and isinstance(self.size, int):
             raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")
+        from flow_engine.engine import min_side
+
+        smallest = self.size if isinstance(self.size, int) else min(self.size)
+        if mode in ("flow", "two_stream") and smallest < min_side(flow_model):  # flow is computed at data.size
+            shown = self.size if isinstance(self.size, int) else list(self.size)
+            raise DataConfigError(f"data.size {shown}: {flow_model} needs frames of at least {min_side(flow_model)} px a side")
         self.crop_size = _pair(crop_size, "crop_size") or self.size
         if not isinstance(self.size, int) and (self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]):
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")

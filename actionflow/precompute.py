@@ -56,6 +56,7 @@ from actionflow.flow_cache import (
     quantize,
 )
 from flow_engine.engine import LEARNED_MODELS, MODELS
+from flow_engine.pwcnet import FlowInputError
 from flow_engine.estimate import parse_size as _parse_wxh
 from flow_engine.video import (
     DEFAULT_FRAME_PATTERN, ListFileError, VideoError, frame_pattern_arg, iter_frames, list_videos,
@@ -138,8 +139,9 @@ class Prefetch:
     thread and closes ``it`` (freeing the decoder)."""
 
     _END = object()
+    DEPTH = 2
 
-    def __init__(self, it: Iterator, depth: int = 2):
+    def __init__(self, it: Iterator, depth: int = DEPTH):
         self._it = it
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -217,6 +219,7 @@ def write_video_entry(
         header = _header(cache, video, frame_pattern)
     h, w = header["height"], header["width"]  # the video's own size in a short-side cache
     if frames is None:
+        check_size(engine, h, w, batch)
         frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w), frame_pattern=frame_pattern))
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
@@ -254,6 +257,12 @@ def write_video_entry(
         if own_pool:
             pool.shutdown(wait=True)
     return writer
+
+
+def check_size(engine, height: int, width: int, batch: int, decoding: int = 1) -> None:
+    """FlowInputError, before a frame is decoded, unless ``engine`` takes frames of ``height`` x ``width`` px
+    and memory holds a pass of ``batch`` pairs with ``decoding`` videos' chunks decoded ahead."""
+    engine.check_size(height, width, batch, held_bytes=decoding * (Prefetch.DEPTH + 1) * batch * 3 * height * width)
 
 
 def _header(cache: FlowCache, video: str | os.PathLike, frame_pattern: str) -> dict:
@@ -382,10 +391,16 @@ def precompute(
             return True
         try:
             header = _header(cache, video, frame_pattern)
+            check_size(engine, header["height"], header["width"], batch, max(1, decoders))
         except VideoError as exc:
             lock.release()
             log.warning("skipping %s", exc)
             fail(video, exc.reason)
+            return True
+        except FlowInputError as exc:  # a size the engine cannot take, or memory would not hold
+            lock.release()
+            log.warning("skipping %s: %s", video, exc)
+            fail(video, str(exc))
             return True
         cache.remove_temp_files(video)
         frames = iter_frames(video, chunk=batch, size=(header["height"], header["width"]), frame_pattern=frame_pattern)
@@ -398,6 +413,10 @@ def precompute(
         except VideoError as exc:
             log.warning("skipping %s", exc)
             fail(c.video, exc.reason)
+            return
+        except FlowInputError as exc:
+            log.warning("skipping %s: %s", c.video, exc)
+            fail(c.video, str(exc))
             return
         except Exception as exc:  # an engine or codec failure on one video must not end the run
             log.exception("failed on %s", c.video)
@@ -524,7 +543,11 @@ def run(args: argparse.Namespace, engine=None) -> int:
         if engine is None:
             engine = make_engine(args)
         cache = FlowCache(args.cache, engine.config(), size=args.size, bound=args.bound, codec=codec)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if isinstance(cache.size, int):  # each video's own size: its memory is checked before it is decoded
+            engine.check_size(cache.size, cache.size, 0)
+        else:
+            check_size(engine, *cache.size, args.batch, args.decoders)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # FlowInputError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     size = f"short side {cache.size}" if isinstance(cache.size, int) else f"{cache.size[1]}x{cache.size[0]}"

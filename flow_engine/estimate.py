@@ -84,6 +84,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine = FlowEngine(model=args.model, weights=args.weights, device=args.device, dtype=args.dtype,
                             flow_updates=args.flow_updates, scales=args.scales)
+    except (FlowEngineError, WeightsError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.size is not None:  # before anything is decoded at that size
+        try:
+            engine.check_size(*args.size, args.batch, held_bytes=3 * (args.batch + 1) * 3 * args.size[0] * args.size[1])
+        except FlowInputError as e:
+            print(f"error: --size {args.size[1]}x{args.size[0]}: {e}", file=sys.stderr)
+            return 2
+    try:
         if args.video is None and args.frames is None:
             return _run_pair(engine, args)
         return _run_sequence(engine, args)

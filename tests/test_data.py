@@ -183,6 +183,11 @@ def test_bad_settings_fail_before_any_decoding(tiny):
         ActionDataModule(train_list=str(tiny / "nope.txt"))
     with pytest.raises(DataConfigError, match="crop_size"):
         ActionDataModule(train_list=str(tiny / "train.txt"), size=(32, 32), crop_size=(64, 64))
+    with pytest.raises(DataConfigError, match=r"data.size \[12, 64\]: dis needs frames of at least 16 px a side"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), size=(12, 64), crop_size=(12, 12), flow_model="dis")
+    ActionDataModule(train_list=str(tiny / "train.txt"), size=(12, 64), crop_size=(12, 12), flow_model="dis", mode="rgb")
+    with pytest.raises(DataConfigError, match="data.size as a short side must be 8..8192 px, got 100000"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), size=100000, crop_size=(64, 64))
 
 
 def test_demo_option_generates_the_bundled_dataset_first(tmp_path):

@@ -370,6 +370,29 @@ def test_symlink_loops_and_fifos_are_named_skips_that_never_block(good_videos, t
         assert c.num_flows == 11 and c.verify() == []
 
 
+def test_sizes_an_engine_cannot_take_are_refused_before_any_work(good_videos, tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    for size, words in (("8x8", "dis needs frames of at least 16 px a side, got 8x8"),
+                        ("12", "dis needs frames of at least 16 px a side, got 12x12"),
+                        ("8000x8000", "GiB is available")):
+        assert cli(["precompute", "--videos", str(good_videos[0]), "--cache", str(cache_dir), "--engine", "dis",
+                    "--size", size, "--batch", "100000"]) == 2, size
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err
+    assert not any(cache_dir.iterdir())
+    # a short side is checked per video, before it is decoded: the video fails by name, the run goes on
+    summary = pc.precompute([good_videos[0]], FlowCache(cache_dir, {"name": "dis"}, size=4000), engine_for("dis"),
+                            batch=100000, progress=False)
+    [(video, reason)] = summary.failed
+    assert video == good_videos[0] and "GiB is available" in reason and not any(cache_dir.glob("*.afc"))
+
+
+def engine_for(name: str):
+    from flow_engine.engine import FlowEngine
+
+    return FlowEngine(name)
+
+
 @pytest.mark.parametrize("flag, value, words", [
     ("--bound", "nan", "must be a positive, finite number of pixels, got 'nan'"),
     ("--bound", "inf", "must be a positive, finite number of pixels"),
