@@ -46,6 +46,7 @@ from actionflow.flow_cache import (
 from actionflow.precompute import parse_size, precompute
 from flow_engine.video import iter_frames, list_videos
 from flow_engine.engine import MODELS
+from flow_engine.io import output_file
 
 log = logging.getLogger(__name__)
 
@@ -69,7 +70,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--workers", type=int, default=2,
                         help="worker processes in the parallel read test, and a classical engine's flow processes "
                              "(precompute is timed with 1 and with this many; default 2)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--json", type=output_file, default=None, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="build the caches in this folder and keep them")
 
 
@@ -365,8 +366,12 @@ def run(args: argparse.Namespace) -> int:
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(results, indent=2, default=str))
+        except OSError as exc:
+            print(f"error: cannot write {args.json} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
     return 0 if all(checks.values()) else 1
 
 

@@ -24,6 +24,7 @@ import torch
 
 from actionflow.annotations import Sample
 from flow_engine.engine import FlowEngineError, resolve_device
+from flow_engine.io import output_file
 from flow_engine.pwcnet import WeightsError, load_weights_only
 from flow_engine.video import DEFAULT_FRAME_PATTERN, VideoError, decode_size, frame_pattern_arg, iter_frames, probe
 
@@ -145,7 +146,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py")
     parser.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--flow-video", type=Path, default=None, help="write the video's flow, colour-coded, as MP4")
+    parser.add_argument("--flow-video", type=output_file, default=None, help="write the video's flow, colour-coded, as MP4")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--clips", type=int, default=None, help="clips averaged (default: the training config's test_clips)")
 

@@ -31,6 +31,7 @@ import torch
 from flow_engine.correlation import correlation, cupy_usable
 from flow_engine.engine import DTYPES, MODELS, FlowEngine, FlowEngineError
 from flow_engine.estimate import parse_size
+from flow_engine.io import output_file
 from flow_engine.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, FlowInputError, WeightsError, padded_size
 
 
@@ -48,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", type=int, metavar="T", help="also time T-frame clips: pair path vs clip path (features once)")
     parser.add_argument("--skip-engine", action="store_true", help="benchmark the cost volume only")
     parser.add_argument("--skip-cost-volume", action="store_true", help="benchmark the engine only")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON")
+    parser.add_argument("--json", type=output_file, metavar="OUT", help="also write the numbers as JSON")
 
 
 def _timer(device: torch.device, fn: Callable[[], object], iters: int, warmup: int) -> list[float]:
@@ -232,7 +233,11 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_json(path: Path | None, result: dict) -> int:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(json.dumps(result, indent=2))
+        except OSError as exc:
+            print(f"error: cannot write {path} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
         print(f"\nwrote {path}")
     return 0

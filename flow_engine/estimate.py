@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
-from flow_engine.io import FlowFileError, read_image, write_flow, write_image
+from flow_engine.io import FlowFileError, output_file, read_image, write_flow, write_image
 from flow_engine.pwcnet import FlowInputError, WeightsError
 from flow_engine.video import (
     DEFAULT_FRAME_PATTERN, VideoError, frame_files, frame_pattern_arg, iter_frames, probe, resize_frames,
@@ -59,7 +59,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="output .flo/.png file (pair) or folder (sequence)")
     parser.add_argument("--flo", action="store_true", help="sequence: write OUT/NAME.flo")
     parser.add_argument("--png", action="store_true", help="sequence: write colour-coded OUT/NAME.png")
-    parser.add_argument("--mp4", type=Path, metavar="OUT.mp4", help="sequence: write a colour-coded video")
+    parser.add_argument("--mp4", type=output_file, metavar="OUT.mp4", help="sequence: write a colour-coded video")
     parser.add_argument("--max-flow", type=float, metavar="PX",
                         help="flow magnitude of full colour saturation; default: per frame for PNGs, "
                              "the largest magnitude of the first batch for the MP4 (fixed for all frames)")

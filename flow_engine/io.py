@@ -114,6 +114,22 @@ def image_size(path: PathLike, data: bytes | None = None) -> tuple[int, int]:
     return width, height
 
 
+def output_file(text: str) -> Path:
+    """An argparse ``type`` for a file a command writes (``--json OUT``, ``--mp4 OUT``...): refused at once,
+    before any work, when it names an existing folder or lies under an existing file."""
+    import argparse
+
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it, e.g. {path / 'report.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+            break
+    return path
+
+
 # ----------------------------------------------------------------------------- .flo
 
 
