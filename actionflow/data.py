@@ -451,6 +451,7 @@ class ActionDataModule(pl.LightningDataModule):
         self.skipped: list[str] = []  # "path: reason" of videos left out at setup
         self._engine = None
         self.cache = None
+        self._flow_failures: dict[str, str] = {}  # path -> why its flow could not be computed (prepare_data)
 
     def _load_splits(self):
         h = self.hparams
@@ -526,9 +527,10 @@ class ActionDataModule(pl.LightningDataModule):
         logger.info("computing flow of %d video(s) missing from %s with %s", len(missing), cache.root, engine.name)
         summary = precompute([Path(p) for p in missing], cache, engine, workers=2,
                              frame_pattern=self.hparams.frame_pattern)
-        for path, reason in summary.failed:  # setup() then skips these as uncached
+        for path, reason in summary.failed:  # setup() then skips these as uncached, for this reason
             if self.hparams.strict:
                 raise BadVideo(f"{path}: no flow ({reason})")
+            self._flow_failures[str(path)] = reason
 
     def setup(self, stage: str | None = None) -> None:
         """Probe every video of the splits once; bad ones are skipped (warned, counted) or raise if strict."""
@@ -549,8 +551,8 @@ class ActionDataModule(pl.LightningDataModule):
                 return exc.reason
             if info.num_frames < min_frames:
                 return f"only {info.num_frames} frame(s); flow needs {min_frames}"
-            if cache is not None and cache.lookup(path) is None:
-                return f"no cached flow in {self.hparams.cache_dir}"
+            if cache is not None and cache.lookup(path) is None:  # the reason its flow failed, where this process saw it
+                return self._flow_failures.get(path) or f"no cached flow in {self.hparams.cache_dir}"
             return info.num_frames, decode_size(info.height, info.width, self.size)
 
         with ThreadPoolExecutor(max(1, min(4, self.hparams.num_workers))) as pool:

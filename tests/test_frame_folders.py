@@ -273,6 +273,29 @@ def test_the_data_module_trains_on_rawframe_lists_with_cached_flow(rawframes, tm
         strict.setup("fit")
 
 
+def test_the_skip_summary_keeps_the_reason_a_folders_flow_failed(rawframes, tmp_path):
+    """A middle frame that does not decode, or has another size, passes setup's probe (first and last frames)
+    and fails the flow: the summary says why, not just that no flow was cached."""
+    from actionflow.data import ActionDataModule
+
+    unreadable = write_frames(tmp_path / "unreadable", ramp(6, 32, 32), "{:05d}.jpg")
+    (unreadable / "00003.jpg").write_bytes(b"not a JPEG")
+    mixed = write_frames(tmp_path / "mixed", ramp(6, 32, 32), "{:05d}.jpg")
+    write_frames(mixed, ramp(1, 16, 16), "{:05d}.jpg", start=4)
+    train = tmp_path / "train.txt"
+    train.write_text((rawframes / "train.txt").read_text() + f"{unreadable} 6 0\n{mixed} 6 1\n")
+    dm = ActionDataModule(root=str(rawframes), train_list=str(train), val_list=str(rawframes / "val.txt"),
+                          test_list=str(rawframes / "val.txt"), class_index=str(rawframes / "classes.txt"), mode="flow",
+                          cache_dir=str(tmp_path / "cache"), flow_model="dis", num_workers=0, size=(32, 32),
+                          crop_size=(32, 32), num_segments=2, flow_length=3, frame_pattern="{:05d}.jpg")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.skipped == [f"{unreadable}: frame 00003.jpg: unreadable image (not an image format whose size can be read "
+                          "before decoding: JPEG, PNG, WebP, TIFF, BMP, PPM/PGM, JPEG 2000, AVIF)",
+                          f"{mixed}: frame 00004.jpg is 16x16 but frame 00001.jpg is 32x32: the frames of a folder "
+                          "must share one size"]
+
+
 def test_a_short_side_cache_reads_frame_folders_with_their_pattern(rawframes, tmp_path):
     """data.size as a short side probes each folder for its own size: with the folders' pattern, not the default."""
     from actionflow.data import ActionDataModule
