@@ -108,7 +108,7 @@ def image_size(path: PathLike, data: bytes | None = None) -> tuple[int, int]:
     except Exception as e:  # a header that imagesize's parser trips over (struct.error, ValueError...)
         raise FlowFileError(path, f"unreadable image (corrupt header: {type(e).__name__})") from None
     if (width, height) == (-1, -1):
-        raise FlowFileError(path, "unreadable image (not an image format whose size can be read before decoding: "
+        raise FlowFileError(path, "unreadable image (no header of a known format: "
                                   "JPEG, PNG, WebP, TIFF, BMP, PPM/PGM, JPEG 2000, AVIF)")
     _check_pixels(path, width, height)
     return width, height

@@ -290,8 +290,8 @@ def test_the_skip_summary_keeps_the_reason_a_folders_flow_failed(rawframes, tmp_
                           crop_size=(32, 32), num_segments=2, flow_length=3, frame_pattern="{:05d}.jpg")
     dm.prepare_data()
     dm.setup("fit")
-    assert dm.skipped == [f"{unreadable}: frame 00003.jpg: unreadable image (not an image format whose size can be read "
-                          "before decoding: JPEG, PNG, WebP, TIFF, BMP, PPM/PGM, JPEG 2000, AVIF)",
+    assert dm.skipped == [f"{unreadable}: frame 00003.jpg: unreadable image (no header of a known format: "
+                          "JPEG, PNG, WebP, TIFF, BMP, PPM/PGM, JPEG 2000, AVIF)",
                           f"{mixed}: frame 00004.jpg is 16x16 but frame 00001.jpg is 32x32: the frames of a folder "
                           "must share one size"]
 
