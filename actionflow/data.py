@@ -339,7 +339,8 @@ class ActionDataModule(pl.LightningDataModule):
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
-            A ``root`` that already holds other files (your own dataset) is used as it is.
+            A ``root`` that already holds other files (your own dataset) is used as it is, and lists or a
+            class index other than the demo's own (``root/train.txt``...) mean your data: no demo then.
     """
 
     def __init__(
@@ -386,8 +387,14 @@ class ActionDataModule(pl.LightningDataModule):
 
             if root is None:
                 raise DataConfigError("data.demo needs data.root: the folder to write the demo dataset into")
+            own = {"train_list": "train.txt", "val_list": "val.txt", "test_list": "test.txt", "class_index": "classes.txt"}
+            given = {"train_list": train_list, "val_list": val_list, "test_list": test_list, "class_index": class_index}
+            yours = [f"data.{k}" for k, v in given.items()
+                     if v is not None and os.path.abspath(v) != os.path.abspath(Path(root) / own[k])]
             if _holds_other_data(Path(root)):  # e.g. `python train.py --data.root MY_DATA` over the default config
                 logger.info("data.root %s holds a dataset that is not the demo: using it, not generating the demo", root)
+            elif yours:  # lists of your own: a mistyped data.root is an error below, not a demo set written there
+                logger.info("%s given: not generating the demo into data.root %s", ", ".join(yours), root)
             else:
                 settings = demo if isinstance(demo, dict) else {}
                 try:

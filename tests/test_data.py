@@ -210,6 +210,20 @@ def test_demo_option_generates_the_bundled_dataset_first(tmp_path):
         ActionDataModule(root=None, demo=True)
 
 
+def test_demo_is_never_generated_into_a_mistyped_root_given_lists_of_your_own(tiny, tmp_path):
+    lists = dict(train_list=str(tiny / "train.txt"), val_list=str(tiny / "val.txt"), test_list=str(tiny / "test.txt"))
+    typo = tmp_path / "tinyy"
+    with pytest.raises(DataConfigError, match=f"data.root: {typo} does not exist"):
+        ActionDataModule(root=str(typo), demo=True, mode="rgb", size=(32, 32), crop_size=(32, 32), **lists)
+    with pytest.raises(DataConfigError, match=f"data.train_list: {tmp_path / 'nope.txt'} does not exist"):
+        ActionDataModule(root=str(tiny), demo=True, mode="rgb", train_list=str(tmp_path / "nope.txt"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataConfigError, match=f"data.val_list: {empty / 'val.txt'} does not exist"):
+        ActionDataModule(root=str(empty), demo=True, mode="rgb", train_list=lists["train_list"], val_list=str(empty / "val.txt"))
+    assert not typo.exists() and not any(empty.iterdir())  # nothing generated anywhere
+
+
 def test_demo_option_leaves_a_folder_of_other_data_alone(tiny):
     before = sorted(p.name for p in tiny.rglob("*"))
     dm = ActionDataModule(root=str(tiny), train_list=str(tiny / "train.txt"), val_list=str(tiny / "val.txt"),
