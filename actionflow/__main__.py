@@ -15,7 +15,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench-cache": ("actionflow.bench_cache", "Benchmark the flow cache: bytes per frame, round-trip EPE, read speed."),
     "classify": ("actionflow.classify", "Classify one video clip with a trained two-stream checkpoint."),
     "demo-data": ("actionflow.demo_data", "Generate the bundled demo dance dataset (MP4 clips + annotation lists)."),
-    "real-motion": ("actionflow.real_motion", "Build the real-footage benchmark (real clips labelled normal / fast / reverse)."),
+    "real-motion": ("actionflow.real_motion", "Build the real-footage benchmark (real clips labelled by playback speed: normal / fast / faster)."),
 }
 
 

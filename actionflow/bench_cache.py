@@ -36,6 +36,7 @@ from actionflow.flow_cache import (
     LEVELS,
     CachedFlow,
     FlowCache,
+    codec_name,
     dequantize,
     encode_frames,
     flo_bytes,
@@ -43,7 +44,7 @@ from actionflow.flow_cache import (
     quantize,
     split_jpeg,
 )
-from actionflow.precompute import parse_size, precompute
+from actionflow.precompute import codec_arg, parse_size, precompute
 from flow_engine.video import iter_frames, list_videos
 from flow_engine.engine import MODELS
 from flow_engine.io import output_file
@@ -61,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--weights", default=None, help="PWC-Net weights (with --engine pwcnet)")
     parser.add_argument("--device", default="auto", help="engine device (default auto)")
     parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
-    parser.add_argument("--codec", default="jpeg:90", help="the cache's codec (default jpeg:90, the cache's own default)")
+    parser.add_argument("--codec", type=codec_arg, default=codec_name(), help=f"the cache's codec (default {codec_name()}, the cache's own)")
     parser.add_argument("--codecs", default="", help="also compare these codecs on every 10th flow, e.g. jpeg:90,png,webp:95,avif:90; "
                         "hevc:CRF codes whole videos along time with H.265 (e.g. hevc:10)")
     parser.add_argument("--max-frames", type=int, default=0, help="use at most this many frames per video (0: all)")

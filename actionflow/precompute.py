@@ -51,6 +51,7 @@ from actionflow.flow_cache import (
     CacheWriter,
     FlowCache,
     VideoLock,
+    codec_name,
     encode_frames,
     flo_bytes,
     quantize,
@@ -117,6 +118,17 @@ def positive_pixels(text: str) -> float:
     if not (math.isfinite(value) and value > 0):
         raise argparse.ArgumentTypeError(f"must be a positive, finite number of pixels, got {text!r}")
     return value
+
+
+def codec_arg(text: str) -> str:
+    """``"jpeg:90"``... checked (:func:`~actionflow.flow_cache.codec.parse_codec`): a bad codec is an argument error."""
+    from actionflow.flow_cache import parse_codec
+
+    try:
+        parse_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
 
 
 def parse_shard(text: str) -> tuple[int, int]:
@@ -490,7 +502,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-updates", type=positive_int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at, or one number: the short side, each video keeping its aspect ratio (default 340x256)")
     parser.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
-    parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
+    parser.add_argument("--codec", type=codec_arg, default=codec_name(),
+                        help=f"frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default {codec_name()}, the cache's)")
     parser.add_argument("--workers", type=positive_int, default=available_cores(),
                         help="processes for a classical engine's flow, and threads encoding frames (default: the cores available)")
     parser.add_argument("--batch", type=positive_int, default=32, help="frame pairs per engine call (default 32)")

@@ -414,3 +414,18 @@ def test_numeric_arguments_are_checked_before_any_work(good_videos, tmp_path, ca
     assert not cache_dir.exists()  # nothing was computed, not even the folder
     with pytest.raises(ValueError, match="batch must be at least 1"):
         pc.precompute([good_videos[0]], cache_for(cache_dir), StandInEngine(), batch=0, progress=False)
+
+
+def test_the_codec_defaults_are_the_caches_own():
+    """precompute and bench-cache write what the training data module's cache writes: one constant, DEFAULT_CODEC."""
+    import argparse
+
+    from actionflow import bench_cache
+    from actionflow.flow_cache import DEFAULT_CODEC, codec_name, parse_codec
+
+    for module in (pc, bench_cache):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        assert parse_codec(parser.get_default("codec")) == DEFAULT_CODEC == FlowCache("c", {"name": "dis"}).codec
+        assert f"default {codec_name()}" in parser.format_help().replace("\n", " ").replace("  ", " ")
+    assert codec_name() == "jpeg:90" and codec_name({"name": "webp", "quality": None}) == "webp"

@@ -66,6 +66,12 @@ def parse_codec(spec: str | dict | None) -> dict:
     return {"name": name, "quality": None if quality is None else int(quality)}
 
 
+def codec_name(codec: str | dict | None = None) -> str:
+    """A codec as written on command lines: ``"jpeg:90"``, ``"webp"`` (lossless); None: the default."""
+    codec = parse_codec(codec)
+    return codec["name"] + ("" if codec["quality"] is None else f":{codec['quality']}")
+
+
 def _imencode_args(codec: dict) -> tuple[str, list[int]]:
     name, quality = codec["name"], codec.get("quality")
     ext = CODECS[name][0]
