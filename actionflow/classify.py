@@ -64,6 +64,11 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: does not fit the recorded model ({str(exc).splitlines()[0][:200]})") from None
+    broken = [name for name, t in ckpt["state_dict"].items() if torch.is_tensor(t) and t.is_floating_point()
+              and not torch.isfinite(t).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} weight tensor(s) hold NaN or infinity (first: {broken[0]}): "
+                              "training diverged; use an earlier checkpoint")
     model = model.to(device).eval()
     if model.hparams.mode != "rgb":
         try:  # built now, so that an engine this version does not have is named here, not a traceback later
@@ -106,7 +111,12 @@ def classify(model, data_hparams: dict, video: str | Path, clips: int | None = N
     )
     batch = collate([dataset[0]])
     batch = {k: v.to(model.device) if torch.is_tensor(v) else [t.to(model.device) for t in v] for k, v in batch.items()}
-    return {k: v[0].cpu() for k, v in model.predict_proba(batch).items()}
+    probs = {k: v[0].cpu() for k, v in model.predict_proba(batch).items()}
+    broken = [k for k, p in probs.items() if not torch.isfinite(p).all()]
+    if broken:  # finite weights can still overflow: no score is better than a NaN one
+        raise CheckpointError(f"the model's scores for {video} are not finite ({', '.join(broken)}): its weights "
+                              "overflow on this input")
+    return probs
 
 
 def _size_setting(data_hparams: dict) -> tuple[int, int] | int:
@@ -173,6 +183,9 @@ def run(args: argparse.Namespace) -> int:
     except VideoError as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 1
+    except CheckpointError as exc:
+        print(f"classify: error: {args.ckpt}: {exc}", file=sys.stderr)
+        return 2
     main = model.streams[-1]
     result = {
         "video": str(args.video),
@@ -180,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         "streams": {s: topk(probs[s], names, args.topk) for s in model.streams if s != "two_stream"},
     }
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))  # strict JSON: a NaN would be refused here, never printed
         return 0
     print(f"{args.video}: {main}" + (f" (saved flow video to {args.flow_video})" if args.flow_video else ""))
     width = max(len(n) for n in names)

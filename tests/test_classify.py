@@ -105,6 +105,21 @@ def test_bad_checkpoint_is_a_clear_error(video, tmp_path, capsys):
     assert code == 2 and "not a Lightning checkpoint" in err
 
 
+def test_non_finite_weights_or_scores_are_an_error_never_nan_in_json(ckpt, video, tmp_path, capsys):
+    saved = torch.load(ckpt, weights_only=True)
+    head = "net.flow.net.fc.1.weight"  # the flow stream's classifier
+    nan = dict(saved, state_dict={**saved["state_dict"], head: torch.full_like(saved["state_dict"][head], float("nan"))})
+    torch.save(nan, tmp_path / "nan.ckpt")
+    code, out, err = run(capsys, video, "--ckpt", tmp_path / "nan.ckpt", "--json", "--device", "cpu")
+    assert code == 2 and out == "" and f"{tmp_path / 'nan.ckpt'}: 1 weight tensor(s) hold NaN or infinity (first: {head})" in err
+    # finite weights that overflow: the scores are checked too
+    huge = dict(saved, state_dict={k: v * 1e30 if v.is_floating_point() and "running_var" not in k else v
+                                   for k, v in saved["state_dict"].items()})
+    torch.save(huge, tmp_path / "huge.ckpt")
+    code, out, err = run(capsys, video, "--ckpt", tmp_path / "huge.ckpt", "--json", "--device", "cpu")
+    assert code == 2 and out == "" and f"the model's scores for {video} are not finite" in err, (out, err)
+
+
 def test_crafted_checkpoint_is_refused_never_run(video, tmp_path, capsys):
     from hostile_files import code_running_checkpoint
 
