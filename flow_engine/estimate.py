@@ -22,7 +22,9 @@ import numpy as np
 import torch
 
 from flow_engine.engine import MODELS, FlowEngine, FlowEngineError
-from flow_engine.io import FlowFileError, output_file, read_image, write_flow, write_image
+from flow_engine.io import (
+    FlowFileError, output_file, output_folder, positive_number, read_image, write_flow, write_image,
+)
 from flow_engine.pwcnet import FlowInputError, WeightsError
 from flow_engine.video import (
     DEFAULT_FRAME_PATTERN, VideoError, frame_files, frame_pattern_arg, iter_frames, probe, resize_frames,
@@ -63,7 +65,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--max-flow", type=float, metavar="PX",
                         help="flow magnitude of full colour saturation; default: per frame for PNGs, "
                              "the largest magnitude of the first batch for the MP4 (fixed for all frames)")
-    parser.add_argument("--fps", type=float, help="MP4 frame rate (default: the video's, 30 for --frames)")
+    parser.add_argument("--fps", type=positive_number, help="MP4 frame rate (default: the video's, 30 for --frames)")
     parser.add_argument("--batch", type=int, default=8, metavar="N", help="frame pairs per engine call (default 8)")
     parser.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to WIDTHxHEIGHT before the flow")
     parser.add_argument("--max-frames", type=int, metavar="N", help="use only the first N frames of a sequence")
@@ -115,6 +117,12 @@ def _check_args(args: argparse.Namespace) -> None:
             raise EstimateError("--flo, --png and --mp4 apply to --video/--frames only")
     elif not (args.flo or args.png or args.mp4):
         raise EstimateError("nothing to write: give any of --flo, --png, --mp4")
+    import argparse
+
+    try:  # a folder where a file goes, a file where a folder goes: said now, before any flow is computed
+        (output_folder if sequence else output_file)(str(args.out))
+    except argparse.ArgumentTypeError as e:
+        raise EstimateError(f"-o {e}") from None
     if args.batch < 1:
         raise EstimateError(f"--batch must be at least 1, got {args.batch}")
     if args.max_frames is not None and args.max_frames < 2:

@@ -130,6 +130,35 @@ def output_file(text: str) -> Path:
     return path
 
 
+def output_folder(text: str) -> Path:
+    """An argparse ``type`` for a folder a command writes into: refused at once when it, or a folder above
+    it, is an existing file."""
+    import argparse
+
+    path = Path(text)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a folder")
+            break
+    return path
+
+
+def positive_number(text: str) -> float:
+    """An argparse ``type`` for a positive, finite number (a frame rate, a flow magnitude): NaN, infinity,
+    zero and negatives are argument errors."""
+    import argparse
+    import math
+
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
+    return value
+
+
 # ----------------------------------------------------------------------------- .flo
 
 

@@ -120,3 +120,7 @@ def test_bad_input_gives_clear_errors(pair, tmp_path, capsys):
     assert main(["estimate", "--video", str(video), "-o", str(tmp_path / "o"), "--flo", "--size", "60000x60000",
                  "--model", "farneback"]) == 2
     assert "GiB is available" in capsys.readouterr().err
+    assert main(["estimate", "--video", str(video), "-o", str(pair[0]), "--flo"]) == 2  # a file where the folder goes
+    assert f"error: -o {pair[0]}: {pair[0]} is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["estimate", "--video", str(video), "-o", str(tmp_path / "o"), "--mp4", str(tmp_path / "f.mp4"), "--fps", "0"])

@@ -41,7 +41,7 @@ import numpy as np
 from actionflow.flow_cache.cache import IMPORTED_ENGINE, FlowCache, cache_files
 from actionflow.flow_cache.codec import DEFAULT_BOUND, TSN, encode_frames, parse_codec, tsn_levels
 from actionflow.flow_cache.entry import CacheError, CachedFlow, CacheWriter
-from flow_engine.io import FlowFileError, read_image
+from flow_engine.io import FlowFileError, output_folder, read_image
 from flow_engine.video import (
     VIDEO_EXTENSIONS, VideoError, check_frame_pattern, frame_files, is_frame_name, is_video_path, numbered_files,
 )
@@ -326,7 +326,7 @@ def add_arguments(sub) -> None:
                    help="attach each folder's flow to the video VDIR/<its path under DIR>.<ext> (default: to the folder itself)")
     e = sub.add_parser("export", help="Export a cache as TSN/denseflow flow JPEGs (for mmaction2's RawframeDataset).")
     e.add_argument("dir", type=Path, help="cache folder")
-    e.add_argument("--tsn", required=True, type=Path, metavar="OUT", help="output folder")
+    e.add_argument("--tsn", required=True, type=output_folder, metavar="OUT", help="output folder")
     e.add_argument("--bound", type=positive_pixels, default=None, help="bound of the JPEGs in pixels (default: each entry's, 20)")
     e.add_argument("--naming", type=_naming_arg, default=DEFAULT_NAMING, metavar="X,Y",
                    help="x and y file names (default x_{:05d}.jpg,y_{:05d}.jpg)")
