@@ -98,6 +98,12 @@ def check_trains(trainer) -> None:
                                  "checkpoint use `python -m actionflow classify`")
     if trainer.limit_train_batches == 0:
         raise RunConfigError("--trainer.limit_train_batches 0 trains nothing, so there is no checkpoint to test")
+    run_dir = Path(trainer.default_root_dir)
+    for folder in (run_dir, *run_dir.parents):  # the run folder: checked before the flow cache is filled
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunConfigError(f"--trainer.default_root_dir {run_dir}: {folder} is a file, not a folder")
+            break
 
 
 def start_loggers(trainer) -> None:

@@ -59,6 +59,17 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     hparams["pretrained"] = False  # the weights come from the checkpoint...
     if hparams.get("finetune_flow"):
         hparams["flow_weights"] = None  # ...the fine-tuned flow network's too
+    try:  # shapes first, on the meta device (nothing allocated): a crafted hyper-parameter (a million classes)
+        # must not build gigabytes of model before the weights show it does not fit them
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in ActionRecognizer(**{**hparams, "finetune_flow": False}).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its hyper-parameters do not make a model ({str(exc).splitlines()[0][:200]})") from None
+    weights = ckpt["state_dict"]
+    wrong = [k for k, shape in shapes.items() if not (torch.is_tensor(weights.get(k)) and tuple(weights[k].shape) == shape)]
+    if wrong:
+        raise CheckpointError(f"{path}: does not fit the recorded model ({len(wrong)} weight(s) missing or of another "
+                              f"shape, first: {wrong[0]})")
     try:
         model = ActionRecognizer(**hparams)
         model.load_state_dict(ckpt["state_dict"])
@@ -169,10 +180,19 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         model, data_hparams = load_checkpoint(args.ckpt, device)
-    except (CheckpointError, RuntimeError) as exc:
+    except (CheckpointError, FlowEngineError, RuntimeError) as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 2
     names = model.hparams.class_names
+    from actionflow.data import DataConfigError, check_memory, snippets_bytes
+
+    clips, segments = args.clips or int(data_hparams.get("test_clips", 5)), int(data_hparams.get("num_segments", 3))
+    try:  # before anything is decoded
+        check_memory(f"--clips {clips} x {segments} snippets", snippets_bytes(clips * segments, int(model.hparams.flow_length),
+                                                                              _size_setting(data_hparams)))
+    except DataConfigError as exc:
+        print(f"classify: error: {exc}", file=sys.stderr)
+        return 2
     try:
         pattern = args.frame_pattern or data_hparams.get("frame_pattern") or DEFAULT_FRAME_PATTERN  # as in training
         probs = classify(model, data_hparams, args.video, args.clips, pattern)

@@ -101,6 +101,22 @@ def _pair(value: Sequence[int] | int | None, name: str, short_side: bool = False
     return int(value[0]), int(value[1])
 
 
+def snippets_bytes(snippets: int, flow_length: int, size: tuple[int, int] | int) -> int:
+    """Bytes ``snippets`` snippets take in memory while an item is read, at decode ``size`` ([H, W], or a short
+    side: a 16:9 frame): their uint8 frames (L + 1 each) and float32 flow (L fields of 2 planes)."""
+    h, w = (size, size * 16 // 9) if isinstance(size, int) else size
+    return snippets * ((flow_length + 1) * 3 + flow_length * 2 * 4) * h * w
+
+
+def check_memory(what: str, need: int) -> None:
+    """DataConfigError naming ``what`` when ``need`` bytes exceed the memory this machine has free."""
+    from flow_engine.engine import available_memory
+
+    have = available_memory(torch.device("cpu"))
+    if need > have:
+        raise DataConfigError(f"{what} need about {need / 2**30:.1f} GiB of memory, {have / 2**30:.1f} GiB is available")
+
+
 def crop_box(x: torch.Tensor, box: Sequence[int], flip: bool, size: tuple[int, int], flow: bool = False) -> torch.Tensor:
     """``x[..., top:top+bh, left:left+bw]`` resized to ``size`` (h, w) and, with ``flip``, mirrored.
 
@@ -453,6 +469,17 @@ class ActionDataModule(pl.LightningDataModule):
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
         if not (np.isfinite(flow_bound) and flow_bound > 0):
             raise DataConfigError(f"data.flow_bound must be a positive number of pixels, got {flow_bound}")
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise DataConfigError(f"data.val_fraction {val_fraction} and data.test_fraction {test_fraction} must be "
+                                  "fractions in [0, 1) that leave some videos for training")
+        if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+            raise DataConfigError(f"data.cache_dir: {cache_dir} is a file, not a folder")
+        in_flight = batch_size * (2 * num_workers + 1)  # a batch being used, two prefetched per worker
+        check_memory(f"batches of {batch_size} test videos (data.batch_size) of data.test_clips {test_clips} x "
+                     f"data.num_segments {num_segments} snippets of {flow_length + 1} frames at data.size "
+                     f"{self.size if isinstance(self.size, int) else list(self.size)}, "
+                     f"{in_flight // batch_size} batch(es) at a time,",
+                     in_flight * snippets_bytes(test_clips * num_segments, flow_length, self.size))
         self.splits = None if self._demo_classes is not None else self._load_splits()
         self.clips: dict[str, list[Clip]] = {}
         self.skipped: list[str] = []  # "path: reason" of videos left out at setup

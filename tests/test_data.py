@@ -188,6 +188,15 @@ def test_bad_settings_fail_before_any_decoding(tiny):
     ActionDataModule(train_list=str(tiny / "train.txt"), size=(12, 64), crop_size=(12, 12), flow_model="dis", mode="rgb")
     with pytest.raises(DataConfigError, match="data.size as a short side must be 8..8192 px, got 100000"):
         ActionDataModule(train_list=str(tiny / "train.txt"), size=100000, crop_size=(64, 64))
+    with pytest.raises(DataConfigError, match="data.val_fraction 1.5 and data.test_fraction 0.2 must be fractions"):
+        ActionDataModule(root=str(tiny), val_fraction=1.5)
+    with pytest.raises(DataConfigError, match=f"data.cache_dir: {tiny / 'train.txt'} is a file, not a folder"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), cache_dir=str(tiny / "train.txt"))
+    # what one batch of test videos takes, before any decoding: a million clips is an error, not an OOM kill
+    with pytest.raises(DataConfigError, match=r"data.test_clips 1000000 x data.num_segments 3 snippets of 6 frames at "
+                                              r"data.size \[32, 32\], 1 batch\(es\) at a time, need about [\d.]+ GiB of memory"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), size=(32, 32), crop_size=(32, 32), test_clips=1_000_000,
+                         num_workers=0)
 
 
 def test_demo_option_generates_the_bundled_dataset_first(tmp_path):

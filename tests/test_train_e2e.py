@@ -196,6 +196,9 @@ def test_bad_engines_weights_and_limits_are_one_line_errors(tiny, tmp_path, caps
         (["--data.flow_model", "pwcnet", "--data.flow_weights", str(evil)], f"{evil}: cannot be read as a PyTorch"),
         (["--model.finetune_flow", "true", "--data.flow_source", "online"], "model.finetune_flow needs the pwcnet flow model"),
         (["--trainer.max_epochs", "0", "--model.mode", "rgb"], "--trainer.max_epochs 0 trains nothing"),
+        (["--trainer.default_root_dir", str(truncated)], f"--trainer.default_root_dir {truncated}: {truncated} is a file"),
+        (["--model.dropout", "2"], "model.dropout must be in [0, 1), got 2.0"),
+        (["--model.lr", "-1"], "model.lr must be a positive number, got -1.0"),
     ]
     for extra, words in cases:
         argv = train_argv(tiny, tmp_path / "run", logger="none") + ["--data.cache_dir", str(tmp_path / "cache"), *extra]
