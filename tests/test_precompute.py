@@ -429,3 +429,14 @@ def test_the_codec_defaults_are_the_caches_own():
         assert parse_codec(parser.get_default("codec")) == DEFAULT_CODEC == FlowCache("c", {"name": "dis"}).codec
         assert f"default {codec_name()}" in parser.format_help().replace("\n", " ").replace("  ", " ")
     assert codec_name() == "jpeg:90" and codec_name({"name": "webp", "quality": None}) == "webp"
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--workers", "0", "must be at least 1, got 0"), ("--clip", "0", "must be at least 1, got 0"),
+    ("--max-frames", "-3", "must be at least 1, got -3"), ("--max-frames", "1", "1 frame gives no flow"),
+    ("--seconds", "nan", "must be a positive, finite number"), ("--bound", "0", "must be a positive, finite number"),
+])
+def test_bench_cache_arguments_are_checked_when_parsed(flag, value, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["bench-cache", "--videos", "none", flag, value])
+    assert exc.value.code == 2 and f"argument {flag}: {words}" in capsys.readouterr().err
