@@ -75,3 +75,10 @@ def test_the_help_names_the_classes_the_benchmark_has():
 
     help_text = COMMANDS["real-motion"][1]
     assert help_text.split("(")[1].rstrip(").").split(": ")[1].split(" / ") == list(CLASSES)
+
+
+def test_sizes_no_clip_is_cut_at_are_errors(tmp_path, capsys):
+    for flag, value in (("--short-side", "100000"), ("--short-side", "16"), ("--frames", "0")):
+        assert cli(["real-motion", str(tmp_path / "out"), "--source", str(tmp_path), flag, value]) == 2
+        assert "a short_side of 32..4096 px are needed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
