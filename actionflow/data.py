@@ -112,8 +112,7 @@ def check_memory(what: str, need: int) -> None:
     """DataConfigError naming ``what`` when ``need`` bytes exceed the memory this machine has free."""
     from flow_engine.engine import available_memory
 
-    have = available_memory(torch.device("cpu"))
-    if need > have:
+    if need > (have := available_memory(torch.device("cpu"))):
         raise DataConfigError(f"{what} need about {need / 2**30:.1f} GiB of memory, {have / 2**30:.1f} GiB is available")
 
 
@@ -439,16 +438,6 @@ class ActionDataModule(pl.LightningDataModule):
             check_frame_pattern(frame_pattern)
         except ValueError as exc:
             raise DataConfigError(f"data.frame_pattern: {exc}") from None
-        if mode in ("flow", "two_stream"):  # an unknown engine or a missing weights file fails now, not after the demo set
-            from flow_engine.engine import FlowEngineError, engine_identity
-            from flow_engine.pwcnet import WeightsError
-
-            try:
-                engine_identity(flow_model, flow_weights, flow_updates)
-            except FlowEngineError as exc:
-                raise DataConfigError(f"data.flow_model: {exc}") from None
-            except WeightsError as exc:
-                raise DataConfigError(f"data.flow_weights: {exc}") from None
         if imported_flow is not None and imported_flow != flow_model:
             raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_model is {flow_model!r}: "
                                   "imported flow stands in only for the engine that fills the rest of the cache")
@@ -458,12 +447,16 @@ class ActionDataModule(pl.LightningDataModule):
         self.size = _pair(size, "size", short_side=True)
         if crop_size is None and isinstance(self.size, int):
             raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")
-        from flow_engine.engine import min_side
+        shown = self.size if isinstance(self.size, int) else list(self.size)
+        if mode in ("flow", "two_stream"):  # an unknown engine, missing weights, a size it cannot take: now, not after the demo
+            from flow_engine.engine import FlowEngineError, WeightsError, engine_identity, min_side
 
-        smallest = self.size if isinstance(self.size, int) else min(self.size)
-        if mode in ("flow", "two_stream") and smallest < min_side(flow_model):  # flow is computed at data.size
-            shown = self.size if isinstance(self.size, int) else list(self.size)
-            raise DataConfigError(f"data.size {shown}: {flow_model} needs frames of at least {min_side(flow_model)} px a side")
+            try:
+                engine_identity(flow_model, flow_weights, flow_updates)
+            except (FlowEngineError, WeightsError) as exc:
+                raise DataConfigError(f"data.{'flow_model' if isinstance(exc, FlowEngineError) else 'flow_weights'}: {exc}") from None
+            if (self.size if isinstance(self.size, int) else min(self.size)) < min_side(flow_model):
+                raise DataConfigError(f"data.size {shown}: {flow_model} needs frames of at least {min_side(flow_model)} px a side")
         self.crop_size = _pair(crop_size, "crop_size") or self.size
         if not isinstance(self.size, int) and (self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]):
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
@@ -475,10 +468,8 @@ class ActionDataModule(pl.LightningDataModule):
         if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
             raise DataConfigError(f"data.cache_dir: {cache_dir} is a file, not a folder")
         in_flight = batch_size * (2 * num_workers + 1)  # a batch being used, two prefetched per worker
-        check_memory(f"batches of {batch_size} test videos (data.batch_size) of data.test_clips {test_clips} x "
-                     f"data.num_segments {num_segments} snippets of {flow_length + 1} frames at data.size "
-                     f"{self.size if isinstance(self.size, int) else list(self.size)}, "
-                     f"{in_flight // batch_size} batch(es) at a time,",
+        check_memory(f"batches of {batch_size} test videos (data.batch_size) of data.test_clips {test_clips} x data.num_segments "
+                     f"{num_segments} snippets of {flow_length + 1} frames at data.size {shown}, {in_flight // batch_size} batch(es) at a time,",
                      in_flight * snippets_bytes(test_clips * num_segments, flow_length, self.size))
         self.splits = None if self._demo_classes is not None else self._load_splits()
         self.clips: dict[str, list[Clip]] = {}
