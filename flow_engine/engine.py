@@ -63,21 +63,28 @@ def min_side(model: str) -> int:
     return MIN_SIDE.get(model, 1)
 
 
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's memory limit
+
+
 def available_memory(device: torch.device) -> int:
     """Bytes that can still be allocated on ``device``: free GPU memory, or on the CPU the kernel's
-    MemAvailable, lowered to what this process's cgroup (container) limit leaves."""
+    MemAvailable, lowered to what this process's cgroup (container) limit leaves (its page cache
+    counted as free: the kernel reclaims it)."""
     if device.type == "cuda":
         return int(torch.cuda.mem_get_info(device)[0])
     free = None
     try:
-        with open("/proc/meminfo") as f:
+        with open(MEMINFO) as f:
             free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
     except (OSError, StopIteration, ValueError):
         pass
     try:
-        limit = Path("/sys/fs/cgroup/memory.max").read_text().strip()
+        limit = (CGROUP / "memory.max").read_text().strip()
         if limit != "max":
-            left = int(limit) - int(Path("/sys/fs/cgroup/memory.current").read_text())
+            cache = next((int(line.split()[1]) for line in (CGROUP / "memory.stat").read_text().splitlines()
+                          if line.startswith("file ")), 0)
+            left = int(limit) - int((CGROUP / "memory.current").read_text()) + cache
             free = left if free is None else min(free, left)
     except (OSError, ValueError):
         pass

@@ -303,3 +303,17 @@ def test_memory_is_checked_before_frames_of_any_size_are_allocated(monkeypatch):
     with pytest.raises(FlowInputError, match="2 pair"):
         engine.check_size(436, 1024, batch=2, held_bytes=1 << 20)  # frames the caller holds count too
     assert engine_mod.available_memory(torch.device("cpu")) > 0
+
+
+def test_available_memory_respects_a_containers_limit_and_counts_its_page_cache_free(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    assert engine_mod.available_memory(cpu) > 0  # this machine's
+    (tmp_path / "meminfo").write_text(f"MemTotal: {16 << 20} kB\nMemAvailable: {10 << 20} kB\n")
+    (tmp_path / "memory.max").write_text(f"{4 << 30}\n")
+    (tmp_path / "memory.current").write_text(f"{3 << 30}\n")
+    (tmp_path / "memory.stat").write_text(f"anon {1 << 30}\nfile {2 << 30}\nkernel 0\n")
+    monkeypatch.setattr(engine_mod, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(engine_mod, "CGROUP", tmp_path)
+    assert engine_mod.available_memory(cpu) == 3 << 30  # 4 GB limit - 3 GB used + 2 GB of page cache
+    (tmp_path / "memory.max").write_text("max\n")
+    assert engine_mod.available_memory(cpu) == 10 << 30  # no limit: the kernel's MemAvailable
