@@ -35,11 +35,23 @@ from actionflow.classify import CheckpointError, read_checkpoint
 from actionflow.data import ActionDataModule, BadVideo, DataConfigError
 from actionflow.model import ModelConfigError
 from actionflow.module import ActionRecognizer
+from flow_engine.engine import FlowEngineError
+from flow_engine.pwcnet import WeightsError
 from flow_engine.train_module import ResumeError, check_resume_fits
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent / "configs" / "default.yaml"
 LIGHTNING_CKPT_KEYWORDS = ("last", "best", "hpc")  # --ckpt_path values Lightning resolves itself
 log = logging.getLogger("train")
+
+
+class RunConfigError(ValueError):
+    """A run that cannot give what train.py promises (a checkpoint to test), however long it ran."""
+
+
+# What a bad configuration or input raises: each is one line, `train.py: error: ...` and exit 2, as the
+# parser's own errors; anything else is a bug and keeps its traceback.
+CONFIG_ERRORS = (AnnotationError, DataConfigError, BadVideo, ModelConfigError, CheckpointError, ResumeError,
+                 FlowEngineError, WeightsError, RunConfigError)
 
 
 class TrainCLI(LightningCLI):
@@ -76,6 +88,22 @@ class TrainCLI(LightningCLI):
 def names_a_file(ckpt_path: str | None) -> bool:
     """Whether ``--ckpt_path`` names a file (not empty, not one of the values Lightning resolves itself)."""
     return bool(ckpt_path) and ckpt_path not in LIGHTNING_CKPT_KEYWORDS and not ckpt_path.startswith("registry")
+
+
+def check_trains(trainer) -> None:
+    """RunConfigError, before any work, for limits under which nothing trains (so nothing is saved to test)."""
+    for key in ("max_epochs", "max_steps"):
+        if getattr(trainer, key, None) == 0:
+            raise RunConfigError(f"--trainer.{key} 0 trains nothing, so there is no checkpoint to test; to score a "
+                                 "checkpoint use `python -m actionflow classify`")
+    if trainer.limit_train_batches == 0:
+        raise RunConfigError("--trainer.limit_train_batches 0 trains nothing, so there is no checkpoint to test")
+    run_dir = Path(trainer.default_root_dir)
+    for folder in (run_dir, *run_dir.parents):  # the run folder: checked before the flow cache is filled
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunConfigError(f"--trainer.default_root_dir {run_dir}: {folder} is a file, not a folder")
+            break
 
 
 def start_loggers(trainer) -> None:
@@ -125,12 +153,16 @@ def main(argv: list[str] | None = None) -> int:
         if names_a_file(ckpt_path):
             check_resume_fits(model, read_checkpoint(ckpt_path), ckpt_path, model.param_groups(),
                               hint="Train afresh (without --ckpt_path), or classify with it as it is.")
+        check_trains(trainer)
         start_loggers(trainer)
         trainer.fit(model, datamodule=data, ckpt_path=cli.config.ckpt_path, weights_only=True)
         ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+        if not ckpt:
+            raise RunConfigError("training saved no checkpoint to test (no training batch ran, or --checkpoint.save_top_k 0 "
+                                 "without --checkpoint.save_last true)")
         trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
         places = finish_loggers(trainer)
-    except (AnnotationError, DataConfigError, BadVideo, ModelConfigError, CheckpointError, ResumeError) as exc:
+    except CONFIG_ERRORS as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_global_zero:

@@ -51,11 +51,13 @@ from actionflow.flow_cache import (
     CacheWriter,
     FlowCache,
     VideoLock,
+    codec_name,
     encode_frames,
     flo_bytes,
     quantize,
 )
 from flow_engine.engine import LEARNED_MODELS, MODELS
+from flow_engine.pwcnet import FlowInputError
 from flow_engine.estimate import parse_size as _parse_wxh
 from flow_engine.video import (
     DEFAULT_FRAME_PATTERN, ListFileError, VideoError, frame_pattern_arg, iter_frames, list_videos,
@@ -118,6 +120,17 @@ def positive_pixels(text: str) -> float:
     return value
 
 
+def codec_arg(text: str) -> str:
+    """``"jpeg:90"``... checked (:func:`~actionflow.flow_cache.codec.parse_codec`): a bad codec is an argument error."""
+    from actionflow.flow_cache import parse_codec
+
+    try:
+        parse_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parse_shard(text: str) -> tuple[int, int]:
     """``"1/4"`` -> (1, 4)."""
     try:
@@ -138,8 +151,9 @@ class Prefetch:
     thread and closes ``it`` (freeing the decoder)."""
 
     _END = object()
+    DEPTH = 2
 
-    def __init__(self, it: Iterator, depth: int = 2):
+    def __init__(self, it: Iterator, depth: int = DEPTH):
         self._it = it
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -214,9 +228,10 @@ def write_video_entry(
 
     device = torch.device(getattr(engine, "device", "cpu"))
     if header is None:
-        header = _header(cache, video)
+        header = _header(cache, video, frame_pattern)
     h, w = header["height"], header["width"]  # the video's own size in a short-side cache
     if frames is None:
+        check_size(engine, h, w, batch)
         frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w), frame_pattern=frame_pattern))
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
@@ -256,10 +271,16 @@ def write_video_entry(
     return writer
 
 
-def _header(cache: FlowCache, video: str | os.PathLike) -> dict:
+def check_size(engine, height: int, width: int, batch: int, decoding: int = 1) -> None:
+    """FlowInputError, before a frame is decoded, unless ``engine`` takes frames of ``height`` x ``width`` px
+    and memory holds a pass of ``batch`` pairs with ``decoding`` videos' chunks decoded ahead."""
+    engine.check_size(height, width, batch, held_bytes=decoding * (Prefetch.DEPTH + 1) * batch * 3 * height * width)
+
+
+def _header(cache: FlowCache, video: str | os.PathLike, frame_pattern: str) -> dict:
     """The new entry's header, with the video's size and mtime as they are now; VideoError when it is missing."""
     try:
-        return cache.header_for(video)
+        return cache.header_for(video, frame_pattern)
     except FileNotFoundError:
         raise VideoError(video, "no such file") from None
     except OSError as exc:
@@ -381,11 +402,17 @@ def precompute(
             skip(video)
             return True
         try:
-            header = _header(cache, video)
+            header = _header(cache, video, frame_pattern)
+            check_size(engine, header["height"], header["width"], batch, max(1, decoders))
         except VideoError as exc:
             lock.release()
             log.warning("skipping %s", exc)
             fail(video, exc.reason)
+            return True
+        except FlowInputError as exc:  # a size the engine cannot take, or memory would not hold
+            lock.release()
+            log.warning("skipping %s: %s", video, exc)
+            fail(video, str(exc))
             return True
         cache.remove_temp_files(video)
         frames = iter_frames(video, chunk=batch, size=(header["height"], header["width"]), frame_pattern=frame_pattern)
@@ -398,6 +425,10 @@ def precompute(
         except VideoError as exc:
             log.warning("skipping %s", exc)
             fail(c.video, exc.reason)
+            return
+        except FlowInputError as exc:
+            log.warning("skipping %s: %s", c.video, exc)
+            fail(c.video, str(exc))
             return
         except Exception as exc:  # an engine or codec failure on one video must not end the run
             log.exception("failed on %s", c.video)
@@ -471,7 +502,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-updates", type=positive_int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--size", type=parse_size, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at, or one number: the short side, each video keeping its aspect ratio (default 340x256)")
     parser.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
-    parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
+    parser.add_argument("--codec", type=codec_arg, default=codec_name(),
+                        help=f"frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default {codec_name()}, the cache's)")
     parser.add_argument("--workers", type=positive_int, default=available_cores(),
                         help="processes for a classical engine's flow, and threads encoding frames (default: the cores available)")
     parser.add_argument("--batch", type=positive_int, default=32, help="frame pairs per engine call (default 32)")
@@ -524,7 +556,11 @@ def run(args: argparse.Namespace, engine=None) -> int:
         if engine is None:
             engine = make_engine(args)
         cache = FlowCache(args.cache, engine.config(), size=args.size, bound=args.bound, codec=codec)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if isinstance(cache.size, int):  # each video's own size: its memory is checked before it is decoded
+            engine.check_size(cache.size, cache.size, 0)
+        else:
+            check_size(engine, *cache.size, args.batch, args.decoders)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # FlowInputError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     size = f"short side {cache.size}" if isinstance(cache.size, int) else f"{cache.size[1]}x{cache.size[0]}"

@@ -117,7 +117,14 @@ def _jpeg_roundtrip(frames: np.ndarray) -> tuple[list[bytes], np.ndarray]:
 def _decode_jpeg(blob: np.ndarray, where: Path) -> np.ndarray:
     import cv2
 
-    img = cv2.imdecode(np.asarray(blob, np.uint8), cv2.IMREAD_COLOR)
+    from flow_engine.io import FlowFileError, image_size
+
+    blob = np.asarray(blob, np.uint8)
+    try:
+        image_size(where, blob.tobytes())  # the pixel limit, before the decoder allocates
+    except FlowFileError as exc:
+        raise DatasetError(f"{where}: a frame is not a readable JPEG ({exc.problem})") from None
+    img = cv2.imdecode(blob, cv2.IMREAD_COLOR)
     if img is None:
         raise DatasetError(f"{where}: a frame is not a readable JPEG")
     return np.ascontiguousarray(img[..., ::-1])

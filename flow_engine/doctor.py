@@ -34,6 +34,8 @@ from pathlib import Path
 
 import torch
 
+from flow_engine.io import output_file
+
 OK, UNAVAILABLE, BROKEN = "OK", "not available", "BROKEN"
 # Agreement of the CuPy kernel with the PyTorch path, relative to the output's scale.
 TOLERANCE = {torch.float32: 1e-4, torch.float16: 2e-2, torch.bfloat16: 5e-2}
@@ -295,7 +297,7 @@ def bench(iters: int = 3) -> list[dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
+    parser.add_argument("--json", type=output_file, metavar="OUT.json", help="also write the report as JSON")
     parser.add_argument("--bench", action="store_true", help="also time the default engine on each device")
     parser.add_argument("--raft-weights", metavar="PATH", help="RAFT weights for the RAFT check (default: random weights)")
 
@@ -324,8 +326,12 @@ def run(args: argparse.Namespace) -> int:
     report["healthy"] = not broken
     print("healthy: everything this machine can do works" if not broken else f"BROKEN: {len(broken)} check(s) failed")
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            args.json.write_text(json.dumps(report, indent=2) + "\n")
+        except OSError as exc:  # the report above stands; the file could not be written
+            print(f"error: cannot write {args.json} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
     return 1 if broken else 0
 
 

@@ -44,11 +44,51 @@ GPU_BYTES_PER_PIXEL = 4096
 # 1/4 + 1/16 + 1/64 of that below, i.e. ~5.3 bytes per pair of 1/8-resolution pixels.
 RAFT_CORR_BYTES = 4 * (1 + 1 / 4 + 1 / 16 + 1 / 64)
 
+# Peak memory of one fp32 forward pass per padded input pixel, with margin: measured on the CPU
+# (`bench --batch 1 --skip-cost-volume`, 256x256 against 1024x512) at ~630 B for PWC-Net and ~400 B
+# for RAFT-small besides its correlation pyramid (RAFT_CORR_BYTES, counted on its own).
+LEARNED_BYTES_PER_PIXEL = 1024
+
 _warned_random = False
 
 
 class FlowEngineError(ValueError):
     """A FlowEngine that cannot be built as asked (unknown model, device or dtype)."""
+
+
+def min_side(model: str) -> int:
+    """The smallest frame side in pixels ``model`` takes (learned engines pad any frame: 1)."""
+    from flow_engine.classical import MIN_SIDE
+
+    return MIN_SIDE.get(model, 1)
+
+
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's memory limit
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device``: free GPU memory, or on the CPU the kernel's
+    MemAvailable, lowered to what this process's cgroup (container) limit leaves (its page cache
+    counted as free: the kernel reclaims it)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = None
+    try:
+        with open(MEMINFO) as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        limit = (CGROUP / "memory.max").read_text().strip()
+        if limit != "max":
+            cache = next((int(line.split()[1]) for line in (CGROUP / "memory.stat").read_text().splitlines()
+                          if line.startswith("file ")), 0)
+            left = int(limit) - int((CGROUP / "memory.current").read_text()) + cache
+            free = left if free is None else min(free, left)
+    except (OSError, ValueError):
+        pass
+    return free if free is not None else 1 << 62  # unknown: no bound
 
 
 def file_hash(path: str | Path) -> str:
@@ -150,8 +190,11 @@ class FlowEngine:
     Attributes: ``name``, ``weights_hash`` (sha256[:16] of the weights file, "random",
         "torchvision-<file>" or "opencv-<version>"), ``device`` (torch.device), ``dtype`` (str),
         ``flow_updates`` (RAFT, else ``None``), ``scales`` (PWC-Net, else ``None``), ``model`` (the :class:`PWCNet` or
-        :class:`RAFT`, ``None`` for classical methods).
+        :class:`RAFT`, ``None`` for classical methods), ``min_side`` (the smallest frame side it takes, px).
     """
+
+    min_side = 1
+    workers = 1
 
     def __init__(
         self,
@@ -167,6 +210,7 @@ class FlowEngine:
         if model not in MODELS:
             raise FlowEngineError(f"unknown flow model {model!r}; choose one of {', '.join(MODELS)}")
         self.name = model
+        self.min_side = min_side(model)
         self.model: PWCNet | RAFT | None = None
         self.flow_updates: int | None = None
         self.workers = int(workers)
@@ -254,6 +298,33 @@ class FlowEngine:
         Hp, Wp = padded_size(height, width, MULTIPLE)
         return max(1, self.max_pixels_per_batch // (Hp * Wp))
 
+    def memory_needed(self, height: int, width: int, pairs: int = 1) -> int:
+        """Bytes ``pairs`` frame pairs of ``height`` x ``width`` take in one pass of this engine (an estimate with margin)."""
+        if self.model is None:
+            from flow_engine.classical import BYTES_PER_PIXEL
+
+            return pairs * height * width * BYTES_PER_PIXEL
+        if isinstance(self.model, RAFT):
+            Hp, Wp = (max(RAFT_MIN_SIDE, s) for s in padded_size(height, width, 8))
+            return int(pairs * (Hp * Wp * LEARNED_BYTES_PER_PIXEL + RAFT_CORR_BYTES * (Hp * Wp / 64) ** 2))
+        Hp, Wp = padded_size(height, width, MULTIPLE)
+        return pairs * Hp * Wp * LEARNED_BYTES_PER_PIXEL
+
+    def check_size(self, height: int, width: int, batch: int = 1, held_bytes: int = 0) -> None:
+        """FlowInputError, before anything is allocated, unless frames of ``height`` x ``width`` px suit this
+        engine: both sides at least :attr:`min_side`, and calls of ``batch`` pairs (those of them in one
+        pass at a time, with ``held_bytes`` the caller holds besides, such as decoded frames) within the
+        device's available memory."""
+        if min(height, width) < self.min_side:
+            raise FlowInputError(f"{self.name} needs frames of at least {self.min_side} px a side, got {width}x{height}: "
+                                 "use a larger size or another engine")
+        pairs = min(batch, self.pairs_per_batch(height, width) if self.model is not None else self.workers)
+        need = self.memory_needed(height, width, pairs) + held_bytes
+        have = available_memory(self.device)
+        if need > have:
+            raise FlowInputError(f"{pairs} pair(s) of {width}x{height} frames need about {need / 2**30:.1f} GiB with "
+                                 f"{self.name} on {self.device}, {have / 2**30:.1f} GiB is available: use a smaller size or batch")
+
     def __call__(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
         """Flow [B,2,H,W] float32 in pixels from ``frames1`` to ``frames2`` (RGB [B,3,H,W]).
 
@@ -263,6 +334,7 @@ class FlowEngine:
         """
         frames1, frames2 = _check_frames(frames1, frames2)
         B, _, H, W = frames1.shape
+        self.check_size(H, W, B)
         out = torch.empty((B, 2, H, W), dtype=torch.float32, device=frames1.device)
         if self.model is None:
             return self._classical(frames1, frames2, out)
@@ -297,6 +369,7 @@ class FlowEngine:
         H, W = clip.shape[-2:]
         step = self.pairs_per_batch(H, W) if self.model is not None else len(clip)
         step = min(step, batch or step)
+        self.check_size(H, W, min(step, len(clip) - 1))
         if self.model is None:
             for s in range(0, len(clip) - 1, step):
                 n = min(step, len(clip) - 1 - s)
@@ -316,6 +389,7 @@ class FlowEngine:
             raise FlowInputError(f"snippets must be a tensor [N,T,3,H,W] with T >= 2, got {tuple(getattr(snippets, 'shape', ()))}")
         N, T, C, H, W = snippets.shape
         home = snippets.device
+        self.check_size(H, W, N * (T - 1))
         if self.model is None:
             flows = self(snippets[:, :-1].flatten(0, 1), snippets[:, 1:].flatten(0, 1))
             return flows.unflatten(0, (N, T - 1)).to(home)
@@ -360,6 +434,7 @@ class FlowEngine:
         if self.model is None:
             raise FlowEngineError(f"model {self.name!r} is a classical method: no gradients to take")
         frames1, frames2 = _check_frames(frames1, frames2)
+        self.check_size(frames1.shape[2], frames1.shape[3], frames1.shape[0])
         return self._predict(_to_unit_float(frames1), _to_unit_float(frames2))
 
     def _predict(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -25,7 +25,7 @@ from tqdm import tqdm
 
 from flow_engine.classical import CLASSICAL_METHODS, classical_flow
 from flow_engine.engine import LEARNED_MODELS
-from flow_engine.io import FlowFileError, read_flow, read_image, tensor_to_flow
+from flow_engine.io import FlowFileError, output_file, read_flow, read_image, tensor_to_flow
 from flow_engine.metrics import flow_metrics
 
 log = logging.getLogger(__name__)
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     method.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
     method.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for a learned method")
-    parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
+    parser.add_argument("--json", type=output_file, metavar="OUT.json", help="also write the scores as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -200,8 +200,12 @@ def run(args: argparse.Namespace) -> int:
         print(f"method: {args.method}, sets side by side")
         print(format_sets(results))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        body = next(iter(results.values())) if len(results) == 1 else {"sets": results}
-        args.json.write_text(json.dumps({"method": args.method, **body}, indent=2) + "\n")
+        try:
+            args.json.parent.mkdir(parents=True, exist_ok=True)
+            body = next(iter(results.values())) if len(results) == 1 else {"sets": results}
+            args.json.write_text(json.dumps({"method": args.method, **body}, indent=2) + "\n")
+        except OSError as exc:
+            print(f"error: cannot write {args.json} ({exc.strerror or exc})", file=sys.stderr)
+            return 2
         print(f"wrote {args.json}")
     return 0

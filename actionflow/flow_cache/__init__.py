@@ -19,7 +19,7 @@ from actionflow.flow_cache.cache import (
 )
 from actionflow.flow_cache.cli import add_arguments, run, stats_dir, verify_dir
 from actionflow.flow_cache.codec import (
-    CODECS, DEFAULT_BOUND, DEFAULT_CODEC, LEVEL_SCHEMES, LEVELS, TSN, ZERO_EXACT, decode_frame, dequantize,
+    CODECS, DEFAULT_BOUND, DEFAULT_CODEC, LEVEL_SCHEMES, LEVELS, TSN, ZERO_EXACT, codec_name, decode_frame, dequantize,
     encode_frames, flo_bytes, parse_codec, quantize, split_jpeg, stack_flows, tsn_levels,
 )
 from actionflow.flow_cache.entry import (
@@ -33,6 +33,6 @@ __all__ = [
     "IMPORTED_ENGINE", "LEVEL_SCHEMES", "LEVELS", "MAGIC", "MAX_SIDE", "SUFFIX", "TSN", "ZERO_EXACT", "CacheCorrupt",
     "CacheError", "CacheMismatch", "CacheWriter", "CachedFlow",
     "FlowCache", "VideoLock", "add_arguments", "cache_files", "check_header", "decode_frame", "dequantize",
-    "encode_frames", "flo_bytes", "lock_is_held", "orphan_temp_files", "parse_codec", "quantize", "run",
+    "codec_name", "encode_frames", "flo_bytes", "lock_is_held", "orphan_temp_files", "parse_codec", "quantize", "run",
     "split_jpeg", "stack_flows", "stats_dir", "tsn_levels", "verify_dir", "video_identity",
 ]

@@ -26,7 +26,7 @@ from actionflow.flow_cache.entry import (
     FORMAT, MAX_SIDE, SUFFIX, CacheError, CachedFlow, CacheMismatch, CacheWriter,
 )
 from actionflow.flow_cache.lock import VideoLock, lock_is_held
-from flow_engine.video import source_stat
+from flow_engine.video import DEFAULT_FRAME_PATTERN, source_stat
 
 DEFAULT_SIZE = (256, 340)  # (H, W): the two-stream convention, 340x256 frames
 # Keys of an engine config that do not change the flow enough to invalidate a cache.
@@ -107,13 +107,14 @@ class FlowCache:
         path = self.path_for(video)
         return VideoLock(path.with_name(path.name + ".lock"))
 
-    def frame_size(self, video: str | os.PathLike) -> tuple[int, int]:
-        """(H, W) in pixels the flow of ``video`` is computed at (a short-side cache probes the video)."""
+    def frame_size(self, video: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATTERN) -> tuple[int, int]:
+        """(H, W) in pixels the flow of ``video`` is computed at (a short-side cache probes the video;
+        a frame folder's frames are the files ``frame_pattern`` names)."""
         if not isinstance(self.size, int):
             return self.size
         from flow_engine.video import decode_size, probe
 
-        info = probe(video)
+        info = probe(video, frame_pattern)
         return decode_size(info.height, info.width, self.size)
 
     def _expected_size(self, header: dict) -> tuple[int, int] | None:
@@ -126,16 +127,17 @@ class FlowCache:
             return None
         return decode_size(native[0], native[1], self.size)
 
-    def header_for(self, video: str | os.PathLike) -> dict:
+    def header_for(self, video: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATTERN) -> dict:
         """The header a new entry for ``video`` gets (``num_flows`` is added by the writer).
 
         A short-side cache records the video's own frame size ``video.frame_size`` [H, W] (probed
-        here: VideoError when the video does not open)."""
+        here, a frame folder's frames being the files ``frame_pattern`` names: VideoError when the
+        video does not open)."""
         identity = video_identity(video)
         if isinstance(self.size, int):
             from flow_engine.video import probe
 
-            info = probe(video)
+            info = probe(video, frame_pattern)
             identity["frame_size"] = [info.height, info.width]
         height, width = self._expected_size({"video": identity})
         return {
@@ -151,9 +153,9 @@ class FlowCache:
             "video": identity,
         }
 
-    def writer(self, video: str | os.PathLike) -> CacheWriter:
+    def writer(self, video: str | os.PathLike, frame_pattern: str = DEFAULT_FRAME_PATTERN) -> CacheWriter:
         """A writer for ``video``'s entry; the video's size and mtime are recorded now (before decoding)."""
-        return CacheWriter(self.path_for(video), self.header_for(video))
+        return CacheWriter(self.path_for(video), self.header_for(video, frame_pattern))
 
     def check(self, cached: CachedFlow, video: str | os.PathLike) -> None:
         """Raise :class:`CacheMismatch` naming what differs when ``cached`` is not this config's entry for ``video``."""
