@@ -54,6 +54,16 @@ CALLBACKS = [{"class_path": "pytorch_lightning.callbacks.LearningRateMonitor", "
 log = logging.getLogger("train")
 
 
+class RunConfigError(ActionflowError, ValueError):
+    """A run that cannot give what train.py promises (a checkpoint to test), however long it ran."""
+
+
+# What a bad configuration or input raises (every error of either package: a bad list, setting, video,
+# checkpoint, engine...): each is one line, `train.py: error: ...` and exit 2, as the parser's own errors;
+# anything else is a bug and keeps its traceback.
+CONFIG_ERRORS = (ActionflowError, FlowEngineError)
+
+
 class TrainCLI(TrainingCLI):
     CHECKPOINT_DEFAULTS = {"monitor": "val/top1", "mode": "max", "save_last": True, "filename": "best-epoch{epoch}",
                            "auto_insert_metric_name": False}
@@ -86,6 +96,22 @@ def build_cli(argv: list[str] | None = None) -> TrainCLI:
                     save_config_kwargs={"overwrite": True})
 
 
+def check_trains(trainer) -> None:
+    """RunConfigError, before any work, for limits under which nothing trains (so nothing is saved to test)."""
+    for key in ("max_epochs", "max_steps"):
+        if getattr(trainer, key, None) == 0:
+            raise RunConfigError(f"--trainer.{key} 0 trains nothing, so there is no checkpoint to test; to score a "
+                                 "checkpoint use `python -m actionflow classify`")
+    if trainer.limit_train_batches == 0:
+        raise RunConfigError("--trainer.limit_train_batches 0 trains nothing, so there is no checkpoint to test")
+    run_dir = Path(trainer.default_root_dir)
+    for folder in (run_dir, *run_dir.parents):  # the run folder: checked before the flow cache is filled
+        if folder.exists():
+            if not folder.is_dir():
+                raise RunConfigError(f"--trainer.default_root_dir {run_dir}: {folder} is a file, not a folder")
+            break
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     try:
@@ -94,12 +120,16 @@ def main(argv: list[str] | None = None) -> int:
         if cli.ckpt_path and Path(cli.ckpt_path).is_file():
             check_resume_fits(model, read_checkpoint(cli.ckpt_path), cli.ckpt_path, model.param_groups(),
                               hint="Train afresh (without --ckpt_path), or classify with it as it is.")
+        check_trains(trainer)
         start_loggers(trainer)
         trainer.fit(model, datamodule=data, ckpt_path=cli.ckpt_path, weights_only=True)
         ckpt = trainer.checkpoint_callback.best_model_path or trainer.checkpoint_callback.last_model_path
+        if not ckpt:
+            raise RunConfigError("training saved no checkpoint to test (no training batch ran, or --checkpoint.save_top_k 0 "
+                                 "without --checkpoint.save_last true)")
         trainer.test(model, datamodule=data, ckpt_path=ckpt, weights_only=True)
         places = finish_loggers(trainer)
-    except (ActionflowError, FlowEngineError) as exc:  # a bad list, setting, video, checkpoint...: one line, exit 2
+    except CONFIG_ERRORS as exc:
         print(f"train.py: error: {exc}", file=sys.stderr)
         return 2
     if trainer.is_global_zero:

@@ -16,7 +16,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "classify": ("actionflow.classify", "Classify one video clip with a trained two-stream checkpoint."),
     "app": ("actionflow.app", "A local web page: classify a clip, see its flow (Gradio: pip install -e \".[app]\")."),
     "demo-data": ("actionflow.benchmarks.demo_data", "Generate the bundled demo dance dataset (MP4 clips + annotation lists)."),
-    "real-motion": ("actionflow.benchmarks.real_motion", "Build the real-footage benchmark (real clips labelled normal / fast / reverse)."),
+    "real-motion": ("actionflow.benchmarks.real_motion", "Build the real-footage benchmark (real clips labelled by playback speed: normal / fast / faster)."),
 }
 
 

@@ -37,8 +37,8 @@ from flow_engine.checkpoints import WeightsError
 from flow_engine.engine import ENGINES, FlowEngine, FlowEngineError, resolve_device
 from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, write_flow
 from flow_engine.io.video import (
-    DEFAULT_FRAME_PATTERN, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, VideoError, is_frame_name, iter_frames, list_videos,
-    probe, scaled_size,
+    DEFAULT_FRAME_PATTERN, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, VideoError, is_frame_name, iter_frames,
+    list_videos, probe, scaled_size,
 )
 from flow_engine.io.viz import color_wheel_legend, flow_to_color, flow_to_color_torch, write_video
 from flow_engine.metrics import flow_metrics
@@ -284,7 +284,7 @@ class ActionflowApp:
                 if not any(is_frame_name(n, pattern) for n in names):  # not named as in training: name order
                     pattern = "*" + Counter(Path(n).suffix for n in names).most_common(1)[0][0]
             try:
-                pred = predict(self.model, self.data_hparams, source, frame_pattern=pattern, snippets=snippets)
+                pred = predict(self.model, self.data_hparams, Video(str(source), pattern), snippets=snippets)
             except VideoError as exc:
                 raise UploadError(f"{path.name}: {exc.reason}") from None
         result = pred.json(TOP_K)
@@ -520,7 +520,7 @@ def bench(app: ActionflowApp, video: Path | None, runs: int = 5) -> dict[str, fl
         rows = []
         for _ in range(runs + 1):
             started = time.perf_counter()
-            predict(app.model, app.data_hparams, clip, frame_pattern=app.pattern)
+            predict(app.model, app.data_hparams, Video(str(clip), app.pattern))
             alone = time.perf_counter() - started
             started = time.perf_counter()
             client.predict(handle_file(str(clip)), api_name="/classify_page")

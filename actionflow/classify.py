@@ -26,12 +26,15 @@ import numpy as np
 import torch
 
 from actionflow.annotations import Sample
-from actionflow.data import ActionDataModule, Clip, VideoClips, collate, crop_box
+from actionflow.data import (
+    ActionDataModule, Clip, DataConfigError, VideoClips, check_memory, collate, crop_box, snippets_bytes,
+)
 from actionflow.errors import ActionflowError
 from actionflow.module import ActionRecognizer
 from actionflow.sampling import snippet_starts
 from flow_engine.checkpoints import WeightsError, load_weights_only
 from flow_engine.engine import FlowEngineError, resolve_device
+from flow_engine.commands.args import output_file
 from flow_engine.io.video import (
     Video, VideoError, VideoInfo, as_video, decode_size, frame_pattern_arg, iter_frames, probe,
 )
@@ -69,11 +72,27 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
     hparams["pretrained"] = False  # the weights come from the checkpoint...
     if hparams.get("finetune_flow"):
         hparams["flow_weights"] = None  # ...the fine-tuned flow network's too
+    try:  # shapes first, on the meta device (nothing allocated): a crafted hyper-parameter (a million classes)
+        # must not build gigabytes of model before the weights show it does not fit them
+        with torch.device("meta"):
+            shapes = {k: tuple(v.shape) for k, v in ActionRecognizer(**{**hparams, "finetune_flow": False}).state_dict().items()}
+    except (RuntimeError, ValueError, TypeError) as exc:
+        raise CheckpointError(f"{path}: its hyper-parameters do not make a model ({str(exc).splitlines()[0][:200]})") from None
+    weights = ckpt["state_dict"]
+    wrong = [k for k, shape in shapes.items() if not (torch.is_tensor(weights.get(k)) and tuple(weights[k].shape) == shape)]
+    if wrong:
+        raise CheckpointError(f"{path}: does not fit the recorded model ({len(wrong)} weight(s) missing or of another "
+                              f"shape, first: {wrong[0]})")
     try:
         model = ActionRecognizer(**hparams)
         model.load_state_dict(ckpt["state_dict"])
     except (RuntimeError, ValueError, TypeError) as exc:
         raise CheckpointError(f"{path}: does not fit the recorded model ({str(exc).splitlines()[0][:200]})") from None
+    broken = [name for name, t in ckpt["state_dict"].items() if torch.is_tensor(t) and t.is_floating_point()
+              and not torch.isfinite(t).all()]
+    if broken:
+        raise CheckpointError(f"{path}: {len(broken)} weight tensor(s) hold NaN or infinity (first: {broken[0]}): "
+                              "training diverged; use an earlier checkpoint")
     model = model.to(device).eval()
     if model.hparams.mode != "rgb":
         try:  # built now, so that an engine this version does not have is named here, not a traceback later
@@ -163,6 +182,10 @@ def predict(model, data_hparams: dict, video: str | Path | Video, clips: int | N
     seconds["flow"] = time.perf_counter() - clock
     clock = time.perf_counter()
     probs = {k: v[0].cpu() for k, v in model.predict_proba({"rgb": rgb, "flow": flow}).items()}
+    broken = [k for k, p in probs.items() if not torch.isfinite(p).all()]
+    if broken:  # finite weights can still overflow: no score is better than a NaN one
+        raise CheckpointError(f"the model's scores for {video} are not finite ({', '.join(broken)}): its weights "
+                              "overflow on this input")
     per_snippet = None
     if snippets:  # each snippet as a video of one segment
         alone = {k: None if x is None else x.flatten(0, 1)[:, None] for k, x in (("rgb", rgb), ("flow", flow))}
@@ -223,7 +246,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", type=Path, required=True, help="checkpoint written by train.py")
     parser.add_argument("--topk", type=int, default=5, help="classes to show (default 5)")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
-    parser.add_argument("--flow-video", type=Path, default=None, help="write the video's flow, colour-coded, as MP4")
+    parser.add_argument("--flow-video", type=output_file, default=None, help="write the video's flow, colour-coded, as MP4")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--clips", type=int, default=None, help="clips averaged (default: the training config's test_clips)")
 
@@ -236,10 +259,17 @@ def run(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(args.device)
         model, data_hparams = load_checkpoint(args.ckpt, device)
-    except (CheckpointError, RuntimeError) as exc:
+    except (CheckpointError, FlowEngineError, RuntimeError) as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 2
     names = model.hparams.class_names
+    clips, segments = args.clips or int(data_hparams["test_clips"]), int(data_hparams["num_segments"])
+    try:  # before anything is decoded
+        check_memory(f"--clips {clips} x {segments} snippets", snippets_bytes(clips * segments, int(model.hparams.flow_length),
+                                                                              _size_setting(data_hparams)))
+    except DataConfigError as exc:
+        print(f"classify: error: {exc}", file=sys.stderr)
+        return 2
     try:
         video = Video(str(args.video), args.frame_pattern or data_hparams["frame_pattern"])  # as in training
         prediction = predict(model, data_hparams, video, args.clips)
@@ -250,9 +280,12 @@ def run(args: argparse.Namespace) -> int:
     except VideoError as exc:
         print(f"classify: error: {exc}", file=sys.stderr)
         return 1
+    except CheckpointError as exc:
+        print(f"classify: error: {args.ckpt}: {exc}", file=sys.stderr)
+        return 2
     main, result = prediction.main, prediction.json(args.topk)
     if args.json:
-        print(json.dumps(result))
+        print(json.dumps(result, allow_nan=False))  # strict JSON: a NaN would be refused here, never printed
         return 0
     print(f"{args.video}: {main}" + (f" (saved flow video to {args.flow_video})" if args.flow_video else ""))
     width = max(len(n) for n in names)

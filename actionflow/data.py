@@ -51,11 +51,13 @@ from torch.utils.data import DataLoader, Dataset, default_collate
 from actionflow.annotations import Sample, load_splits
 from actionflow.benchmarks.demo_data import MOVES, DemoDataError, check_settings, generate_demo_dataset
 from actionflow.errors import ActionflowError
-from actionflow.flow_cache import DEFAULT_BOUND, CacheError, FlowCache
+from actionflow.flow_cache import DEFAULT_BOUND, MAX_SIDE, CacheError, FlowCache
 from actionflow.model import MODES
 from actionflow.precompute import available_cores, precompute
 from actionflow.sampling import snippet_frames, snippet_starts
-from flow_engine.engine import LEARNED_ENGINES, FlowEngine, engine_identity
+from flow_engine.checkpoints import WeightsError
+from flow_engine.engine import LEARNED_ENGINES, FlowEngine, available_memory, engine_identity, min_side
+from flow_engine.errors import FlowEngineError
 from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe, read_frames
 
 logger = logging.getLogger(__name__)
@@ -90,19 +92,33 @@ def _holds_other_data(root: Path) -> bool:
 
 
 def _pair(value: Sequence[int] | int | None, name: str, short_side: bool = False) -> tuple[int, int] | int | None:
-    """[H, W] (or one int: a square for crops, the short side for ``short_side`` sizes) checked >= 8 px."""
+    """[H, W] (or one int: a square for crops, the short side for ``short_side`` sizes) checked to lie in
+    8..8192 px (the flow cache's largest side: frames decoded larger would be crafted, not asked for)."""
     if value is None:
         return None
     if isinstance(value, int) and short_side:
-        if value < 8:
-            raise DataConfigError(f"data.{name} as a short side must be >= 8 px, got {value}")
+        if not 8 <= value <= MAX_SIDE:
+            raise DataConfigError(f"data.{name} as a short side must be 8..{MAX_SIDE} px, got {value}")
         return int(value)
     if isinstance(value, int):
         value = (value, value)
-    if len(value) != 2 or min(value) < 8:
+    if len(value) != 2 or min(value) < 8 or max(value) > MAX_SIDE:
         form = "[H, W] (e.g. [256, 340]) or one int, the short side (e.g. 256)" if short_side else "[H, W], e.g. [224, 224]"
-        raise DataConfigError(f"data.{name} must be {form}, both >= 8 px; got {value}")
+        raise DataConfigError(f"data.{name} must be {form}, both 8..{MAX_SIDE} px; got {value}")
     return int(value[0]), int(value[1])
+
+
+def snippets_bytes(snippets: int, flow_length: int, size: tuple[int, int] | int) -> int:
+    """Bytes ``snippets`` snippets take in memory while an item is read, at decode ``size`` ([H, W], or a short
+    side: a 16:9 frame): their uint8 frames (L + 1 each) and float32 flow (L fields of 2 planes)."""
+    h, w = (size, size * 16 // 9) if isinstance(size, int) else size
+    return snippets * ((flow_length + 1) * 3 + flow_length * 2 * 4) * h * w
+
+
+def check_memory(what: str, need: int) -> None:
+    """DataConfigError naming ``what`` when ``need`` bytes exceed the memory this machine has free."""
+    if need > (have := available_memory(torch.device("cpu"))):
+        raise DataConfigError(f"{what} need about {need / 2**30:.1f} GiB of memory, {have / 2**30:.1f} GiB is available")
 
 
 def crop_box(x: torch.Tensor, box: Sequence[int], flip: bool, size: tuple[int, int], flow: bool = False) -> torch.Tensor:
@@ -344,7 +360,8 @@ class ActionDataModule(pl.LightningDataModule):
         demo: first generate the bundled demo dance dataset into ``root`` (``actionflow.benchmarks.demo_data``;
             instant when it is already there), so the default run needs no data. ``true`` for the
             generator's defaults, or a dict of its arguments (clips_per_class, frames, size, seed...).
-            A ``root`` that already holds other files (your own dataset) is used as it is.
+            A ``root`` that already holds other files (your own dataset) is used as it is, and lists or a
+            class index other than the demo's own (``root/train.txt``...) mean your data: no demo then.
         flow_model: the old name of ``flow_engine`` (deprecated: it still works, with a warning).
     """
 
@@ -394,8 +411,14 @@ class ActionDataModule(pl.LightningDataModule):
         if demo:
             if root is None:
                 raise DataConfigError("data.demo needs data.root: the folder to write the demo dataset into")
+            own = {"train_list": "train.txt", "val_list": "val.txt", "test_list": "test.txt", "class_index": "classes.txt"}
+            given = {"train_list": train_list, "val_list": val_list, "test_list": test_list, "class_index": class_index}
+            yours = [f"data.{k}" for k, v in given.items()
+                     if v is not None and os.path.abspath(v) != os.path.abspath(Path(root) / own[k])]
             if _holds_other_data(Path(root)):  # e.g. `python train.py --data.root MY_DATA` over the default config
                 logger.info("data.root %s holds a dataset that is not the demo: using it, not generating the demo", root)
+            elif yours:  # lists of your own: a mistyped data.root is an error below, not a demo set written there
+                logger.info("%s given: not generating the demo into data.root %s", ", ".join(yours), root)
             else:
                 settings = demo if isinstance(demo, dict) else {}
                 try:
@@ -433,16 +456,34 @@ class ActionDataModule(pl.LightningDataModule):
         self.size = _pair(size, "size", short_side=True)
         if crop_size is None and isinstance(self.size, int):
             raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")
+        shown = self.size if isinstance(self.size, int) else list(self.size)
+        if mode in ("flow", "two_stream"):  # an unknown engine, missing weights, a size it cannot take: now, not after the demo
+            try:
+                engine_identity(flow_engine, flow_weights, flow_updates)
+            except FlowEngineError as exc:
+                raise DataConfigError(f"data.{'flow_weights' if isinstance(exc, WeightsError) else 'flow_engine'}: {exc}") from None
+            if (self.size if isinstance(self.size, int) else min(self.size)) < min_side(flow_engine):
+                raise DataConfigError(f"data.size {shown}: {flow_engine} needs frames of at least {min_side(flow_engine)} px a side")
         self.crop_size = _pair(crop_size, "crop_size") or self.size
         if not isinstance(self.size, int) and (self.crop_size[0] > self.size[0] or self.crop_size[1] > self.size[1]):
             raise DataConfigError(f"data.crop_size {self.crop_size} is larger than data.size {self.size}")
         if not (np.isfinite(flow_bound) and flow_bound > 0):
             raise DataConfigError(f"data.flow_bound must be a positive number of pixels, got {flow_bound}")
+        if not (0 <= val_fraction < 1 and 0 <= test_fraction < 1 and val_fraction + test_fraction < 1):
+            raise DataConfigError(f"data.val_fraction {val_fraction} and data.test_fraction {test_fraction} must be "
+                                  "fractions in [0, 1) that leave some videos for training")
+        if os.path.exists(cache_dir) and not os.path.isdir(cache_dir):
+            raise DataConfigError(f"data.cache_dir: {cache_dir} is a file, not a folder")
+        in_flight = batch_size * (2 * num_workers + 1)  # a batch being used, two prefetched per worker
+        check_memory(f"batches of {batch_size} test videos (data.batch_size) of data.test_clips {test_clips} x data.num_segments "
+                     f"{num_segments} snippets of {flow_length + 1} frames at data.size {shown}, {in_flight // batch_size} batch(es) at a time,",
+                     in_flight * snippets_bytes(test_clips * num_segments, flow_length, self.size))
         self.splits = None if self._demo_classes is not None else self._load_splits()
         self.clips: dict[str, list[Clip]] = {}
         self.skipped: list[str] = []  # "path: reason" of videos left out at setup
         self._engine = None
         self.cache = None
+        self._flow_failures: dict[str, str] = {}  # path -> why its flow could not be computed (prepare_data)
 
     def _load_splits(self):
         h = self.hparams
@@ -504,9 +545,10 @@ class ActionDataModule(pl.LightningDataModule):
         cache.root.mkdir(parents=True, exist_ok=True)
         logger.info("computing flow of %d video(s) missing from %s with %s", len(missing), cache.root, engine.name)
         summary = precompute(missing, cache, engine, workers=2)
-        for path, reason in summary.failed:  # setup() then skips these as uncached
+        for path, reason in summary.failed:  # setup() then skips these as uncached, for this reason
             if self.hparams.strict:
                 raise BadVideo(f"{path}: no flow ({reason})")
+            self._flow_failures[str(path)] = reason
 
     def setup(self, stage: str | None = None) -> None:
         """Probe every video of the splits once; bad ones are skipped (warned, counted) or raise if strict."""
@@ -528,8 +570,8 @@ class ActionDataModule(pl.LightningDataModule):
                 return exc.reason
             if info.num_frames < min_frames:
                 return f"only {info.num_frames} frame(s); flow needs {min_frames}"
-            if cache is not None and cache.lookup(video) is None:
-                return f"no cached flow in {self.hparams.cache_dir}"
+            if cache is not None and cache.lookup(video) is None:  # the reason its flow failed, where this process saw it
+                return self._flow_failures.get(path) or f"no cached flow in {self.hparams.cache_dir}"
             return info.num_frames, decode_size(info.height, info.width, self.size)
 
         with ThreadPoolExecutor(max(1, min(4, self.hparams.num_workers))) as pool:

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 from pathlib import Path
 from typing import Literal
 
@@ -31,7 +32,7 @@ from pytorch_lightning.loggers import WandbLogger
 
 from actionflow import metrics
 from actionflow.data import crop_box
-from actionflow.model import TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
+from actionflow.model import ModelConfigError, TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
 from flow_engine.engine import FlowEngine, engine_identity
 from flow_engine.io.viz import flow_to_color_torch
 
@@ -113,14 +114,26 @@ class ActionRecognizer(pl.LightningModule):
     ):
         super().__init__()
         if optimizer not in OPTIMIZERS:
-            raise ValueError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
+            raise ModelConfigError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
-            raise ValueError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+            raise ModelConfigError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        for name, value, ok, want in (
+            ("lr", lr, lambda v: v > 0, "a positive number"),
+            ("weight_decay", weight_decay, lambda v: v >= 0, "zero or more"),
+            ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("dropout", dropout, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("gamma", gamma, lambda v: v > 0, "a positive number"),
+            ("step_size", step_size, lambda v: v >= 1, "at least 1"),
+            ("flow_lr_scale", flow_lr_scale, lambda v: v >= 0, "zero or more"),
+            ("flow_scale", flow_scale, lambda v: v > 0, "a positive number"),
+        ):  # what the optimizer or torch would otherwise refuse with a traceback, after the flow cache was filled
+            if not (isinstance(value, (int, float)) and math.isfinite(value) and ok(value)):
+                raise ModelConfigError(f"model.{name} must be {want}, got {value!r}")
         if finetune_flow and flow_engine != "pwcnet":
-            raise ValueError(f"model.finetune_flow needs the pwcnet flow engine (data.flow_engine), not {flow_engine!r}")
+            raise ModelConfigError(f"model.finetune_flow needs the pwcnet flow engine (data.flow_engine), not {flow_engine!r}")
         class_names = list(class_names) if class_names is not None else [str(i) for i in range(num_classes)]
         if len(class_names) != num_classes:
-            raise ValueError(f"{len(class_names)} class names for {num_classes} classes")
+            raise ModelConfigError(f"{len(class_names)} class names for {num_classes} classes")
         self.save_hyperparameters()
         # plain types only, so that checkpoints load with torch.load(weights_only=True)
         self.hparams["class_names"] = [str(c) for c in class_names]

@@ -52,6 +52,8 @@ from actionflow.flow_cache import (
     CacheWriter,
     FlowCache,
     VideoLock,
+    codec_arg,
+    codec_name,
     encode_frames,
     flo_bytes,
     positive_pixels,
@@ -59,6 +61,7 @@ from actionflow.flow_cache import (
 )
 from flow_engine.engine import ENGINES, LEARNED_ENGINES, FlowEngine
 from flow_engine.commands.args import add_engine_argument, parse_size_or_side
+from flow_engine.models.pwcnet import FlowInputError
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, ListFileError, Video, VideoError, as_video, frame_pattern_arg, iter_frames, list_videos,
 )
@@ -115,8 +118,9 @@ class Prefetch:
     thread and closes ``it`` (freeing the decoder)."""
 
     _END = object()
+    DEPTH = 2
 
-    def __init__(self, it: Iterator, depth: int = 2):
+    def __init__(self, it: Iterator, depth: int = DEPTH):
         self._it = it
         self._queue: queue.Queue = queue.Queue(maxsize=depth)
         self._stop = threading.Event()
@@ -191,6 +195,7 @@ def write_video_entry(
         header = _header(cache, video)
     h, w = header["height"], header["width"]  # the video's own size in a short-side cache
     if frames is None:
+        check_size(engine, h, w, batch)
         frames = Prefetch(iter_frames(video, chunk=batch, size=(h, w)))
     own_pool = pool is None
     pool = pool or ThreadPoolExecutor(max_workers=2, thread_name_prefix="encode")
@@ -230,7 +235,13 @@ def write_video_entry(
     return writer
 
 
-def _header(cache: FlowCache, video: str | os.PathLike) -> dict:
+def check_size(engine, height: int, width: int, batch: int, decoding: int = 1) -> None:
+    """FlowInputError, before a frame is decoded, unless ``engine`` takes frames of ``height`` x ``width`` px
+    and memory holds a pass of ``batch`` pairs with ``decoding`` videos' chunks decoded ahead."""
+    engine.check_size(height, width, batch, held_bytes=decoding * (Prefetch.DEPTH + 1) * batch * 3 * height * width)
+
+
+def _header(cache: FlowCache, video: str | os.PathLike | Video) -> dict:
     """The new entry's header, with the video's size and mtime as they are now; VideoError when it is missing."""
     try:
         return cache.header_for(video)
@@ -355,10 +366,16 @@ def precompute(
             return True
         try:
             header = _header(cache, as_video(video, frame_pattern))
+            check_size(engine, header["height"], header["width"], batch, max(1, decoders))
         except VideoError as exc:
             lock.release()
             log.warning("skipping %s", exc)
             fail(video, exc.reason)
+            return True
+        except FlowInputError as exc:  # a size the engine cannot take, or memory would not hold
+            lock.release()
+            log.warning("skipping %s: %s", video, exc)
+            fail(video, str(exc))
             return True
         cache.remove_temp_files(video)
         frames = iter_frames(as_video(video, frame_pattern), chunk=batch, size=(header["height"], header["width"]))
@@ -371,6 +388,10 @@ def precompute(
         except VideoError as exc:
             log.warning("skipping %s", exc)
             fail(c.video, exc.reason)
+            return
+        except FlowInputError as exc:
+            log.warning("skipping %s: %s", c.video, exc)
+            fail(c.video, str(exc))
             return
         except Exception as exc:  # an engine or codec failure on one video must not end the run
             log.exception("failed on %s", c.video)
@@ -444,7 +465,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--flow-updates", type=positive_int, metavar="N", help="RAFT's refinements per pair (default 12)")
     parser.add_argument("--size", type=parse_size_or_side, default=DEFAULT_SIZE, help="WIDTHxHEIGHT the flow is computed at, or one number: the short side, each video keeping its aspect ratio (default 340x256)")
     parser.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
-    parser.add_argument("--codec", default="jpeg:95", help="frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default jpeg:95)")
+    parser.add_argument("--codec", type=codec_arg, default=codec_name(),
+                        help=f"frame codec: jpeg[:Q], png, webp (lossless) or webp:Q, avif[:Q], jp2 (default {codec_name()}, the cache's)")
     parser.add_argument("--workers", type=positive_int, default=available_cores(),
                         help="processes for a classical engine's flow, and threads encoding frames (default: the cores available)")
     parser.add_argument("--batch", type=positive_int, default=32, help="frame pairs per engine call (default 32)")
@@ -495,7 +517,11 @@ def run(args: argparse.Namespace, engine=None) -> int:
         if engine is None:
             engine = make_engine(args)
         cache = FlowCache(args.cache, engine.config(), size=args.size, bound=args.bound, codec=codec)
-    except (ValueError, FileNotFoundError, RuntimeError) as exc:
+        if isinstance(cache.size, int):  # each video's own size: its memory is checked before it is decoded
+            engine.check_size(cache.size, cache.size, 0)
+        else:
+            check_size(engine, *cache.size, args.batch, args.decoders)
+    except (ValueError, FileNotFoundError, RuntimeError) as exc:  # FlowInputError is a ValueError
         print(f"error: {exc}", file=sys.stderr)
         return 2
     size = f"short side {cache.size}" if isinstance(cache.size, int) else f"{cache.size[1]}x{cache.size[0]}"

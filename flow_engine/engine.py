@@ -26,10 +26,11 @@ import torch
 
 from flow_engine.checkpoints import WeightsError, file_hash
 from flow_engine.errors import FlowEngineError
-from flow_engine.models.classical import CLASSICAL_METHODS, ClassicalFlow
+from flow_engine.models.classical import CLASSICAL_METHODS, MIN_SIDE as CLASSICAL_MIN_SIDE, ClassicalFlow
 from flow_engine.models.pwcnet import MULTIPLE, FlowInputError, PWCNet, check_scales, padded_size
 from flow_engine.models.raft import (
-    DEFAULT_FLOW_UPDATES, MIN_SIDE as RAFT_MIN_SIDE, RAFT, VARIANTS as RAFT_VARIANTS, default_weights_id, load_raft,
+    CORR_BYTES as RAFT_CORR_BYTES, DEFAULT_FLOW_UPDATES, RAFT, VARIANTS as RAFT_VARIANTS, default_weights_id, load_raft,
+    padded_size as raft_padded_size,
 )
 
 log = logging.getLogger(__name__)
@@ -46,11 +47,42 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # fp32; the defaults keep a sub-batch well inside a GPU's memory and a few GB on CPU.
 CPU_MAX_PIXELS = 2_000_000
 GPU_BYTES_PER_PIXEL = 4096
-# RAFT also holds an all-pairs correlation pyramid: (HW/64)^2 fp32 values at level 0 and
-# 1/4 + 1/16 + 1/64 of that below, i.e. ~5.3 bytes per pair of 1/8-resolution pixels.
-RAFT_CORR_BYTES = 4 * (1 + 1 / 4 + 1 / 16 + 1 / 64)
 
 _warned_random = False
+
+
+def min_side(name: str) -> int:
+    """The smallest frame side in pixels engine ``name`` takes, without building it (OpenCV's methods have
+    one, :data:`~flow_engine.models.classical.MIN_SIDE`; the networks pad any frame: 1)."""
+    return CLASSICAL_MIN_SIDE.get(name, 1)
+
+
+MEMINFO = Path("/proc/meminfo")
+CGROUP = Path("/sys/fs/cgroup")  # cgroup v2: a container's memory limit
+
+
+def available_memory(device: torch.device) -> int:
+    """Bytes that can still be allocated on ``device``: free GPU memory, or on the CPU the kernel's
+    MemAvailable, lowered to what this process's cgroup (container) limit leaves (its page cache
+    counted as free: the kernel reclaims it)."""
+    if device.type == "cuda":
+        return int(torch.cuda.mem_get_info(device)[0])
+    free = None
+    try:
+        with open(MEMINFO) as f:
+            free = next(int(line.split()[1]) * 1024 for line in f if line.startswith("MemAvailable:"))
+    except (OSError, StopIteration, ValueError):
+        pass
+    try:
+        limit = (CGROUP / "memory.max").read_text().strip()
+        if limit != "max":
+            cache = next((int(line.split()[1]) for line in (CGROUP / "memory.stat").read_text().splitlines()
+                          if line.startswith("file ")), 0)
+            left = int(limit) - int((CGROUP / "memory.current").read_text()) + cache
+            free = left if free is None else min(free, left)
+    except (OSError, ValueError):
+        pass
+    return free if free is not None else 1 << 62  # unknown: no bound
 
 
 def resolve_device(device: str | torch.device = "auto") -> torch.device:
@@ -139,8 +171,11 @@ class FlowEngine:
     Attributes: ``name``, ``weights_hash`` (sha256[:16] of the weights file, "random",
         "torchvision-<file>" or "opencv-<version>"), ``device`` (torch.device), ``dtype`` (str),
         ``flow_updates`` (RAFT, else ``None``), ``scales`` (PWC-Net, else ``None``), ``model`` (the :class:`PWCNet` or
-        :class:`RAFT`, ``None`` for classical methods).
+        :class:`RAFT`, ``None`` for classical methods), ``min_side`` (the smallest frame side it takes, px).
     """
+
+    min_side = 1
+    workers = 1
 
     def __init__(
         self,
@@ -161,6 +196,7 @@ class FlowEngine:
         if name not in ENGINES:
             raise FlowEngineError(f"unknown flow engine {name!r}; choose one of {', '.join(ENGINES)}")
         self.name = name
+        self.min_side = min_side(name)
         self.model: PWCNet | RAFT | None = None
         self.flow_updates: int | None = None
         self.workers = int(workers)
@@ -243,11 +279,31 @@ class FlowEngine:
         if isinstance(self._method, ClassicalFlow):
             return 1 << 30  # any number: its pairs go to its worker processes as they come
         if isinstance(self.model, RAFT):
-            Hp, Wp = (max(RAFT_MIN_SIDE, s) for s in padded_size(height, width, 8))
+            Hp, Wp = raft_padded_size(height, width)
             corr_pixels = RAFT_CORR_BYTES * (Hp * Wp / 64) ** 2 / GPU_BYTES_PER_PIXEL
             return max(1, int(self.max_pixels_per_batch // (Hp * Wp + corr_pixels)))
         Hp, Wp = padded_size(height, width, MULTIPLE)
         return max(1, self.max_pixels_per_batch // (Hp * Wp))
+
+    def memory_needed(self, height: int, width: int, pairs: int = 1) -> int:
+        """Bytes ``pairs`` frame pairs of ``height`` x ``width`` take in one pass of this engine (an estimate
+        with margin, each kind of engine its own: ``memory_needed`` of the network or the ClassicalFlow)."""
+        return self._method.memory_needed(height, width, pairs)
+
+    def check_size(self, height: int, width: int, batch: int = 1, held_bytes: int = 0) -> None:
+        """FlowInputError, before anything is allocated, unless frames of ``height`` x ``width`` px suit this
+        engine: both sides at least :attr:`min_side`, and calls of ``batch`` pairs (those of them in one
+        pass at a time, with ``held_bytes`` the caller holds besides, such as decoded frames) within the
+        device's available memory."""
+        if min(height, width) < self.min_side:
+            raise FlowInputError(f"{self.name} needs frames of at least {self.min_side} px a side, got {width}x{height}: "
+                                 "use a larger size or another engine")
+        pairs = min(batch, self.pairs_per_batch(height, width))
+        need = self.memory_needed(height, width, pairs) + held_bytes
+        have = available_memory(self.device)
+        if need > have:
+            raise FlowInputError(f"{pairs} pair(s) of {width}x{height} frames need about {need / 2**30:.1f} GiB with "
+                                 f"{self.name} on {self.device}, {have / 2**30:.1f} GiB is available: use a smaller size or batch")
 
     def __call__(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
         """Flow [B,2,H,W] float32 in pixels from ``frames1`` to ``frames2`` (RGB [B,3,H,W]).
@@ -258,6 +314,7 @@ class FlowEngine:
         """
         frames1, frames2 = _check_frames(frames1, frames2)
         B, _, H, W = frames1.shape
+        self.check_size(H, W, B)
         out = torch.empty((B, 2, H, W), dtype=torch.float32, device=frames1.device)
         step = self.pairs_per_batch(H, W)
         with self._inference():
@@ -289,6 +346,7 @@ class FlowEngine:
         H, W = clip.shape[-2:]
         step = min(self.pairs_per_batch(H, W), len(clip) - 1)
         step = min(step, batch or step)
+        self.check_size(H, W, step)
         clip = clip.to(self.device, non_blocking=True)
         with self._inference():
             for s in range(0, len(clip) - 1, step):
@@ -302,6 +360,7 @@ class FlowEngine:
             raise FlowInputError(f"snippets must be a tensor [N,T,3,H,W] with T >= 2, got {tuple(getattr(snippets, 'shape', ()))}")
         N, T, C, H, W = snippets.shape
         home = snippets.device
+        self.check_size(H, W, N * (T - 1))
         per_call = max(1, self.pairs_per_batch(H, W) // (T - 1))
         out = []
         with self._inference():
@@ -341,6 +400,7 @@ class FlowEngine:
         if self.name not in LEARNED_ENGINES:
             raise FlowEngineError(f"engine {self.name!r} is a classical method: no gradients to take")
         frames1, frames2 = _check_frames(frames1, frames2)
+        self.check_size(frames1.shape[2], frames1.shape[3], frames1.shape[0])
         return self._predict(_to_unit_float(frames1), _to_unit_float(frames2))
 
     @contextmanager

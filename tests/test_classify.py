@@ -105,6 +105,38 @@ def test_bad_checkpoint_is_a_clear_error(video, tmp_path, capsys):
     assert code == 2 and "not a Lightning checkpoint" in err
 
 
+def test_non_finite_weights_or_scores_are_an_error_never_nan_in_json(ckpt, video, tmp_path, capsys):
+    saved = torch.load(ckpt, weights_only=True)
+    head = "net.flow.net.fc.1.weight"  # the flow stream's classifier
+    nan = dict(saved, state_dict={**saved["state_dict"], head: torch.full_like(saved["state_dict"][head], float("nan"))})
+    torch.save(nan, tmp_path / "nan.ckpt")
+    code, out, err = run(capsys, video, "--ckpt", tmp_path / "nan.ckpt", "--json", "--device", "cpu")
+    assert code == 2 and out == "" and f"{tmp_path / 'nan.ckpt'}: 1 weight tensor(s) hold NaN or infinity (first: {head})" in err
+    # finite weights that overflow: the scores are checked too
+    huge = dict(saved, state_dict={k: v * 1e30 if v.is_floating_point() and "running_var" not in k else v
+                                   for k, v in saved["state_dict"].items()})
+    torch.save(huge, tmp_path / "huge.ckpt")
+    code, out, err = run(capsys, video, "--ckpt", tmp_path / "huge.ckpt", "--json", "--device", "cpu")
+    assert code == 2 and out == "" and f"the model's scores for {video} are not finite" in err, (out, err)
+
+
+def test_crafted_sizes_are_refused_before_memory_is_taken(ckpt, video, tmp_path, capsys):
+    import resource
+
+    saved = torch.load(ckpt, weights_only=True)
+    hp = dict(saved["hyper_parameters"], num_classes=1_000_000, class_names=["c"] * 1_000_000)
+    torch.save(dict(saved, hyper_parameters=hp), tmp_path / "million.ckpt")  # 8 MB: 4 GB of classifier if built
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    code, _, err = run(capsys, video, "--ckpt", tmp_path / "million.ckpt", "--device", "cpu")
+    assert code == 2 and "does not fit the recorded model (4 weight(s) missing or of another shape" in err
+    assert resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before < 500 << 10  # KiB: well under the 4 GB
+    code, out, err = run(capsys, video, "--ckpt", ckpt, "--clips", "1000000", "--device", "cpu")
+    assert code == 2 and out == "" and "--clips 1000000 x 2 snippets need about" in err and "GiB is available" in err
+    if not torch.cuda.is_available():
+        code, _, err = run(capsys, video, "--ckpt", ckpt, "--device", "cuda")
+        assert code == 2 and "requested but CUDA is not available here" in err
+
+
 def test_crafted_checkpoint_is_refused_never_run(video, tmp_path, capsys):
     from hostile_files import code_running_checkpoint
 

@@ -187,6 +187,20 @@ def test_bad_settings_fail_before_any_decoding(tiny):
         ActionDataModule(train_list=str(tiny / "nope.txt"))
     with pytest.raises(DataConfigError, match="crop_size"):
         ActionDataModule(train_list=str(tiny / "train.txt"), size=(32, 32), crop_size=(64, 64))
+    with pytest.raises(DataConfigError, match=r"data.size \[12, 64\]: dis needs frames of at least 16 px a side"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), size=(12, 64), crop_size=(12, 12), flow_engine="dis")
+    ActionDataModule(train_list=str(tiny / "train.txt"), size=(12, 64), crop_size=(12, 12), flow_engine="dis", mode="rgb")
+    with pytest.raises(DataConfigError, match="data.size as a short side must be 8..8192 px, got 100000"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), size=100000, crop_size=(64, 64))
+    with pytest.raises(DataConfigError, match="data.val_fraction 1.5 and data.test_fraction 0.2 must be fractions"):
+        ActionDataModule(root=str(tiny), val_fraction=1.5)
+    with pytest.raises(DataConfigError, match=f"data.cache_dir: {tiny / 'train.txt'} is a file, not a folder"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), cache_dir=str(tiny / "train.txt"))
+    # what one batch of test videos takes, before any decoding: a million clips is an error, not an OOM kill
+    with pytest.raises(DataConfigError, match=r"data.test_clips 1000000 x data.num_segments 3 snippets of 6 frames at "
+                                              r"data.size \[32, 32\], 1 batch\(es\) at a time, need about [\d.]+ GiB of memory"):
+        ActionDataModule(train_list=str(tiny / "train.txt"), size=(32, 32), crop_size=(32, 32), test_clips=1_000_000,
+                         num_workers=0)
 
 
 def test_demo_option_generates_the_bundled_dataset_first(tmp_path):
@@ -207,6 +221,20 @@ def test_demo_option_generates_the_bundled_dataset_first(tmp_path):
         ActionDataModule(root=str(tmp_path / "x"), demo={"frames": 1})
     with pytest.raises(DataConfigError, match="data.demo needs data.root"):
         ActionDataModule(root=None, demo=True)
+
+
+def test_demo_is_never_generated_into_a_mistyped_root_given_lists_of_your_own(tiny, tmp_path):
+    lists = dict(train_list=str(tiny / "train.txt"), val_list=str(tiny / "val.txt"), test_list=str(tiny / "test.txt"))
+    typo = tmp_path / "tinyy"
+    with pytest.raises(DataConfigError, match=f"data.root: {typo} does not exist"):
+        ActionDataModule(root=str(typo), demo=True, mode="rgb", size=(32, 32), crop_size=(32, 32), **lists)
+    with pytest.raises(DataConfigError, match=f"data.train_list: {tmp_path / 'nope.txt'} does not exist"):
+        ActionDataModule(root=str(tiny), demo=True, mode="rgb", train_list=str(tmp_path / "nope.txt"))
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    with pytest.raises(DataConfigError, match=f"data.val_list: {empty / 'val.txt'} does not exist"):
+        ActionDataModule(root=str(empty), demo=True, mode="rgb", train_list=lists["train_list"], val_list=str(empty / "val.txt"))
+    assert not typo.exists() and not any(empty.iterdir())  # nothing generated anywhere
 
 
 def test_demo_option_leaves_a_folder_of_other_data_alone(tiny):

@@ -151,6 +151,7 @@ def test_idempotent_and_regenerates_when_incomplete_or_different(tmp_path):
         (dict(classes=["jump", "jump"]), "repeat"),
         (dict(size=30), "size"),
         (dict(size=65), "even"),
+        (dict(size=100000), r"in 32..2048"),  # 30 GB of frames per clip: refused, not attempted
         (dict(frames=1), "frames"),
         (dict(clips_per_class=2, val_frac=0.5, test_frac=0.5), "no training clip"),
         (dict(val_frac=1.5), "fractions"),

@@ -152,6 +152,20 @@ def test_a_damaged_label_file_is_a_clear_error(clips, tmp_path):
         TeacherLabels(tmp_path)
 
 
+def test_a_label_frame_claiming_gigapixels_is_refused_before_decoding(clips, tmp_path):
+    from hostile_files import image_claiming
+
+    out = tmp_path / "labels"
+    label_videos(clips / "a.mp4", out, ShiftTeacher(), pairs_per_video=1, short_sides=[48], progress=False)
+    (path,) = out.glob("*/*.npz")
+    with np.load(path) as z:
+        arrays = dict(z)
+    arrays["img1"] = np.frombuffer(image_claiming(".jpg", 4100, 4100), np.uint8)  # 50 MB if decoded
+    np.savez_compressed(path, **arrays)
+    with pytest.raises(DatasetError, match=r"a frame is not a readable JPEG \(image of 4100x4100 pixels is above the limit"):
+        TeacherLabels(out)[0]
+
+
 def test_batches_mix_synthetic_and_teacher_pairs(clips, tmp_path):
     out = tmp_path / "labels"
     label_videos(clips / "a.mp4", out, ShiftTeacher(), pairs_per_video=3, short_sides=[64], progress=False)

@@ -72,3 +72,20 @@ def test_gpu_kernels_agree_with_the_pytorch_path_in_every_precision():
         assert check.status in ("OK", "not available"), check  # bf16 is absent on pre-Ampere GPUs
     assert doctor.check_kernels(torch.device("cuda"), torch.float32).status == "OK"
     assert doctor.check_engine("pwcnet", torch.device("cuda")).status == "OK"
+
+
+def test_an_output_that_cannot_be_a_file_is_refused_before_the_checks(tmp_path, capsys, monkeypatch):
+    ran = []
+    monkeypatch.setattr(doctor, "run_checks", lambda *a: ran.append(1) or [])
+    (tmp_path / "file").write_text("")
+    for out, words in ((tmp_path, "is a folder; name a file in it"), (tmp_path / "file" / "r.json", "is a file, not a folder")):
+        with pytest.raises(SystemExit) as exc:
+            cli(["doctor", "--json", str(out)])
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+    assert not ran
+    # a file that still cannot be written (no permission, a read-only folder): an error, the report printed first
+    monkeypatch.setattr(doctor, "run_checks", lambda *a: [doctor.Check("a check", doctor.OK)])
+    monkeypatch.setattr(type(tmp_path), "write_text", lambda *a, **k: (_ for _ in ()).throw(PermissionError(13, "Permission denied")))
+    assert cli(["doctor", "--json", str(tmp_path / "r.json")]) == 2
+    captured = capsys.readouterr()
+    assert "healthy" in captured.out and f"error: cannot write {tmp_path / 'r.json'} (Permission denied)" in captured.err

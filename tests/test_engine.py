@@ -3,12 +3,14 @@ from __future__ import annotations
 
 import logging
 
+import numpy as np
 import pytest
 import torch
 
 from flow_engine import engine as engine_mod
 from flow_engine.checkpoints import WeightsError, file_hash
 from flow_engine.engine import DEFAULT_WEIGHTS, FlowEngine, FlowEngineError, engine_identity
+from flow_engine.models import pwcnet as pwcnet_mod
 from flow_engine.models.pwcnet import FlowInputError, PWCNet
 
 
@@ -207,6 +209,14 @@ def test_bench_cli_runs_and_writes_json(tmp_path, capsys):
     assert result["pairs"]["pairs_per_s"] > 0 and result["clip"]["pairs_per_s"] > 0 and "cost_volume" not in result
     assert result["engine_config"]["name"] == "dis"
     assert main(["bench", "--clip", "1"]) == 2
+    # sizes an engine cannot take, and memory the machine does not have: refused before a frame is allocated
+    capsys.readouterr()
+    assert main(["bench", "--engine", "dis", "--size", "1x1"]) == 2
+    assert "error: dis needs frames of at least 16 px a side, got 1x1" in capsys.readouterr().err
+    assert main(["bench", "--size", "100000x100000", "--device", "cpu"]) == 2
+    assert "100000x100000 frames need about" in capsys.readouterr().err
+    assert main(["bench", "--size", "20000x20000", "--skip-engine", "--device", "cpu"]) == 2  # the cost volume alone
+    assert "GiB is available" in capsys.readouterr().err
 
 
 @pytest.mark.gpu
@@ -264,3 +274,69 @@ def test_the_old_model_keyword_still_names_the_engine_with_a_deprecation_warning
     with pytest.warns(DeprecationWarning, match=r"FlowEngine\(model=...\) is deprecated: use FlowEngine\(name=...\)"):
         old = FlowEngine(model="dis")
     assert old.name == "dis" and old.config() == FlowEngine(name="dis").config() == FlowEngine("dis").config()
+
+
+@pytest.mark.parametrize("model, smallest", [("dis", 16), ("dis_fine", 12), ("farneback", 1), ("tvl1", 1)])
+def test_each_engine_takes_frames_from_its_smallest_side_and_refuses_smaller(model, smallest):
+    """The minimum sides were found by trying every size (classical.MIN_SIDE); below them OpenCV raises
+    cv2.error or, for DIS at 12x64, crashes the process: refused first, as a FlowInputError."""
+    engine = FlowEngine(model)
+    g = torch.Generator().manual_seed(0)
+    for h, w in {(smallest, smallest), (smallest, 64), (64, smallest), (smallest, 700)}:
+        a, b = (torch.randint(0, 256, (1, 3, h, w), dtype=torch.uint8, generator=g) for _ in range(2))
+        flow = engine(a, b)
+        assert flow.shape == (1, 2, h, w) and torch.isfinite(flow).all()
+    if smallest > 1:
+        for h, w in ((smallest - 1, smallest - 1), (smallest - 1, 500)) + (((12, 64),) if model == "dis" else ()):
+            a = torch.zeros(1, 3, h, w, dtype=torch.uint8)
+            with pytest.raises(FlowInputError, match=rf"{model} needs frames of at least {smallest} px a side, got {w}x{h}"):
+                engine(a, a)
+        with pytest.raises(ValueError, match=f"at least {smallest} px"):  # the function the worker processes run
+            from flow_engine.models.classical import classical_flow
+
+            classical_flow(model, np.zeros((smallest - 1, 64), np.uint8), np.zeros((smallest - 1, 64), np.uint8))
+
+
+def test_memory_is_checked_before_frames_of_any_size_are_allocated(monkeypatch):
+    engine = FlowEngine("pwcnet", device="cpu")
+    with pytest.raises(FlowInputError, match=r"1 pair\(s\) of 100000x100000 frames need about \d+\.\d GiB with pwcnet on cpu"):
+        engine.check_size(100000, 100000)
+    # the estimate grows with the padded frame; a pass within what is free is allowed
+    assert engine.memory_needed(436, 1024) == 448 * 1024 * pwcnet_mod.BYTES_PER_PIXEL
+    monkeypatch.setattr(engine_mod, "available_memory", lambda device: 2 * 448 * 1024 * pwcnet_mod.BYTES_PER_PIXEL)
+    assert engine.pairs_per_batch(436, 1024) >= 3
+    engine.check_size(436, 1024, batch=2)
+    with pytest.raises(FlowInputError, match="3 pair"):
+        engine.check_size(436, 1024, batch=3)
+    with pytest.raises(FlowInputError, match="2 pair"):
+        engine.check_size(436, 1024, batch=2, held_bytes=1 << 20)  # frames the caller holds count too
+    assert engine_mod.available_memory(torch.device("cpu")) > 0
+
+
+def test_each_kind_of_engine_estimates_its_own_memory():
+    """Networks by their padded frame (PWC-Net to multiples of 64; RAFT to 8, at least 128 px, plus its
+    correlation pyramid); a classical method by its frame, one pair per worker process at a time."""
+    from flow_engine.models import classical, raft
+
+    assert FlowEngine("pwcnet", device="cpu").memory_needed(10, 70, pairs=3) == 3 * 64 * 128 * pwcnet_mod.BYTES_PER_PIXEL
+    padded = 128 * 136  # 100x130 -> 128x136
+    assert raft.RAFT.memory_needed(100, 130, 2) == int(2 * (padded * raft.BYTES_PER_PIXEL + raft.CORR_BYTES * (padded / 64) ** 2))
+    for workers in (1, 3):
+        dis = FlowEngine("dis", workers=workers)
+        assert dis.memory_needed(100, 130, pairs=8) == workers * 100 * 130 * classical.BYTES_PER_PIXEL
+        assert dis.min_side == engine_mod.min_side("dis") == classical.MIN_SIDE["dis"] == 16
+    assert engine_mod.min_side("pwcnet") == engine_mod.min_side("raft_small") == 1
+
+
+def test_available_memory_respects_a_containers_limit_and_counts_its_page_cache_free(tmp_path, monkeypatch):
+    cpu = torch.device("cpu")
+    assert engine_mod.available_memory(cpu) > 0  # this machine's
+    (tmp_path / "meminfo").write_text(f"MemTotal: {16 << 20} kB\nMemAvailable: {10 << 20} kB\n")
+    (tmp_path / "memory.max").write_text(f"{4 << 30}\n")
+    (tmp_path / "memory.current").write_text(f"{3 << 30}\n")
+    (tmp_path / "memory.stat").write_text(f"anon {1 << 30}\nfile {2 << 30}\nkernel 0\n")
+    monkeypatch.setattr(engine_mod, "MEMINFO", tmp_path / "meminfo")
+    monkeypatch.setattr(engine_mod, "CGROUP", tmp_path)
+    assert engine_mod.available_memory(cpu) == 3 << 30  # 4 GB limit - 3 GB used + 2 GB of page cache
+    (tmp_path / "memory.max").write_text("max\n")
+    assert engine_mod.available_memory(cpu) == 10 << 30  # no limit: the kernel's MemAvailable

@@ -119,3 +119,17 @@ def test_bad_input_gives_clear_errors(pair, tmp_path, capsys):
     assert "no such folder" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["estimate", str(pair[0]), str(pair[1]), "-o", str(tmp_path / "f.flo"), "--size", "big"])
+    # what an engine cannot take: frames below its smallest side, a size memory would not hold
+    tiny = tmp_path / "tiny.png"
+    write_image(tiny, textured(8, 8))
+    assert main(["estimate", str(tiny), str(tiny), "-o", str(tmp_path / "f.flo"), "--engine", "dis"]) == 1
+    assert "error: dis needs frames of at least 16 px a side, got 8x8" in capsys.readouterr().err
+    assert main(["estimate", str(pair[0]), str(pair[1]), "-o", str(tmp_path / "f.flo"), "--size", "10x10", "--engine", "dis"]) == 2
+    assert "error: --size 10x10: dis needs frames of at least 16 px" in capsys.readouterr().err
+    assert main(["estimate", "--video", str(video), "-o", str(tmp_path / "o"), "--flo", "--size", "60000x60000",
+                 "--engine", "farneback"]) == 2
+    assert "GiB is available" in capsys.readouterr().err
+    assert main(["estimate", "--video", str(video), "-o", str(pair[0]), "--flo"]) == 2  # a file where the folder goes
+    assert f"error: -o {pair[0]}: {pair[0]} is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["estimate", "--video", str(video), "-o", str(tmp_path / "o"), "--mp4", str(tmp_path / "f.mp4"), "--fps", "0"])

@@ -450,6 +450,45 @@ def test_crafted_headers_are_bad_in_verify_stats_and_reads(tmp_path, video, caps
     assert [u["path"] for u in st["unreadable"]] == [str(path)] and reason in st["unreadable"][0]["reason"]
 
 
+def test_frames_and_tables_claiming_another_size_are_refused_before_decoding(tmp_path, video, monkeypatch):
+    import base64
+    import struct
+
+    from hostile_files import image_claiming
+
+    from actionflow.flow_cache import MAGIC, codec
+
+    decoded = []
+    real = codec.cv2.imdecode
+    monkeypatch.setattr(codec.cv2, "imdecode", lambda *a: decoded.append(1) or real(*a))
+    flows, _ = synthetic_flow()
+    path = write_entry(make_cache(tmp_path / "cache", codec="jpeg:90"), video, flows)
+    header = dict(CachedFlow(path).header)
+    # JPEG tables (stored once per file) whose frame header says 20000x20000: refused when the file opens
+    bomb_tables = codec.split_jpeg(image_claiming(".jpg", 20000, 20000))[0]
+    with_header(path, json.dumps({**header, "codec": {**header["codec"], "tables": base64.b64encode(bomb_tables).decode()}}).encode())
+    with pytest.raises(CacheCorrupt, match=r"header codec tables are not those of a 96x64 JPEG"):
+        CachedFlow(path)
+    # a complete image as a frame's payload (format version 1, other codecs), claiming 4100x4100: never decoded
+    good = codec.encode_frames(quantize(flows[:1], B)[0], {"name": "png", "quality": None})[0]
+    payloads = [good, image_claiming(".png", 4100, 4100), image_claiming(".jpg", 4100, 4100)]
+    meta_header = json.dumps({**header, "version": 1, "num_flows": 3, "codec": {"name": "png", "quality": None}}).encode()
+    body, rows, offset = b"", b"", len(MAGIC)
+    for payload in payloads:
+        rows += struct.pack("<QIII", offset, len(payload), zlib.crc32(payload), 0)
+        body, offset = body + payload, offset + len(payload)
+    crafted = tmp_path / "crafted.afc"
+    meta = meta_header + rows
+    crafted.write_bytes(MAGIC + body + meta + struct.pack("<QIIII8s", offset, len(meta_header), 3, zlib.crc32(meta), 0, MAGIC))
+    decoded.clear()
+    with CachedFlow(crafted) as c:
+        assert c.verify() == ["flow frame 1 does not decode to a 96x64 image", "flow frame 2 does not decode to a 96x64 image"]
+        assert len(decoded) == 1  # the good frame only
+        assert c.read(0, 1).shape == (1, 2, H, W)
+        with pytest.raises(CacheCorrupt, match="flow frame 2 does not decode to a 96x64 image"):
+            c.read(2, 1)
+
+
 def test_bound_and_size_of_a_cache_are_validated(tmp_path):
     for bound in (float("nan"), float("inf"), 0.0, -1.0):
         with pytest.raises(ValueError, match="bound must be a positive, finite number of pixels"):

@@ -9,11 +9,12 @@ import cv2
 import numpy as np
 import pytest
 import torch
-from hostile_files import png_bytes
+from hostile_files import image_claiming, png_bytes
 
 from flow_engine.io.flow_files import (
     FlowFileError,
     flow_to_tensor,
+    image_size,
     read_flo,
     read_flow,
     read_image,
@@ -168,7 +169,7 @@ def test_kitti_rejects_8bit_and_grey_and_garbage(tmp_path):
 
 
 def test_png_size_is_checked_from_the_header_before_decoding(tmp_path):
-    # 4100x4100 16-bit RGB: 300 KB on disk, 100 MB decoded, 200 MB as flow: above MAX_PNG_PIXELS (4096x4096)
+    # 4100x4100 16-bit RGB: 300 KB on disk, 100 MB decoded, 200 MB as flow: above MAX_IMAGE_PIXELS (4096x4096)
     big = tmp_path / "big.png"
     big.write_bytes(png_bytes(4100, 4100))
     assert big.stat().st_size < 1 << 20
@@ -198,6 +199,26 @@ def test_png_size_is_checked_from_the_header_before_decoding(tmp_path):
     rgba.write_bytes(png_bytes(8, 8, colour=6))
     with pytest.raises(FlowFileError, match="rgba.png: KITTI flow PNGs have 3 channels, this one has 4"):
         read_flow(rgba)
+
+
+@pytest.mark.parametrize("ext", [".jpg", ".png", ".webp", ".bmp", ".tif", ".ppm"])
+def test_every_image_format_is_sized_from_its_header_before_decoding(tmp_path, ext):
+    # a few hundred bytes whose header says 4100x4100: a decoder that trusted it would allocate 50 MB
+    # (and 3.5 GB for 3.4 KB of JPEG claiming 20000x20000)
+    bomb = tmp_path / f"bomb{ext}"
+    bomb.write_bytes(image_claiming(ext, 4100, 4100))
+    assert bomb.stat().st_size < 4096
+    with pytest.raises(FlowFileError, match=rf"bomb\{ext}: image of 4100x4100 pixels is above the limit of 16777216"):
+        read_image(bomb)
+    assert image_size(bomb, image_claiming(ext, 4096, 4096)) == (4096, 4096)  # the limit itself is allowed
+    if ext != ".png":  # within the limit the same format reads, and as OpenCV reads it
+        small = tmp_path / f"small{ext}"
+        small.write_bytes(image_claiming(ext, 16, 16))
+        assert np.array_equal(read_image(small), cv2.imread(str(small))[..., ::-1])
+    other = tmp_path / f"other{ext}"  # a format whose size cannot be read first is not decoded either
+    other.write_bytes(b"#?RADIANCE\nFORMAT=32-bit_rle_rgbe\n\n-Y 20000 +X 20000\n")
+    with pytest.raises(FlowFileError, match="unreadable image \\(no header of a known format: JPEG, PNG"):
+        read_image(other)
 
 
 def test_png_with_a_good_header_and_broken_data_is_a_clear_error(tmp_path):

@@ -105,6 +105,11 @@ def test_an_unreadable_frame_is_an_error_naming_it(tmp_path):
     (folder / "img_00004.jpg").write_bytes(b"")
     with pytest.raises(VideoError, match="frame img_00004.jpg: empty file"):
         read_frames(folder, [3])
+    from hostile_files import image_claiming
+
+    (folder / "img_00004.jpg").write_bytes(image_claiming(".jpg", 20000, 20000))  # 629 bytes, 1.2 GB decoded
+    with pytest.raises(VideoError, match="frame img_00004.jpg: image of 20000x20000 pixels is above the limit"):
+        list(iter_frames(folder, chunk=2))
 
 
 @pytest.mark.timeout(60)
@@ -266,6 +271,45 @@ def test_the_data_module_trains_on_rawframe_lists_with_cached_flow(rawframes, tm
                                  "strict": True})
     with pytest.raises(BadVideo, match=r"1 frame folder\(s\) hold fewer frames .*\(data.strict is true\)"):
         strict.setup("fit")
+
+
+def test_the_skip_summary_keeps_the_reason_a_folders_flow_failed(rawframes, tmp_path):
+    """A middle frame that does not decode, or has another size, passes setup's probe (first and last frames)
+    and fails the flow: the summary says why, not just that no flow was cached."""
+    from actionflow.data import ActionDataModule
+
+    unreadable = write_frames(tmp_path / "unreadable", ramp(6, 32, 32), "{:05d}.jpg")
+    (unreadable / "00003.jpg").write_bytes(b"not a JPEG")
+    mixed = write_frames(tmp_path / "mixed", ramp(6, 32, 32), "{:05d}.jpg")
+    write_frames(mixed, ramp(1, 16, 16), "{:05d}.jpg", start=4)
+    train = tmp_path / "train.txt"
+    train.write_text((rawframes / "train.txt").read_text() + f"{unreadable} 6 0\n{mixed} 6 1\n")
+    dm = ActionDataModule(root=str(rawframes), train_list=str(train), val_list=str(rawframes / "val.txt"),
+                          test_list=str(rawframes / "val.txt"), class_index=str(rawframes / "classes.txt"), mode="flow",
+                          cache_dir=str(tmp_path / "cache"), flow_engine="dis", num_workers=0, size=(32, 32),
+                          crop_size=(32, 32), num_segments=2, flow_length=3, frame_pattern="{:05d}.jpg")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.skipped == [f"{unreadable}: frame 00003.jpg: unreadable image (no header of a known format: "
+                          "JPEG, PNG, WebP, TIFF, BMP, PPM/PGM, JPEG 2000, AVIF)",
+                          f"{mixed}: frame 00004.jpg is 16x16 but frame 00001.jpg is 32x32: the frames of a folder "
+                          "must share one size"]
+
+
+def test_a_short_side_cache_reads_frame_folders_with_their_pattern(rawframes, tmp_path):
+    """data.size as a short side probes each folder for its own size: with the folders' pattern, not the default."""
+    from actionflow.data import ActionDataModule
+
+    dm = ActionDataModule(root=str(rawframes), train_list=str(rawframes / "train.txt"), val_list=str(rawframes / "val.txt"),
+                          test_list=str(rawframes / "val.txt"), class_index=str(rawframes / "classes.txt"), mode="flow",
+                          cache_dir=str(tmp_path / "cache"), flow_engine="dis", num_workers=0, size=32, crop_size=(32, 32),
+                          num_segments=2, flow_length=3, frame_pattern="{:05d}.jpg")
+    dm.prepare_data()
+    dm.setup("fit")
+    assert dm.skipped == [] and len(dm.clips["train"]) == 4
+    with dm.cache.open(dm.clips["train"][0].sample.path) as cached:
+        assert (cached.num_flows, cached.height, cached.width) == (9, 32, 32)
+        assert cached.header["video"]["frame_size"] == [32, 32]
 
 
 def test_a_frame_that_fails_after_setup_drops_the_item_with_its_name(tmp_path, caplog):

@@ -52,6 +52,10 @@ class StandInEngine(FlowEngine):
     def config(self) -> dict:
         return {"name": self.name, "weights_hash": self.weights_hash, "dtype": "float32", "device": "cpu"}
 
+    def memory_needed(self, height: int, width: int, pairs: int = 1) -> int:
+        """As FlowEngine asks its method: a pair's frames and flow, float32."""
+        return pairs * height * width * 8 * 4
+
     def __call__(self, frames1: torch.Tensor, frames2: torch.Tensor) -> torch.Tensor:
         time.sleep(self.delay)
         self.pairs += frames1.shape[0]
@@ -380,6 +384,29 @@ def test_symlink_loops_and_fifos_are_named_skips_that_never_block(good_videos, t
         assert c.num_flows == 11 and c.verify() == []
 
 
+def test_sizes_an_engine_cannot_take_are_refused_before_any_work(good_videos, tmp_path, capsys):
+    cache_dir = tmp_path / "cache"
+    for size, words in (("8x8", "dis needs frames of at least 16 px a side, got 8x8"),
+                        ("12", "dis needs frames of at least 16 px a side, got 12x12"),
+                        ("8000x8000", "GiB is available")):
+        assert cli(["precompute", "--videos", str(good_videos[0]), "--cache", str(cache_dir), "--engine", "dis",
+                    "--size", size, "--batch", "100000"]) == 2, size
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and words in err
+    assert not any(cache_dir.iterdir())
+    # a short side is checked per video, before it is decoded: the video fails by name, the run goes on
+    summary = pc.precompute([good_videos[0]], FlowCache(cache_dir, {"name": "dis"}, size=4000), engine_for("dis"),
+                            batch=100000, progress=False)
+    [(video, reason)] = summary.failed
+    assert video == good_videos[0] and "GiB is available" in reason and not any(cache_dir.glob("*.afc"))
+
+
+def engine_for(name: str):
+    from flow_engine.engine import FlowEngine
+
+    return FlowEngine(name)
+
+
 @pytest.mark.parametrize("flag, value, words", [
     ("--bound", "nan", "must be a positive, finite number of pixels, got 'nan'"),
     ("--bound", "inf", "must be a positive, finite number of pixels"),
@@ -401,3 +428,29 @@ def test_numeric_arguments_are_checked_before_any_work(good_videos, tmp_path, ca
     assert not cache_dir.exists()  # nothing was computed, not even the folder
     with pytest.raises(ValueError, match="batch must be at least 1"):
         pc.precompute([good_videos[0]], cache_for(cache_dir), StandInEngine(), batch=0, progress=False)
+
+
+def test_the_codec_defaults_are_the_caches_own():
+    """precompute and bench-cache write what the training data module's cache writes: one constant, DEFAULT_CODEC."""
+    import argparse
+
+    from actionflow.benchmarks import cache as bench_cache
+    from actionflow.flow_cache import DEFAULT_CODEC, codec_name, parse_codec
+
+    for module in (pc, bench_cache):
+        parser = argparse.ArgumentParser()
+        module.add_arguments(parser)
+        assert parse_codec(parser.get_default("codec")) == DEFAULT_CODEC == FlowCache("c", {"name": "dis"}).codec
+        assert f"default {codec_name()}" in parser.format_help().replace("\n", " ").replace("  ", " ")
+    assert codec_name() == "jpeg:90" and codec_name({"name": "webp", "quality": None}) == "webp"
+
+
+@pytest.mark.parametrize("flag, value, words", [
+    ("--workers", "0", "must be at least 1, got 0"), ("--clip", "0", "must be at least 1, got 0"),
+    ("--max-frames", "-3", "must be at least 1, got -3"), ("--max-frames", "1", "1 frame gives no flow"),
+    ("--seconds", "nan", "must be a positive, finite number"), ("--bound", "0", "must be a positive, finite number"),
+])
+def test_bench_cache_arguments_are_checked_when_parsed(flag, value, words, capsys):
+    with pytest.raises(SystemExit) as exc:
+        cli(["bench-cache", "--videos", "none", flag, value])
+    assert exc.value.code == 2 and f"argument {flag}: {words}" in capsys.readouterr().err

@@ -68,3 +68,17 @@ def test_a_build_from_generated_sources(tmp_path):
     before = (out / "train.txt").stat().st_mtime_ns
     assert build(out, source, clips_per_class=2, short_side=48) == out and (out / "train.txt").stat().st_mtime_ns == before
     assert cli(["real-motion", str(tmp_path / "x"), "--source", str(tmp_path / "nowhere")]) == 2
+
+
+def test_the_help_names_the_classes_the_benchmark_has():
+    from actionflow.__main__ import COMMANDS
+
+    help_text = COMMANDS["real-motion"][1]
+    assert help_text.split("(")[1].rstrip(").").split(": ")[1].split(" / ") == list(CLASSES)
+
+
+def test_sizes_no_clip_is_cut_at_are_errors(tmp_path, capsys):
+    for flag, value in (("--short-side", "100000"), ("--short-side", "16"), ("--frames", "0")):
+        assert cli(["real-motion", str(tmp_path / "out"), "--source", str(tmp_path), flag, value]) == 2
+        assert "a short_side of 32..4096 px are needed" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -181,6 +181,34 @@ def test_bad_ckpt_path_fails_before_any_heavy_work(tiny, tmp_path, capsys):
     assert not marker.exists()
 
 
+def test_bad_engines_weights_and_limits_are_one_line_errors(tiny, tmp_path, capsys):
+    """Each is `train.py: error: ...` and exit 2, as the parser's own errors, never a traceback."""
+    from hostile_files import code_running_checkpoint
+
+    truncated = tmp_path / "truncated.pt"
+    truncated.write_bytes((ROOT / "flow_engine" / "weights" / "pwcnet_actionflow.pt").read_bytes()[:3000])
+    evil = code_running_checkpoint(tmp_path / "evil.pt", tmp_path / "pwned")
+    cases = [
+        (["--data.flow_engine", "bogus"], "data.flow_engine: unknown flow engine 'bogus'"),
+        (["--data.flow_engine", "pwcnet", "--data.flow_weights", str(tmp_path / "missing.pt")],
+         "data.flow_weights: " + str(tmp_path / "missing.pt") + ": no such weights file"),
+        (["--data.flow_engine", "pwcnet", "--data.flow_weights", str(truncated)], f"{truncated}: cannot be read as a PyTorch"),
+        (["--data.flow_engine", "pwcnet", "--data.flow_weights", str(evil)], f"{evil}: cannot be read as a PyTorch"),
+        (["--model.finetune_flow", "true", "--data.flow_source", "online"], "model.finetune_flow needs the pwcnet flow engine"),
+        (["--trainer.max_epochs", "0", "--model.mode", "rgb"], "--trainer.max_epochs 0 trains nothing"),
+        (["--trainer.default_root_dir", str(truncated)], f"--trainer.default_root_dir {truncated}: {truncated} is a file"),
+        (["--model.dropout", "2"], "model.dropout must be in [0, 1), got 2.0"),
+        (["--model.lr", "-1"], "model.lr must be a positive number, got -1.0"),
+    ]
+    for extra, words in cases:
+        argv = train_argv(tiny, tmp_path / "run", logger="none") + ["--data.cache_dir", str(tmp_path / "cache"), *extra]
+        capsys.readouterr()
+        assert train.main(argv) == 2, extra
+        err = capsys.readouterr().err
+        assert f"train.py: error: {words}" in err and "Traceback" not in err, err
+    assert not (tmp_path / "pwned").exists()
+
+
 def test_wandb_failure_falls_back_to_csv(tmp_path, monkeypatch, caplog):
     import types
 

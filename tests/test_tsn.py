@@ -177,6 +177,68 @@ def test_export_of_computed_entries_names_folders_after_their_videos(tmp_path, c
                 assert np.abs(got.astype(int) - want[i, a]).max() <= 2  # quantisation (half a level) + JPEG 95
 
 
+def _computed_entry(tmp_path, rel: str, flows: np.ndarray):
+    cache = FlowCache(tmp_path / "c", {"name": "dis"}, size=(24, 32), codec="png")
+    video = tmp_path / "vv" / rel
+    video.parent.mkdir(parents=True, exist_ok=True)
+    video.write_bytes(rel.encode())
+    with cache.writer(video) as w:
+        w.add_flows(flows)
+    return cache.path_for(video)
+
+
+@pytest.mark.parametrize("crafted, words", [
+    ("/x/vv/../ESCAPED/clip.mp4", "header video path '/x/vv/../ESCAPED/clip.mp4' is not an absolute path without '.' or '..' parts"),
+    ("ESCAPED/clip.mp4", "header video path 'ESCAPED/clip.mp4' is not an absolute path"),
+    (123, "header video path '123' is not an absolute path"),
+])
+def test_header_paths_are_data_checked_on_read_and_export_stays_inside_out(tmp_path, capsys, crafted, words):
+    import json
+
+    from test_flow_cache import with_header
+
+    good = _computed_entry(tmp_path, "b.mp4", smooth_flow(2))
+    bad = _computed_entry(tmp_path, "a.mp4", smooth_flow(2))
+    with CachedFlow(bad) as c:
+        header = c.header
+    with_header(bad, json.dumps({**header, "video": {**header["video"], "path": crafted}}).encode())
+    code, out = cli(capsys, "verify", tmp_path / "c")
+    assert code == 1 and f"BAD {bad}: {words}" in out and f"BAD {good}" not in out
+    code, out = cli(capsys, "export", tmp_path / "c", "--tsn", tmp_path / "out" / "OUT")
+    assert code == 1 and f"FAILED {bad}: {words}" in out and "Traceback" not in out
+    written = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*.jpg"))
+    assert written == ["out/OUT/b/x_00001.jpg", "out/OUT/b/x_00002.jpg", "out/OUT/b/y_00001.jpg", "out/OUT/b/y_00002.jpg"]
+
+
+def test_export_never_follows_a_symlink_out_of_its_folder(tmp_path, capsys):
+    _computed_entry(tmp_path, "b.mp4", smooth_flow(2))
+    _computed_entry(tmp_path, "c.mp4", smooth_flow(2))
+    (tmp_path / "OUT").mkdir()
+    (tmp_path / "elsewhere").mkdir()
+    (tmp_path / "OUT" / "b").symlink_to(tmp_path / "elsewhere")
+    code, out = cli(capsys, "export", tmp_path / "c", "--tsn", tmp_path / "OUT")
+    assert code == 1 and f"would export to {tmp_path / 'elsewhere'}, outside {tmp_path / 'OUT'}" in out
+    assert not any((tmp_path / "elsewhere").iterdir()) and len(list((tmp_path / "OUT" / "c").iterdir())) == 4
+
+
+def test_export_refuses_an_older_export_unless_asked_to_overwrite_it(tmp_path, capsys):
+    _computed_entry(tmp_path, "good.mp4", smooth_flow(5))
+    target = tmp_path / "OUT" / "good"
+    target.mkdir(parents=True)
+    for i in range(1, 10):  # an older export of 9 flows, beside the frames denseflow keeps in the same folder
+        for name in (f"x_{i:05d}.jpg", f"y_{i:05d}.jpg", f"img_{i:05d}.jpg"):
+            (target / name).write_bytes(b"old")
+    before = {p.name: p.stat().st_mtime_ns for p in target.iterdir()}
+    code, out = cli(capsys, "export", tmp_path / "c", "--tsn", tmp_path / "OUT")
+    assert code == 2 and f"1 target folder(s) hold flow files already (first: {target})" in out and "--overwrite" in out
+    assert {p.name: p.stat().st_mtime_ns for p in target.iterdir()} == before  # nothing touched
+    code, out = cli(capsys, "export", tmp_path / "c", "--tsn", tmp_path / "OUT", "--overwrite")
+    assert code == 0 and "exported 1 folder(s), 5 flow frames; 0 failed" in out
+    assert sorted(p.name for p in target.glob("[xy]_*.jpg")) == [f"{a}_{i:05d}.jpg" for a in "xy" for i in range(1, 6)]
+    assert len(list(target.glob("img_*.jpg"))) == 9  # the frames are not flow: left alone
+    assert all(cv2.imread(str(p), cv2.IMREAD_GRAYSCALE) is not None for p in target.glob("[xy]_*.jpg"))
+
+
 # ----------------------------------------------------------------------------- serving imported flow
 
 

@@ -174,3 +174,14 @@ def test_write_video_falls_back_to_mpeg4_without_libx264(tmp_path, monkeypatch):
     with av.open(str(path)) as container:
         assert container.streams.video[0].codec_context.name == "mpeg4"
         assert sum(1 for _ in container.decode(video=0)) == 3
+
+
+def test_bad_frame_rates_and_output_folders_are_argument_errors(tmp_path, capsys):
+    write_flo(tmp_path / "a.flo", np.ones((8, 8, 2)))
+    for extra, words in ((["--video", str(tmp_path / "v.mp4"), "--fps", "0"], "argument --fps: must be a positive, finite number, got '0'"),
+                         (["--video", str(tmp_path / "v.mp4"), "--fps", "nan"], "argument --fps: must be a positive, finite number"),
+                         (["-o", str(tmp_path / "a.flo")], "a.flo is a file, not a folder")):
+        with pytest.raises(SystemExit) as exc:
+            main(["viz", str(tmp_path / "a.flo"), "-o", str(tmp_path / "out"), *extra])
+        assert exc.value.code == 2 and words in capsys.readouterr().err
+    assert not (tmp_path / "out").exists() and not (tmp_path / "v.mp4").exists()

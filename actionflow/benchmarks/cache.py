@@ -37,15 +37,18 @@ from actionflow.flow_cache import (
     LEVELS,
     CachedFlow,
     FlowCache,
+    codec_arg,
+    codec_name,
     dequantize,
     encode_frames,
     flo_bytes,
     parse_codec,
+    positive_pixels,
     quantize,
     split_jpeg,
 )
-from actionflow.precompute import precompute
-from flow_engine.commands.args import add_engine_argument, parse_size_or_side
+from actionflow.precompute import positive_int, precompute
+from flow_engine.commands.args import add_engine_argument, output_file, parse_size_or_side, positive_number, write_output
 from flow_engine.engine import ENGINES, FlowEngine
 from flow_engine.io.video import iter_frames, list_videos
 
@@ -54,23 +57,31 @@ log = logging.getLogger(__name__)
 TARGETS = {"ratio_vs_flo": 70.0, "epe": 0.1, "read_frames_per_s": 2000.0}
 
 
+def frame_count(text: str) -> int:
+    """``--max-frames``: 0 (every frame) or at least 2 (one flow)."""
+    value = positive_int(text) if text.strip() != "0" else 0
+    if value == 1:
+        raise argparse.ArgumentTypeError("1 frame gives no flow: 0 (every frame) or at least 2")
+    return value
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--videos", type=Path, required=True, help="folder or list of videos, e.g. ../shared/data/video")
     parser.add_argument("--size", type=parse_size_or_side, default=(256, 340), help="WIDTHxHEIGHT of the flow (default 340x256)")
     add_engine_argument(parser, "dis", ENGINES)
     parser.add_argument("--weights", default=None, help="PWC-Net weights (with --engine pwcnet)")
     parser.add_argument("--device", default="auto", help="engine device (default auto)")
-    parser.add_argument("--bound", type=float, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
-    parser.add_argument("--codec", default="jpeg:90", help="the cache's codec (default jpeg:90, the cache's own default)")
+    parser.add_argument("--bound", type=positive_pixels, default=DEFAULT_BOUND, help="quantisation bound in pixels (default 20)")
+    parser.add_argument("--codec", type=codec_arg, default=codec_name(), help=f"the cache's codec (default {codec_name()}, the cache's own)")
     parser.add_argument("--codecs", default="", help="also compare these codecs on every 10th flow, e.g. jpeg:90,png,webp:95,avif:90; "
                         "hevc:CRF codes whole videos along time with H.265 (e.g. hevc:10)")
-    parser.add_argument("--max-frames", type=int, default=0, help="use at most this many frames per video (0: all)")
-    parser.add_argument("--clip", type=int, default=5, help="flows per random read (L, default 5)")
-    parser.add_argument("--seconds", type=float, default=3.0, help="how long each read-throughput run lasts (default 3)")
-    parser.add_argument("--workers", type=int, default=2,
+    parser.add_argument("--max-frames", type=frame_count, default=0, help="use at most this many frames per video (0: all)")
+    parser.add_argument("--clip", type=positive_int, default=5, help="flows per random read (L, default 5)")
+    parser.add_argument("--seconds", type=positive_number, default=3.0, help="how long each read-throughput run lasts (default 3)")
+    parser.add_argument("--workers", type=positive_int, default=2,
                         help="worker processes in the parallel read test, and a classical engine's flow processes "
                              "(precompute is timed with 1 and with this many; default 2)")
-    parser.add_argument("--json", type=Path, default=None, help="write the results as JSON here")
+    parser.add_argument("--json", type=output_file, default=None, help="write the results as JSON here")
     parser.add_argument("--keep", type=Path, default=None, help="build the caches in this folder and keep them")
 
 
@@ -314,6 +325,10 @@ def run(args: argparse.Namespace) -> int:
         files = sorted(p.name for p in (work / "exact").iterdir())
 
         # 3. read throughput
+        if args.clip > max(counts):
+            print(f"error: --clip {args.clip} is longer than every video's flow (the longest has {max(counts)} flows)",
+                  file=sys.stderr)
+            return 2
         reads = read_throughput(paths, counts, args.clip, args.seconds, args.workers)
         codecs = compare_codecs(flows_by_video, extra, args.bound, args.clip, args.seconds) if extra else []
 
@@ -361,9 +376,8 @@ def run(args: argparse.Namespace) -> int:
     print_report(results, args.workers)
     for name, ok in checks.items():
         print(f"  {'PASS' if ok else 'FAIL'}  {name}")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2, default=str))
+    if args.json and not write_output(args.json, json.dumps(results, indent=2, default=str)):
+        return 2
     return 0 if all(checks.values()) else 1
 
 

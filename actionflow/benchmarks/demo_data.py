@@ -50,6 +50,7 @@ log = logging.getLogger(__name__)
 
 GENERATOR_VERSION = 2  # bump when rendering changes, so that cached datasets are regenerated
 MIN_SIZE = 32
+MAX_SIZE = 2048  # px: a procedural clip larger than this is a typo (16 frames of 2048x2048 are 200 MB already)
 # the default set (600 clips of 16 frames at 112 px): large enough for the temporal stream to reach
 # its targets, small enough to generate, cache and train on in the default run's 10 CPU minutes
 DEFAULT_CLIPS_PER_CLASS = 100
@@ -281,8 +282,8 @@ def _check(classes: Sequence[str], clips_per_class: int, frames: int, size: int,
         raise DemoDataError(f"unknown class(es) {unknown or classes!r}; choose from {', '.join(MOVES)}")
     if len(set(classes)) != len(classes):
         raise DemoDataError(f"classes repeat: {', '.join(classes)}")
-    if size < MIN_SIZE or size % 2:
-        raise DemoDataError(f"size must be an even number of pixels >= {MIN_SIZE} (H.264 yuv420p), got {size}")
+    if not MIN_SIZE <= size <= MAX_SIZE or size % 2:
+        raise DemoDataError(f"size must be an even number of pixels in {MIN_SIZE}..{MAX_SIZE} (H.264 yuv420p), got {size}")
     if frames < 2:
         raise DemoDataError(f"frames must be >= 2 (optical flow needs frame pairs), got {frames}")
     if fps <= 0:

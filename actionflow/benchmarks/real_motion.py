@@ -87,8 +87,8 @@ def build(out: str | Path, source: str | Path, clips_per_class: int = 5, frames:
     """Write the benchmark into ``out`` (see the module docstring); returns ``out``. Videos that
     cannot be decoded are skipped and named in the log; an existing complete build is kept."""
     out, source = Path(out), Path(source)
-    if clips_per_class < 1 or frames < 4 or short_side < 32:
-        raise RealMotionError("clips_per_class >= 1, frames >= 4 and short_side >= 32 are needed")
+    if clips_per_class < 1 or frames < 4 or not 32 <= short_side <= 4096:  # every clip is decoded at that size
+        raise RealMotionError("clips_per_class >= 1, frames >= 4 and a short_side of 32..4096 px are needed")
     if not source.is_dir():
         raise RealMotionError(f"{source}: no such folder (the real clips live in ../shared/data/video_real)")
     meta = {"version": VERSION, "classes": list(CLASSES), "base_fps": BASE_FPS, "speeds": SPEEDS, "clips_per_class": clips_per_class,

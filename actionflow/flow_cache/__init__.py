@@ -19,8 +19,8 @@ from actionflow.flow_cache.cache import (
 )
 from actionflow.flow_cache.cli import add_arguments, run, stats_dir, verify_dir
 from actionflow.flow_cache.codec import (
-    CODECS, DEFAULT_BOUND, DEFAULT_CODEC, LEVEL_SCHEMES, LEVELS, TSN, ZERO_EXACT, decode_frame, dequantize,
-    encode_frames, flo_bytes, parse_codec, positive_pixels, quantize, split_jpeg, stack_flows, tsn_levels,
+    CODECS, DEFAULT_BOUND, DEFAULT_CODEC, LEVEL_SCHEMES, LEVELS, TSN, ZERO_EXACT, codec_arg, codec_name, decode_frame,
+    dequantize, encode_frames, flo_bytes, parse_codec, positive_pixels, quantize, split_jpeg, stack_flows, tsn_levels,
 )
 from actionflow.flow_cache.entry import (
     FORMAT, FORMAT_VERSION, MAGIC, MAX_SIDE, SUFFIX, CacheCorrupt, CachedFlow, CacheError, CacheMismatch, CacheWriter,
@@ -29,10 +29,10 @@ from actionflow.flow_cache.entry import (
 from actionflow.flow_cache.lock import VideoLock, lock_is_held
 
 __all__ = [
-    "CODECS", "DEFAULT_BOUND", "DEFAULT_CODEC", "DEFAULT_SIZE", "FORMAT", "FORMAT_VERSION", "IGNORED_CONFIG_KEYS",
-    "IMPORTED_ENGINE", "LEVEL_SCHEMES", "LEVELS", "MAGIC", "MAX_SIDE", "SUFFIX", "TSN", "ZERO_EXACT", "CacheCorrupt",
-    "CacheError", "CacheMismatch", "CacheWriter", "CachedFlow",
-    "FlowCache", "VideoLock", "add_arguments", "cache_files", "check_header", "decode_frame", "dequantize",
-    "encode_frames", "flo_bytes", "lock_is_held", "orphan_temp_files", "parse_codec", "positive_pixels", "quantize", "run",
-    "split_jpeg", "stack_flows", "stats_dir", "tsn_levels", "verify_dir", "video_identity",
+    "CODECS", "CacheCorrupt", "CacheError", "CacheMismatch", "CacheWriter", "CachedFlow", "DEFAULT_BOUND",
+    "DEFAULT_CODEC", "DEFAULT_SIZE", "FORMAT", "FORMAT_VERSION", "FlowCache", "IGNORED_CONFIG_KEYS",
+    "IMPORTED_ENGINE", "LEVELS", "LEVEL_SCHEMES", "MAGIC", "MAX_SIDE", "SUFFIX", "TSN", "VideoLock", "ZERO_EXACT",
+    "add_arguments", "cache_files", "check_header", "codec_arg", "codec_name", "decode_frame", "dequantize",
+    "encode_frames", "flo_bytes", "lock_is_held", "orphan_temp_files", "parse_codec", "positive_pixels", "quantize",
+    "run", "split_jpeg", "stack_flows", "stats_dir", "tsn_levels", "verify_dir", "video_identity",
 ]

@@ -147,7 +147,7 @@ class FlowCache:
             "video": identity,
         }
 
-    def writer(self, video: str | os.PathLike) -> CacheWriter:
+    def writer(self, video: str | os.PathLike | Video) -> CacheWriter:
         """A writer for ``video``'s entry; the video's size and mtime are recorded now (before decoding)."""
         return CacheWriter(self.path_for(video), self.header_for(video))
 

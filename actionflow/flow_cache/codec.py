@@ -55,6 +55,16 @@ def positive_pixels(text: str) -> float:
     return value
 
 
+def codec_arg(text: str) -> str:
+    """An argparse ``type`` for ``--codec``: ``"jpeg:90"``... checked (:func:`parse_codec`), so a bad codec is an
+    argument error before any work."""
+    try:
+        parse_codec(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
 def parse_codec(spec: str | dict | None) -> dict:
     """``"jpeg"``, ``"jpeg:90"``, ``"webp"`` (lossless), ``"webp:95"``, ``"png"``... -> ``{"name", "quality"}``."""
     if spec is None:
@@ -76,6 +86,12 @@ def parse_codec(spec: str | dict | None) -> dict:
     if quality is not None and not 1 <= int(quality) <= 100:
         raise ValueError(f"codec {name}: quality {quality} is outside 1..100")
     return {"name": name, "quality": None if quality is None else int(quality)}
+
+
+def codec_name(codec: str | dict | None = None) -> str:
+    """A codec as written on command lines: ``"jpeg:90"``, ``"webp"`` (lossless); None: the default."""
+    codec = parse_codec(codec)
+    return codec["name"] + ("" if codec["quality"] is None else f":{codec['quality']}")
 
 
 def _imencode_args(codec: dict) -> tuple[str, list[int]]:
@@ -173,15 +189,29 @@ def split_jpeg(jpeg: bytes) -> tuple[bytes, bytes]:
     raise ValueError("JPEG without a start-of-scan segment")
 
 
+def fits(image: bytes, height: int, width: int) -> bool:
+    """Whether the header of an encoded image (or of JPEG tables) gives a ``[2H,W]`` flow frame; nothing is
+    decoded, so a crafted frame claiming gigapixels is refused before a decoder allocates for it."""
+    from flow_engine.io.flow_files import FlowFileError, image_size  # flow_files imports torch: the cache needs none
+
+    try:
+        return image_size("flow frame", image) == (width, 2 * height)
+    except FlowFileError:
+        return False
+
+
 def decode_frame(payload: bytes | memoryview, height: int, width: int, tables: bytes | None = None) -> np.ndarray | None:
     """One stored flow frame -> uint8 ``[2H,W]`` (None when it does not decode to that size).
 
-    ``payload`` is a complete image (any codec, format version 1) or, with ``tables``, a JPEG's
-    scan data whose header the file keeps once.
+    ``payload`` is a complete image (any codec, format version 1), whose header is checked before it
+    is decoded, or, with ``tables``, a JPEG's scan data whose header the file keeps once (the caller
+    checks the tables with :func:`fits` once per file).
     """
     data = bytes(payload)
     if tables is not None and not data.startswith(SOI):  # scan data never starts with a marker
         data = tables + data + EOI
+    elif not fits(data, height, width):
+        return None
     img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_GRAYSCALE)
     if img is None or img.shape != (2 * height, width):
         return None

@@ -47,7 +47,8 @@ import numpy as np
 
 from actionflow.errors import ActionflowError
 from actionflow.flow_cache.codec import (
-    LEVEL_SCHEMES, ZERO_EXACT, decode_frame, dequantize, encode_frames, parse_codec, quantize, split_jpeg, stack_flows,
+    LEVEL_SCHEMES, ZERO_EXACT, decode_frame, dequantize, encode_frames, fits, parse_codec, quantize, split_jpeg,
+    stack_flows,
 )
 
 MAGIC = b"\x89AFC\r\n\x1a\n"  # PNG-style: a text-mode copy or a truncation to 7 bits is caught
@@ -89,6 +90,14 @@ def _number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
+def clean_absolute_path(value: Any) -> bool:
+    """Whether ``value`` is a path as :func:`os.path.realpath` gives it: a string, absolute, without NUL
+    and without ``.`` or ``..`` parts (so no folder built from it climbs out of its parent)."""
+    if not (isinstance(value, str) and value.startswith("/") and "\x00" not in value):
+        return False
+    return not any(part in (".", "..") for part in value.split("/"))
+
+
 def check_header(header: Any, path: Path, num_flows: int) -> None:
     """Raise :class:`CacheError` (unknown format or version) or :class:`CacheCorrupt` unless
     ``header`` is a JSON object whose fields have this format's types and sane ranges: every open
@@ -111,6 +120,11 @@ def check_header(header: Any, path: Path, num_flows: int) -> None:
     for key in ("engine", "codec", "video", "import"):
         if not isinstance(header.get(key, {}), dict):
             raise CacheCorrupt(path, f"header {key} is not a JSON object")
+    for key, field in (("video", "path"), ("import", "source")):  # paths are data: export builds folder names of them
+        value = header.get(key, {}).get(field)
+        if value is not None and not clean_absolute_path(value):
+            raise CacheCorrupt(path, f"header {key} {field} {str(value)[:80]!r} is not an absolute path without "
+                                     "'.' or '..' parts (as the writer records it)")
     if header.get("levels", ZERO_EXACT) not in LEVEL_SCHEMES:
         raise CacheCorrupt(path, f"header levels {str(header.get('levels'))[:40]!r} is none of {', '.join(LEVEL_SCHEMES)}")
     tables = header.get("codec", {}).get("tables")
@@ -194,6 +208,9 @@ class CachedFlow:
         except ValueError:
             os.close(fd)
             raise CacheCorrupt(path, "header codec tables are not valid base64") from None
+        if self._tables is not None and not fits(self._tables, int(header["height"]), int(header["width"])):
+            os.close(fd)
+            raise CacheCorrupt(path, f"header codec tables are not those of a {2 * header['height']}x{header['width']} JPEG")
         self.header: dict[str, Any] = header
         self.index = index
         self.num_flows = n

@@ -18,7 +18,9 @@ path>.<ext>``. A folder already imported from the same source, unchanged, is ski
 
 Export: every entry of a cache becomes a folder ``OUT/<its video's path relative to the videos'
 common folder, without extension>`` of ``x_{:05d}.jpg`` / ``y_{:05d}.jpg`` from 1 (JPEG quality 95, as
-denseflow), ready for mmaction2's ``RawframeDataset`` with ``modality='Flow'``.
+denseflow), ready for mmaction2's ``RawframeDataset`` with ``modality='Flow'``. Nothing is written
+outside OUT; a folder holding an earlier export's flow files is refused unless ``--overwrite``, which
+removes them first (mmaction2 counts the x files: a stale one would be read as flow).
 
 Bad input is a failure of that folder or entry, named in the summary (exit 1), never a traceback:
 half a pair missing, a gap in the numbers, a JPEG that does not decode, frames of different sizes.
@@ -40,6 +42,7 @@ from actionflow.errors import ActionflowError
 from actionflow.flow_cache.cache import IMPORTED_ENGINE, FlowCache, cache_files
 from actionflow.flow_cache.codec import DEFAULT_BOUND, TSN, encode_frames, parse_codec, positive_pixels, tsn_levels
 from actionflow.flow_cache.entry import CacheError, CachedFlow, CacheWriter
+from flow_engine.commands.args import output_folder
 from flow_engine.io.flow_files import FlowFileError, read_image
 from flow_engine.io.video import (
     VIDEO_EXTENSIONS, VideoError, check_frame_pattern, frame_files, is_frame_name, is_video_path, numbered_files,
@@ -243,36 +246,68 @@ def export_entry(cached: CachedFlow, folder: Path, naming: tuple[str, str] = DEF
 
 
 def export_tsn(cache_dir: str | os.PathLike, out: str | os.PathLike, naming: tuple[str, str] = DEFAULT_NAMING,
-               bound: float | None = None, quality: int = 95) -> Summary:
-    """Export every entry of ``cache_dir`` under ``out`` (see the module doc); bad entries are recorded, never raised."""
+               bound: float | None = None, quality: int = 95, overwrite: bool = False) -> Summary:
+    """Export every entry of ``cache_dir`` under ``out`` (see the module doc); bad entries are recorded, never raised.
+
+    Every file written lies inside ``out`` (a folder that would resolve outside it, through a symlink, fails
+    that entry). A target folder already holding flow files of ``naming`` (an earlier export) is a TsnError
+    before anything is written, unless ``overwrite``: then its numbered flow files are removed first, so
+    no stale flow outlives the export (other files, such as frames, are left alone).
+    """
     summary = Summary()
     entries: list[tuple[Path, str]] = []
     for path in cache_files(cache_dir):
         try:
-            with CachedFlow(path) as cached:
+            with CachedFlow(path) as cached:  # its header's video path was checked on opening
                 entries.append((path, (cached.header.get("video") or {}).get("path") or str(path.with_suffix(""))))
         except CacheError as exc:
             summary.failed.append((path, exc.reason))
     if not entries:
         return summary
-    names = export_names([video for _, video in entries])
+    out = Path(out)
+    plan: list[tuple[Path, Path]] = []
     taken: dict[Path, Path] = {}
-    for (path, video), name in zip(entries, names):
+    for (path, video), name in zip(entries, export_names([video for _, video in entries])):
+        target = out / name
         if name in taken:
             summary.failed.append((path, f"{video} exports to {name}, as {taken[name]} does already"))
-            continue
-        taken[name] = path
+        elif not _inside(target, out):
+            summary.failed.append((path, f"{video} would export to {os.path.realpath(target)}, outside {out}"))
+        else:
+            taken[name] = path
+            plan.append((path, target))
+    stale = [target for _, target in plan if _flow_files(target, naming)]
+    if stale and not overwrite:
+        raise TsnError(f"{len(stale)} target folder(s) hold flow files already (first: {stale[0]}): an older export "
+                       "would leave stale flow behind; pass --overwrite to replace their flow files, or export to an "
+                       "empty folder")
+    for path, target in plan:
         try:
             with CachedFlow(path) as cached:
-                summary.frames += export_entry(cached, Path(out) / name, naming, bound, quality)
+                for old in _flow_files(target, naming):
+                    old.unlink()
+                summary.frames += export_entry(cached, target, naming, bound, quality)
         except (CacheError, TsnError) as exc:
             summary.failed.append((path, str(exc)))
             continue
         except OSError as exc:
             summary.failed.append((path, f"cannot write under {out} ({exc.strerror or exc})"))
             continue
-        summary.done.append(Path(out) / name)
+        summary.done.append(target)
     return summary
+
+
+def _inside(target: Path, out: Path) -> bool:
+    """Whether ``target`` resolves (symlinks followed) to a folder strictly inside ``out``."""
+    root = os.path.realpath(out)
+    return os.path.realpath(target).startswith(root.rstrip(os.sep) + os.sep)
+
+
+def _flow_files(folder: Path, naming: tuple[str, str]) -> list[Path]:
+    """The numbered x and y files of ``naming`` in ``folder`` (none when it is not a folder)."""
+    if not folder.is_dir():
+        return []
+    return [folder / name for pattern in naming for name in numbered_files(folder, pattern).values()]
 
 
 # ---------------------------------------------------------------------------------------- CLI
@@ -291,12 +326,14 @@ def add_arguments(sub) -> None:
                    help="attach each folder's flow to the video VDIR/<its path under DIR>.<ext> (default: to the folder itself)")
     e = sub.add_parser("export", help="Export a cache as TSN/denseflow flow JPEGs (for mmaction2's RawframeDataset).")
     e.add_argument("dir", type=Path, help="cache folder")
-    e.add_argument("--tsn", required=True, type=Path, metavar="OUT", help="output folder")
+    e.add_argument("--tsn", required=True, type=output_folder, metavar="OUT", help="output folder")
     e.add_argument("--bound", type=positive_pixels, default=None, help="bound of the JPEGs in pixels (default: each entry's, 20)")
     e.add_argument("--naming", type=_naming_arg, default=DEFAULT_NAMING, metavar="X,Y",
                    help="x and y file names (default x_{:05d}.jpg,y_{:05d}.jpg)")
     e.add_argument("--quality", type=int, default=95, choices=range(1, 101), metavar="1..100",
                    help="JPEG quality (default 95, denseflow's)")
+    e.add_argument("--overwrite", action="store_true",
+                   help="replace the flow files of an earlier export in the target folders (default: refuse them)")
 
 
 def _print_summary(summary: Summary, verb: str) -> int:
@@ -309,12 +346,18 @@ def _print_summary(summary: Summary, verb: str) -> int:
 
 def run(args: argparse.Namespace) -> int:
     """``cache import``: 0 when every flow folder was imported (or was already), 1 when any failed, 2 for
-    bad arguments or no flow folders. ``cache export``: 0, 1 when any entry failed, 2 for bad arguments."""
+    bad arguments or no flow folders. ``cache export``: 0, 1 when any entry failed, 2 for bad arguments or
+    target folders holding an earlier export's flow (without ``--overwrite``)."""
     if args.cache_command == "export":
         if not args.dir.is_dir():
             print(f"error: {args.dir} is not a folder", file=sys.stderr)
             return 2
-        return _print_summary(export_tsn(args.dir, args.tsn, args.naming, args.bound, args.quality), "exported")
+        try:
+            summary = export_tsn(args.dir, args.tsn, args.naming, args.bound, args.quality, args.overwrite)
+        except TsnError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
+        return _print_summary(summary, "exported")
     if not args.tsn.is_dir():
         print(f"error: {args.tsn} is not a folder", file=sys.stderr)
         return 2

@@ -5,12 +5,16 @@
 - Frame sizes on command lines are WIDTHxHEIGHT (``340x256``, as video tools write them) or, where a
   command takes it, one number: the short side (:func:`parse_size`, :func:`parse_size_or_side`).
   Configs and Python calls hold them as [H, W].
+- What a command writes is checked when parsed, before any work: a file (:func:`output_file`: ``--json``,
+  ``--mp4``...) or a folder (:func:`output_folder`); frame rates and similar are :func:`positive_number`.
 """
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from collections.abc import Sequence
+from pathlib import Path
 
 
 class DeprecatedFlag(argparse.Action):
@@ -60,3 +64,53 @@ def parse_size_or_side(text: str) -> tuple[int, int] | int:
     if h < 8 or w < 8:
         raise argparse.ArgumentTypeError(f"size {text!r} is too small (at least 8x8)")
     return h, w
+
+
+def output_file(text: str) -> Path:
+    """An argparse ``type`` for a file a command writes (``--json OUT``, ``--mp4 OUT``...): refused at once,
+    before any work, when it names an existing folder or lies under an existing file."""
+    path = Path(text)
+    if path.is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is a folder; name a file in it, e.g. {path / 'report.json'}")
+    for parent in path.parents:
+        if parent.exists():
+            if not parent.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {parent} is a file, not a folder")
+            break
+    return path
+
+
+def output_folder(text: str) -> Path:
+    """An argparse ``type`` for a folder a command writes into: refused at once when it, or a folder above
+    it, is an existing file."""
+    path = Path(text)
+    for folder in (path, *path.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a folder")
+            break
+    return path
+
+
+def positive_number(text: str) -> float:
+    """An argparse ``type`` for a positive, finite number (a frame rate, a flow magnitude): NaN, infinity,
+    zero and negatives are argument errors."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not (math.isfinite(value) and value > 0):
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
+    return value
+
+
+def write_output(path: Path, text: str) -> bool:
+    """Writes ``text`` to the file ``path`` (its folder made first): True, or False with one error line on
+    stderr when it still cannot be written (no permission, a full disk): what was printed stands."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    except OSError as exc:
+        print(f"error: cannot write {path} ({exc.strerror or exc})", file=sys.stderr)
+        return False
+    return True

@@ -28,11 +28,11 @@ from typing import Callable
 
 import torch
 
-from flow_engine.models.correlation import correlation, cupy_usable
+from flow_engine.commands.args import add_engine_argument, output_file, parse_size, write_output
 from flow_engine.engine import DTYPES, ENGINES, FlowEngine
 from flow_engine.errors import FlowEngineError
-from flow_engine.commands.args import add_engine_argument, parse_size
-from flow_engine.models.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, padded_size
+from flow_engine.models.correlation import correlation, cupy_usable
+from flow_engine.models.pwcnet import MAX_DISPLACEMENT, PYRAMID_CHANNELS, FlowInputError, padded_size
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--clip", type=int, metavar="T", help="also time T-frame clips: pair path vs clip path (features once)")
     parser.add_argument("--skip-engine", action="store_true", help="benchmark the cost volume only")
     parser.add_argument("--skip-cost-volume", action="store_true", help="benchmark the engine only")
-    parser.add_argument("--json", type=Path, metavar="OUT", help="also write the numbers as JSON")
+    parser.add_argument("--json", type=output_file, metavar="OUT", help="also write the numbers as JSON")
 
 
 def _timer(device: torch.device, fn: Callable[[], object], iters: int, warmup: int) -> list[float]:
@@ -162,6 +162,20 @@ def bench_cost_volume(device: torch.device, dtype: torch.dtype, size: tuple[int,
     return rows, note
 
 
+def check_memory(engine: FlowEngine, args: argparse.Namespace) -> None:
+    """FlowInputError unless every part of the benchmark asked for fits the engine and the device's memory:
+    the engine's pass with its frames held, the clips, and the cost volume's features."""
+    H, W = args.size
+    if not args.skip_engine:
+        engine.check_size(H, W, args.batch, held_bytes=(args.batch + 1) * 3 * H * W)
+    if args.clip:
+        engine.check_size(H, W, 1, held_bytes=args.clip * 3 * H * W)
+    if not args.skip_cost_volume:  # f1, f2, a gradient and a volume per level, with autograd's copies: x4
+        volume = sum(4 * (2 * b * c * h * w + b * (2 * MAX_DISPLACEMENT + 1) ** 2 * h * w) * 4
+                     for _, (b, c, h, w) in pyramid_shapes(args.size, args.batch))
+        engine.check_size(H, W, 0, held_bytes=volume)
+
+
 def run(args: argparse.Namespace) -> int:
     if args.batch < 1 or args.iters < 1 or args.warmup < 0 or (args.clip is not None and args.clip < 2):
         print("error: --batch and --iters must be at least 1, --warmup at least 0, --clip at least 2", file=sys.stderr)
@@ -174,6 +188,11 @@ def run(args: argparse.Namespace) -> int:
         return 1
     device = engine.device
     H, W = args.size
+    try:  # before any frame is allocated: sizes the engine cannot take, memory the device does not have
+        check_memory(engine, args)
+    except FlowInputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
     result: dict = {
         "size": f"{W}x{H}", "batch": args.batch, "dtype": engine.dtype, "device": str(device),
         "device_name": torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu",
@@ -214,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
 
 def _write_json(path: Path | None, result: dict) -> int:
     if path is not None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(result, indent=2))
+        if not write_output(path, json.dumps(result, indent=2)):
+            return 2
         print(f"\nwrote {path}")
     return 0

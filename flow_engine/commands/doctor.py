@@ -37,6 +37,8 @@ from pathlib import Path
 
 import torch
 
+from flow_engine.commands.args import output_file, write_output
+
 # Each check imports what it checks (CuPy, OpenCV, PyAV, decord, the engines) inside itself: a library
 # that is missing or broken is that check's line ("not available" or BROKEN, with why), not a crash.
 
@@ -298,7 +300,7 @@ def bench(iters: int = 3) -> list[dict]:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the report as JSON")
+    parser.add_argument("--json", type=output_file, metavar="OUT.json", help="also write the report as JSON")
     parser.add_argument("--bench", action="store_true", help="also time the default engine on each device")
     parser.add_argument("--raft-weights", metavar="PATH", help="RAFT weights for the RAFT check (default: random weights)")
 
@@ -324,9 +326,8 @@ def run(args: argparse.Namespace) -> int:
     broken = [c for c in checks if c.status == BROKEN]
     report["healthy"] = not broken
     print("healthy: everything this machine can do works" if not broken else f"BROKEN: {len(broken)} check(s) failed")
-    if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(report, indent=2) + "\n")
+    if args.json is not None and not write_output(args.json, json.dumps(report, indent=2) + "\n"):
+        return 2  # the report above stands; the file could not be written
     return 1 if broken else 0
 
 

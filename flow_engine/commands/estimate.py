@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow_engine.commands.args import add_engine_argument, parse_size
+from flow_engine.commands.args import add_engine_argument, output_file, output_folder, parse_size, positive_number
 from flow_engine.engine import ENGINES, FlowEngine
 from flow_engine.errors import FlowEngineError
 from flow_engine.io.flow_files import read_image, write_flow, write_image
@@ -30,6 +30,7 @@ from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, VideoError, frame_files, frame_pattern_arg, iter_frames, probe, resize_frames,
 )
 from flow_engine.io.viz import flow_to_color, write_video
+from flow_engine.models.pwcnet import FlowInputError
 
 log = logging.getLogger(__name__)
 
@@ -50,11 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", type=Path, required=True, help="output .flo/.png file (pair) or folder (sequence)")
     parser.add_argument("--flo", action="store_true", help="sequence: write OUT/NAME.flo")
     parser.add_argument("--png", action="store_true", help="sequence: write colour-coded OUT/NAME.png")
-    parser.add_argument("--mp4", type=Path, metavar="OUT.mp4", help="sequence: write a colour-coded video")
+    parser.add_argument("--mp4", type=output_file, metavar="OUT.mp4", help="sequence: write a colour-coded video")
     parser.add_argument("--max-flow", type=float, metavar="PX",
                         help="flow magnitude of full colour saturation; default: per frame for PNGs, "
                              "the largest magnitude of the first batch for the MP4 (fixed for all frames)")
-    parser.add_argument("--fps", type=float, help="MP4 frame rate (default: the video's, 30 for --frames)")
+    parser.add_argument("--fps", type=positive_number, help="MP4 frame rate (default: the video's, 30 for --frames)")
     parser.add_argument("--batch", type=int, default=8, metavar="N", help="frame pairs per engine call (default 8)")
     parser.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to WIDTHxHEIGHT before the flow")
     parser.add_argument("--max-frames", type=int, metavar="N", help="use only the first N frames of a sequence")
@@ -75,6 +76,16 @@ def run(args: argparse.Namespace) -> int:
     try:
         engine = FlowEngine(name=args.engine, weights=args.weights, device=args.device, dtype=args.dtype,
                             flow_updates=args.flow_updates, scales=args.scales)
+    except FlowEngineError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    if args.size is not None:  # before anything is decoded at that size
+        try:
+            engine.check_size(*args.size, args.batch, held_bytes=3 * (args.batch + 1) * 3 * args.size[0] * args.size[1])
+        except FlowInputError as e:
+            print(f"error: --size {args.size[1]}x{args.size[0]}: {e}", file=sys.stderr)
+            return 2
+    try:
         if args.video is None and args.frames is None:
             return _run_pair(engine, args)
         return _run_sequence(engine, args)
@@ -96,6 +107,10 @@ def _check_args(args: argparse.Namespace) -> None:
             raise EstimateError("--flo, --png and --mp4 apply to --video/--frames only")
     elif not (args.flo or args.png or args.mp4):
         raise EstimateError("nothing to write: give any of --flo, --png, --mp4")
+    try:  # a folder where a file goes, a file where a folder goes: said now, before any flow is computed
+        (output_folder if sequence else output_file)(str(args.out))
+    except argparse.ArgumentTypeError as e:
+        raise EstimateError(f"-o {e}") from None
     if args.batch < 1:
         raise EstimateError(f"--batch must be at least 1, got {args.batch}")
     if args.max_frames is not None and args.max_frames < 2:

@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow_engine.commands.args import add_engine_argument
+from flow_engine.commands.args import add_engine_argument, output_file, write_output
 from flow_engine.data.datasets import FlowCases, make_dataset
 from flow_engine.engine import LEARNED_ENGINES, FlowEngine
 from flow_engine.errors import DatasetError, FlowEngineError
@@ -125,7 +125,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
     method.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
     method.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for a learned method")
-    parser.add_argument("--json", type=Path, metavar="OUT.json", help="also write the scores as JSON")
+    parser.add_argument("--json", type=output_file, metavar="OUT.json", help="also write the scores as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -198,8 +198,8 @@ def run(args: argparse.Namespace) -> int:
         print(f"engine: {args.engine}, sets side by side")
         print(format_sets(results))
     if args.json is not None:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
         body = next(iter(results.values())) if len(results) == 1 else {"sets": results}
-        args.json.write_text(json.dumps({"method": args.engine, **body}, indent=2) + "\n")
+        if not write_output(args.json, json.dumps({"method": args.engine, **body}, indent=2) + "\n"):
+            return 2
         print(f"wrote {args.json}")
     return 0

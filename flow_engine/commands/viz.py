@@ -9,15 +9,16 @@ from pathlib import Path
 
 import numpy as np
 
+from flow_engine.commands.args import output_file, output_folder, positive_number
 from flow_engine.io.flow_files import FlowFileError, read_flow, write_image
 from flow_engine.io.viz import color_wheel_legend, flow_to_color, write_video
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("files", nargs="+", type=Path, metavar="FILES", help="flow files (.flo, KITTI .png, .pfm)")
-    parser.add_argument("-o", "--out", type=Path, required=True, metavar="DIR", help="folder for the colour PNGs")
-    parser.add_argument("--video", type=Path, metavar="OUT.mp4", help="also write an MP4 of the frames, in the order given")
-    parser.add_argument("--fps", type=float, default=30.0, help="video frame rate (default 30)")
+    parser.add_argument("-o", "--out", type=output_folder, required=True, metavar="DIR", help="folder for the colour PNGs")
+    parser.add_argument("--video", type=output_file, metavar="OUT.mp4", help="also write an MP4 of the frames, in the order given")
+    parser.add_argument("--fps", type=positive_number, default=30.0, help="video frame rate (default 30)")
     parser.add_argument("--max-flow", type=float, metavar="PX", help="magnitude of full saturation in pixels (default: per-frame max)")
     parser.add_argument("--legend", action="store_true", help="also write DIR/legend.png, the colour key")
 

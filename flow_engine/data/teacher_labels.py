@@ -39,6 +39,7 @@ from torch.utils.data import Dataset
 from tqdm import tqdm
 
 from flow_engine.errors import DatasetError, FlowEngineError
+from flow_engine.io.flow_files import FlowFileError, image_size
 from flow_engine.io.video import VideoError, list_videos, probe, read_frames, scaled_size
 
 log = logging.getLogger(__name__)
@@ -115,7 +116,12 @@ def _jpeg_roundtrip(frames: np.ndarray) -> tuple[list[bytes], np.ndarray]:
 
 
 def _decode_jpeg(blob: np.ndarray, where: Path) -> np.ndarray:
-    img = cv2.imdecode(np.asarray(blob, np.uint8), cv2.IMREAD_COLOR)
+    blob = np.asarray(blob, np.uint8)
+    try:
+        image_size(where, blob.tobytes())  # the pixel limit, before the decoder allocates
+    except FlowFileError as exc:
+        raise DatasetError(f"{where}: a frame is not a readable JPEG ({exc.problem})") from None
+    img = cv2.imdecode(blob, cv2.IMREAD_COLOR)
     if img is None:
         raise DatasetError(f"{where}: a frame is not a readable JPEG")
     return np.ascontiguousarray(img[..., ::-1])

@@ -16,9 +16,11 @@ from __future__ import annotations
 
 import os
 import struct
+from io import BytesIO
 from pathlib import Path
 
 import cv2
+import imagesize
 import numpy as np
 import torch
 
@@ -28,9 +30,11 @@ FLO_TAG = 202021.25
 FLO_UNKNOWN_THRESHOLD = 1e9  # |u| or |v| above this means "unknown" (Middlebury convention)
 FLO_UNKNOWN_VALUE = 1e10
 MAX_SIDE = 1 << 16  # a width or height beyond this is a corrupt header, not an image
-# A PNG's size says nothing of its decoded size (840 KB can decode to 12000x12000x3 16-bit, ~9 GB
-# once converted): PNGs above this many pixels (e.g. 4096x4096) are refused from their header.
-MAX_PNG_PIXELS = 1 << 24
+# An image file's size says nothing of its decoded size (840 KB of PNG can decode to 12000x12000x3
+# 16-bit, ~9 GB once converted; 3.4 KB of JPEG to 20000x20000x3, 3.5 GB): every image read (frames,
+# KITTI PNGs, cached flow frames, teacher labels) above this many pixels (e.g. 4096x4096) is
+# refused from its header, before anything is decoded.
+MAX_IMAGE_PIXELS = 1 << 24
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}  # IHDR colour type -> channels as decoded (palette: 1 index)
 KITTI_OFFSET = 2.0**15
@@ -79,6 +83,35 @@ def _check_dims(path: PathLike, width: int, height: int) -> None:
         raise FlowFileError(path, f"header gives a non-positive size {width}x{height}")
     if width > MAX_SIDE or height > MAX_SIDE:
         raise FlowFileError(path, f"header gives an absurd size {width}x{height} (corrupt file?)")
+
+
+def _check_pixels(path: PathLike, width: int, height: int, kind: str = "image") -> None:
+    _check_dims(path, width, height)
+    if width * height > MAX_IMAGE_PIXELS:
+        raise FlowFileError(path, f"{kind} of {width}x{height} pixels is above the limit of {MAX_IMAGE_PIXELS} pixels "
+                                  "(flow_engine.io.flow_files.MAX_IMAGE_PIXELS)")
+
+
+def image_size(path: PathLike, data: bytes | None = None) -> tuple[int, int]:
+    """(width, height) in pixels from an image's header, nothing decoded: JPEG, PNG, WebP, TIFF, BMP,
+    PPM/PGM, JPEG 2000, AVIF... (what ``imagesize`` reads). ``data``: the image's bytes when they are
+    in memory (``path`` then only names it). FlowFileError when no such header is found, or its size
+    is not positive or above :data:`MAX_IMAGE_PIXELS`: call this before any decoder sees the bytes."""
+    try:
+        if data is None:
+            with open(path, "rb") as f:
+                width, height = imagesize.get(f, exif_rotation=False)
+        else:
+            width, height = imagesize.get(BytesIO(data), exif_rotation=False)
+    except OSError as e:
+        raise FlowFileError(path, f"cannot read ({e.strerror or e})") from None
+    except Exception as e:  # a header that imagesize's parser trips over (struct.error, ValueError...)
+        raise FlowFileError(path, f"unreadable image (corrupt header: {type(e).__name__})") from None
+    if (width, height) == (-1, -1):
+        raise FlowFileError(path, "unreadable image (no header of a known format: "
+                                  "JPEG, PNG, WebP, TIFF, BMP, PPM/PGM, JPEG 2000, AVIF)")
+    _check_pixels(path, width, height)
+    return width, height
 
 
 # ----------------------------------------------------------------------------- .flo
@@ -132,7 +165,7 @@ def write_flo(path: PathLike, flow: np.ndarray, valid: np.ndarray | None = None)
 def read_png_header(path: PathLike) -> tuple[int, int, int, int]:
     """(width, height, bit depth, channels) from a PNG's IHDR chunk, without decoding it.
 
-    Raises FlowFileError for a file that is not a PNG and for one above :data:`MAX_PNG_PIXELS`
+    Raises FlowFileError for a file that is not a PNG and for one above :data:`MAX_IMAGE_PIXELS`
     pixels, so that nothing is allocated for a decompression bomb.
     """
     if _file_size(path) == 0:
@@ -144,10 +177,7 @@ def read_png_header(path: PathLike) -> tuple[int, int, int, int]:
     width, height, depth, colour = struct.unpack(">IIBB", head[16:26])
     if colour not in PNG_CHANNELS:
         raise FlowFileError(path, f"corrupt PNG header (colour type {colour})")
-    _check_dims(path, width, height)
-    if width * height > MAX_PNG_PIXELS:
-        raise FlowFileError(path, f"PNG of {width}x{height} pixels is above the limit of {MAX_PNG_PIXELS} pixels "
-                                  "(flow_engine.io.flow_files.MAX_PNG_PIXELS)")
+    _check_pixels(path, width, height, "PNG")
     return width, height, depth, PNG_CHANNELS[colour]
 
 
@@ -279,14 +309,19 @@ def tensor_to_flow(flow: torch.Tensor) -> np.ndarray:
 
 
 def read_image(path: PathLike) -> np.ndarray:
-    """Reads an image (PNG/PPM/JPG...) as uint8 RGB [H,W,3]; grey images are promoted to 3 channels."""
+    """Reads an image (PNG/PPM/JPG...) as uint8 RGB [H,W,3]; grey images are promoted to 3 channels.
+    Its size is read from its header first (:func:`image_size`): a decompression bomb is refused
+    before anything is allocated for it."""
     if _file_size(path) == 0:
         raise FlowFileError(path, "empty file")
-    with open(path, "rb") as f:
-        if f.read(len(PNG_SIGNATURE)) == PNG_SIGNATURE:
-            read_png_header(path)  # the pixel limit, before decoding
     try:
-        bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        with open(path, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise FlowFileError(path, f"cannot read ({e.strerror or e})") from None
+    image_size(path, data)  # the same bytes the decoder gets: no swap between the check and the decoding
+    try:
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as e:
         raise FlowFileError(path, f"unreadable image ({str(e).strip().splitlines()[-1][:200]})") from None
     if bgr is None:

@@ -27,6 +27,14 @@ CLASSICAL_METHODS = ("dis", "dis_fine", "farneback", "tvl1")
 # pyr_scale, levels, winsize, iterations, poly_n, poly_sigma, flags
 FARNEBACK_PARAMS = (0.5, 5, 15, 3, 5, 1.2, 0)
 
+# The smallest frame side each method takes, found by trying every size from 1 to 40 px a side and
+# sides up to 8192 px (OpenCV 5.1): DIS's MEDIUM preset works at half size on frames 40 px wide or
+# more, and fails there (cv2.error, or a segmentation fault: 12x64 frames) unless both sides are at
+# least 16 px; dis_fine fails below 12x12; Farneback and TV-L1 take 1x1.
+MIN_SIDE = {"dis": 16, "dis_fine": 12, "farneback": 1, "tvl1": 1}
+# Memory of one pair, per pixel, with margin: the frames, grey copies, pyramids and flow fields in float32.
+BYTES_PER_PIXEL = 128
+
 _solvers: dict[str, cv2.DenseOpticalFlow] = {}  # one OpenCV object per method, reused across pairs
 _DIS_FINEST_SCALE = {"dis": 1, "dis_fine": 0}  # pyramid level where DIS stops (1: the MEDIUM preset's)
 
@@ -60,6 +68,8 @@ def classical_flow(method: str, img1: np.ndarray, img2: np.ndarray) -> np.ndarra
     g1, g2 = _grey(img1, "img1"), _grey(img2, "img2")
     if g1.shape != g2.shape:
         raise ValueError(f"frames differ in size: {g1.shape} and {g2.shape}")
+    if min(g1.shape) < MIN_SIDE[method]:  # checked here too: in a worker process a crash would end the pool
+        raise ValueError(f"{method} needs frames of at least {MIN_SIDE[method]} px a side, got {g1.shape[1]}x{g1.shape[0]}")
     if method == "farneback":
         flow = cv2.calcOpticalFlowFarneback(g1, g2, None, *FARNEBACK_PARAMS)
     else:
@@ -89,6 +99,11 @@ class ClassicalFlow:
             raise ValueError(f"unknown classical method {method!r}; choose from {', '.join(CLASSICAL_METHODS)}")
         self.method, self.workers = method, int(workers)
         self._pool = None
+
+    def memory_needed(self, height: int, width: int, pairs: int = 1) -> int:
+        """Bytes ``pairs`` pairs of ``height`` x ``width`` frames take while computed: one pair at a time in
+        each of :attr:`workers` processes (an estimate with margin)."""
+        return min(pairs, self.workers) * height * width * BYTES_PER_PIXEL
 
     def predict(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
         """Flow [B,2,H,W] float32 px from frames [B,3,H,W] (float in [0,1] or uint8), on the CPU."""

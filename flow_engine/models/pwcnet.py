@@ -40,6 +40,9 @@ MAX_DISPLACEMENT = 4
 # turned into pixels at level l's resolution before warping: 20 / 2^l.
 WARP_SCALES = {5: 0.625, 4: 1.25, 3: 2.5, 2: 5.0}
 MULTIPLE = 64  # 6 stride-2 levels
+# Peak memory of one fp32 forward pass per padded input pixel, with margin: ~630 B measured on the CPU
+# (`bench --batch 1 --skip-cost-volume`, 256x256 against 1024x512).
+BYTES_PER_PIXEL = 1024
 
 
 class FlowInputError(FlowEngineError):
@@ -195,6 +198,13 @@ class PWCNet(nn.Module):
             flows.append(flow)
         flows[-1] = flows[-1] + self.context_network(x)
         return flows
+
+    @staticmethod
+    def memory_needed(height: int, width: int, pairs: int = 1) -> int:
+        """Bytes ``pairs`` pairs of ``height`` x ``width`` frames take in one fp32 pass (an estimate with margin;
+        the full-size pass of the coarse-to-fine ``scales`` is the largest)."""
+        Hp, Wp = padded_size(height, width, MULTIPLE)
+        return pairs * Hp * Wp * BYTES_PER_PIXEL
 
     def predict(self, img1: torch.Tensor, img2: torch.Tensor, size_mode: str = "pad",
                 scales: tuple[float, ...] = (1.0,)) -> torch.Tensor:

@@ -35,6 +35,17 @@ MULTIPLE = 8  # the feature encoder's stride
 # torchvision's correlation pyramid pools the 1/8-resolution features 3 times and needs them
 # at least 16 px a side: frames are padded up to 128 px.
 MIN_SIDE = 128
+# Peak memory of one fp32 forward pass per padded input pixel, with margin: ~400 B measured for
+# RAFT-small on the CPU (`bench --batch 1 --skip-cost-volume`, 256x256 against 1024x512), besides
+# its all-pairs correlation pyramid: (HW/64)^2 fp32 values at level 0 and 1/4 + 1/16 + 1/64 of that
+# below, i.e. ~5.3 bytes per pair of 1/8-resolution pixels (CORR_BYTES).
+BYTES_PER_PIXEL = 1024
+CORR_BYTES = 4 * (1 + 1 / 4 + 1 / 16 + 1 / 64)
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    """(H, W) in pixels frames of ``height`` x ``width`` are padded to: multiples of 8, at least :data:`MIN_SIDE`."""
+    return max(MIN_SIDE, height + (-height) % MULTIPLE), max(MIN_SIDE, width + (-width) % MULTIPLE)
 
 
 def _builder(variant: str):
@@ -193,7 +204,8 @@ class RAFT(nn.Module):
     @staticmethod
     def _pad(img: torch.Tensor) -> tuple[torch.Tensor, tuple[int, int, int, int]]:
         H, W = img.shape[-2:]
-        ph, pw = max(MIN_SIDE, H + (-H) % MULTIPLE) - H, max(MIN_SIDE, W + (-W) % MULTIPLE) - W
+        Hp, Wp = padded_size(H, W)
+        ph, pw = Hp - H, Wp - W
         pad = (pw // 2, pw - pw // 2, ph // 2, ph - ph // 2)
         if ph or pw:
             img = F.pad(img, pad, mode="replicate")
@@ -203,6 +215,12 @@ class RAFT(nn.Module):
     def _crop(flow: torch.Tensor, pad: tuple[int, int, int, int]) -> torch.Tensor:
         H, W = flow.shape[-2:]
         return flow[..., pad[2] : H - pad[3], pad[0] : W - pad[1]]
+
+    @staticmethod
+    def memory_needed(height: int, width: int, pairs: int = 1) -> int:
+        """Bytes ``pairs`` pairs of ``height`` x ``width`` frames take in one fp32 pass (an estimate with margin)."""
+        Hp, Wp = padded_size(height, width)
+        return int(pairs * (Hp * Wp * BYTES_PER_PIXEL + CORR_BYTES * (Hp * Wp / 64) ** 2))
 
     def predict(self, img1: torch.Tensor, img2: torch.Tensor) -> torch.Tensor:
         """Flow [B,2,H,W] in pixels from RGB [0,1] frames [B,3,H,W] of any size."""
