@@ -26,9 +26,8 @@ import numpy as np
 import torch
 
 from actionflow.annotations import Sample
-from actionflow.data import (
-    ActionDataModule, Clip, DataConfigError, VideoClips, check_memory, collate, crop_box, snippets_bytes,
-)
+from actionflow.clips import Clip, VideoClips, collate, crop_box
+from actionflow.data import ActionDataModule, DataConfigError, check_memory, snippets_bytes
 from actionflow.errors import ActionflowError
 from actionflow.module import ActionRecognizer
 from actionflow.sampling import snippet_starts

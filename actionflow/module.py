@@ -1,6 +1,6 @@
 """The LightningModule of the two-stream classifier: losses, metrics, optimiser, online flow.
 
-Batches come from :mod:`actionflow.data`. With ``flow_source: online`` a batch carries the raw
+Batches come from :mod:`actionflow.clips` (via :mod:`actionflow.data`). With ``flow_source: online`` a batch carries the raw
 snippet frames and the flow engine computes flow here, on the module's device, batched over all
 snippets of the batch (under ``no_grad`` unless ``finetune_flow``, which trains the flow network
 end to end with the classifier; its weights are then part of this module's checkpoint).
@@ -31,7 +31,7 @@ import torch.nn.functional as F
 from pytorch_lightning.loggers import WandbLogger
 
 from actionflow import metrics
-from actionflow.data import crop_box
+from actionflow.clips import crop_box
 from actionflow.model import ModelConfigError, TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
 from flow_engine.engine import FlowEngine, engine_identity
 from flow_engine.io.viz import flow_to_color_torch
@@ -189,7 +189,7 @@ class ActionRecognizer(pl.LightningModule):
 
         An online batch carries uncropped frames (a tensor, or a list when the videos' sizes
         differ) and each item's crop ``box`` and ``flip``: flow is computed at decode size and then
-        cropped like the RGB frames (:func:`actionflow.data.crop_box`), as the cache's flow is.
+        cropped like the RGB frames (:func:`actionflow.clips.crop_box`), as the cache's flow is.
         """
         rgb, flow = batch.get("rgb"), batch.get("flow")
         if "frames" not in batch:

@@ -10,7 +10,8 @@ import torch
 from tiny_videos import make_dataset, render, write_mp4
 
 from actionflow.annotations import AnnotationError, Sample
-from actionflow.data import ActionDataModule, BadVideo, Clip, DataConfigError, VideoClips, _crop_resize, collate, crop_box
+from actionflow.clips import BadVideo, Clip, VideoClips, _crop_resize, collate, crop_box
+from actionflow.data import ActionDataModule, DataConfigError
 from flow_engine.io.video import VideoError
 
 

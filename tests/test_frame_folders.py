@@ -263,7 +263,7 @@ def test_the_data_module_trains_on_rawframe_lists_with_cached_flow(rawframes, tm
         moving = flow.abs().amax(dim=1, keepdim=True).expand_as(flow)[:, 0::2] > 0.5
         median_x = flow[:, 0::2][moving].median().item()
         assert abs(median_x - (1.0 if clip.sample.label == 0 else -1.0)) < 0.35, (clip.sample.path, median_x)
-    from actionflow.data import BadVideo
+    from actionflow.clips import BadVideo
 
     (tmp_path / "strict.txt").write_text(f"{short} 10 0\n")
     (tmp_path / "test.txt").write_text(f"{rawframes / 'frames/left/0'} 10 1\n")  # splits apart: strict allows no overlap
@@ -316,7 +316,7 @@ def test_a_frame_that_fails_after_setup_drops_the_item_with_its_name(tmp_path, c
     import logging
 
     from actionflow.annotations import Sample
-    from actionflow.data import Clip, VideoClips, collate
+    from actionflow.clips import Clip, VideoClips, collate
 
     folder = write_frames(tmp_path / "v", ramp(8))
     (folder / "img_00004.jpg").write_bytes(b"\xff\xd8 truncated")  # first and last frames (what setup probes) are fine

@@ -11,7 +11,8 @@ from tiny_videos import render, write_mp4
 
 from actionflow.annotations import Sample
 from actionflow.classify import classify
-from actionflow.data import ActionDataModule, Clip, VideoClips, collate
+from actionflow.clips import Clip, VideoClips, collate
+from actionflow.data import ActionDataModule
 from actionflow.flow_cache import FlowCache
 from actionflow.module import ActionRecognizer
 from actionflow.precompute import precompute
@@ -102,7 +103,7 @@ def test_batches_mix_portrait_landscape_and_square_online(shapes):
 def test_classify_gives_the_probabilities_test_step_gives(shapes, cache):
     """classify (online flow) and the test loader (cached flow) at a crop smaller than the decode
     size agree far better than classify would with the old flow function (flow of the cropped frames)."""
-    from actionflow.data import crop_box
+    from actionflow.clips import crop_box
 
     model = _model()
     with torch.no_grad():  # sharper classifiers: a random small CNN barely reacts to its input
@@ -149,7 +150,7 @@ def test_data_module_takes_a_short_side_and_mixed_shapes(shapes, tmp_path, caplo
 
 
 def test_each_cache_entry_is_opened_once_per_dataset(shapes, cache, monkeypatch):
-    import actionflow.data as data
+    import actionflow.clips as clips_module
 
     opened = []
     real_open = cache.open
@@ -160,7 +161,7 @@ def test_each_cache_entry_is_opened_once_per_dataset(shapes, cache, monkeypatch)
         for i in range(len(shapes)):
             assert clips[i] is not None
     assert sorted(opened) == sorted(str(v) for v in shapes)  # once each, not once per item
-    monkeypatch.setattr(data, "OPEN_ENTRIES", 2)  # a bounded number of open files: the oldest is closed
+    monkeypatch.setattr(clips_module, "OPEN_ENTRIES", 2)  # a bounded number of open files: the oldest is closed
     clips = VideoClips([_clip(v) for v in shapes], "train", mode="flow", flow_source="cache", cache=cache,
                        num_segments=2, flow_length=3, test_clips=1, crop_size=CROP)
     for i in range(len(shapes)):
