@@ -24,6 +24,17 @@ def test_same_seed_same_frames_other_seed_other_frames():
     assert np.abs(a.astype(int) - c).mean() > 5
 
 
+def test_the_demo_renders_as_it_always_did():
+    """The tempo and height settings (for actionflow.benchmarks.motion_data) leave the demo's frames as they were:
+    the hash of these clips was taken with the code before those settings existed."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for i, move in enumerate(MOVES):
+        digest.update(render_clip(move, RenderParams(frames=8, size=64, distractors=2), np.random.default_rng(i)).tobytes())
+    assert digest.hexdigest() == "e2e9b0fd4428bff7dbeaca594de2fa60531b7242c1b0bb264f37cc303c3ca72d"
+
+
 def test_first_frame_does_not_depend_on_the_move():
     # the whole appearance is drawn the same way for every move, and every move starts at
     # the phase it would be frozen at: only the motion afterwards tells the moves apart

@@ -35,10 +35,11 @@ import multiprocessing
 import os
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -70,7 +71,10 @@ class RenderParams:
     background: "random" (photo crops or procedural textures) or "plain" (black, for tests);
     jitter: standard deviation of the per-frame camera translation in pixels (integer steps);
     noise: maximum standard deviation of the added Gaussian pixel noise, in grey levels;
-    distractors: maximum number of smaller, fainter background dancers (any move).
+    distractors: maximum number of smaller, fainter background dancers (any move);
+    tempo: speed of every dancer's move (1: the demo's periods of 12 to 24 frames; 2: twice as fast; it
+    draws nothing, so one seed gives the same figure at every tempo);
+    height: range of the main dancer's standing height, as a fraction of the frame.
     """
 
     frames: int = DEFAULT_FRAMES
@@ -79,6 +83,8 @@ class RenderParams:
     jitter: float = 1.0
     noise: float = 4.0
     distractors: int = 0
+    tempo: float = 1.0
+    height: tuple[float, float] = (0.62, 0.8)
 
 
 def _fix(p: np.ndarray) -> tuple[int, int]:
@@ -185,8 +191,9 @@ class Dancer:
     alpha: float
 
 
-def _dancer(move: str, frames: int, size: int, rng: np.random.Generator, height: tuple[float, float]) -> Dancer:
-    pose = dance_pose(move, frames, rng)
+def _dancer(move: str, frames: int, size: int, rng: np.random.Generator, height: tuple[float, float],
+            tempo: float = 1.0) -> Dancer:
+    pose = dance_pose(move, frames, rng, tempo)
     body = random_body(rng)
     scale = rng.uniform(*height) * size / FIGURE_HEIGHT  # pixels per body unit
     feet = np.array([rng.uniform(0.4, 0.6) * size, rng.uniform(0.86, 0.95) * size])
@@ -206,10 +213,10 @@ def render_clip(move: str, params: RenderParams, rng: np.random.Generator) -> np
         raise DemoDataError(f"unknown move {move!r}; known: {', '.join(MOVES)}")
     T, S = params.frames, params.size
     margin = int(np.ceil(3 * params.jitter))
-    main = _dancer(move, T, S, rng, height=(0.62, 0.8))
+    main = _dancer(move, T, S, rng, params.height, params.tempo)
     dancers = []
     for _ in range(int(rng.integers(0, params.distractors + 1))):
-        extra = _dancer(str(rng.choice(MOVES)), T, S, rng, height=(0.25, 0.4))
+        extra = _dancer(str(rng.choice(MOVES)), T, S, rng, (0.25, 0.4), params.tempo)
         extra.alpha = rng.uniform(0.35, 0.6)
         offset = np.array([rng.uniform(-0.35, 0.35), rng.uniform(-0.45, 0.0)]) * S  # further back, higher up
         extra.joints = {name: p + offset for name, p in extra.joints.items()}
@@ -256,23 +263,42 @@ def _clip_rng(seed: int, move: str, index: int) -> np.random.Generator:
     return np.random.default_rng([seed, MOVES.index(move), index])
 
 
-def _make_clip(job: _Job) -> str:
-    """Render and write one clip, atomically: a crash leaves no truncated MP4 under the final name."""
+def write_clip(frames: np.ndarray, path: str | os.PathLike, fps: float) -> str:
+    """Write uint8 RGB ``frames`` [T, H, W, 3] as an MP4, atomically: a crash leaves no truncated file under ``path``."""
     from flow_engine.io.viz import write_video  # imported here: it imports torch, and only writing needs it
 
-    frames = render_clip(job.move, job.params, _clip_rng(job.seed, job.move, job.index))
-    path = Path(job.path)
+    path = Path(path)
     partial = path.with_suffix(".part.mp4")  # write_video picks the container from the extension
     try:
-        write_video(frames, partial, job.fps)
+        write_video(frames, partial, fps)
         os.replace(partial, path)
     except Exception as exc:  # PyAV/FFmpeg errors are not all OSErrors
         raise DemoDataError(f"{path}: cannot write the clip ({type(exc).__name__}: {exc})") from None
-    return job.path
+    return str(path)
+
+
+def _make_clip(job: _Job) -> str:
+    """Render and write one clip of the demo set."""
+    return write_clip(render_clip(job.move, job.params, _clip_rng(job.seed, job.move, job.index)), job.path, job.fps)
 
 
 def _init_worker() -> None:
     cv2.setNumThreads(1)  # the pool already runs one clip per core
+
+
+def run_jobs(make: Callable[[Any], str], jobs: Sequence[Any], workers: int | None = None) -> None:
+    """``make(job)`` for every job (each renders and writes one clip), on ``workers`` processes
+    (default: one per CPU, at most 4; ``make`` and the jobs must pickle)."""
+    workers = workers or min(4, os.cpu_count() or 1)
+    if workers > 1 and len(jobs) > 1:
+        # forkserver, not fork: the caller may already run threads (data loaders, OpenMP, W&B) whose
+        # locks a forked child inherits held, and then waits on forever
+        ctx = multiprocessing.get_context("forkserver")
+        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
+            list(pool.map(make, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
+    else:
+        for job in jobs:
+            make(job)
 
 
 def _check(classes: Sequence[str], clips_per_class: int, frames: int, size: int, fps: float,
@@ -340,16 +366,7 @@ def _write_dataset(out: Path, meta: dict, workers: int | None) -> int:
         for stale in folder.glob(f"{name}_*.mp4"):  # clips of an earlier, different dataset
             stale.unlink()
         jobs += [_Job(str(folder / f"{name}_{i}.mp4"), name, i, seed, params, meta["fps"]) for i in range(clips_per_class)]
-    workers = workers or min(4, os.cpu_count() or 1)
-    if workers > 1 and len(jobs) > 1:
-        # forkserver, not fork: the caller may already run threads (data loaders, OpenMP, W&B) whose
-        # locks a forked child inherits held, and then waits on forever
-        ctx = multiprocessing.get_context("forkserver")
-        with ProcessPoolExecutor(workers, mp_context=ctx, initializer=_init_worker) as pool:
-            list(pool.map(_make_clip, jobs, chunksize=max(1, len(jobs) // (4 * workers))))
-    else:
-        for job in jobs:
-            _make_clip(job)
+    run_jobs(_make_clip, jobs, workers)
 
     # fixed stratified splits: a seeded permutation of each class's clips
     n_val, n_test = split_sizes(clips_per_class, meta["val_frac"], meta["test_frac"])

@@ -105,14 +105,16 @@ NEUTRAL_POSE: dict[str, float] = {
 }
 
 
-def dance_pose(move: str, frames: int, rng: np.random.Generator) -> dict[str, np.ndarray]:
+def dance_pose(move: str, frames: int, rng: np.random.Generator, tempo: float = 1.0) -> dict[str, np.ndarray]:
     """Pose degrees of freedom [frames] for a figure dancing ``move`` (all other moves frozen).
 
     Every move is drawn, in the same order whatever ``move`` is; only ``move``'s phase
     advances with time, the others stay at a random phase. So a single frame's pose has the
-    same distribution for every move.
+    same distribution for every move. ``tempo`` multiplies the speed of the move (its period is
+    :data:`PERIOD_FRAMES` divided by ``tempo``); it draws nothing, so a seed gives the same
+    figure at every tempo.
     """
-    t = np.arange(frames, dtype=np.float64)
+    t = np.arange(frames, dtype=np.float64) * tempo
     pose = {k: np.full(frames, v) for k, v in NEUTRAL_POSE.items()}
     for name in MOVES:
         period = rng.uniform(*PERIOD_FRAMES[name])
