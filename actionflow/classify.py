@@ -69,6 +69,7 @@ def load_checkpoint(path: str | Path, device: str | torch.device = "cpu"):
         recorded_hparams.setdefault("flow_engine", recorded_hparams.pop("flow_model"))
     hparams = {k: v for k, v in recorded_hparams.items() if k in accepted}
     hparams["pretrained"] = False  # the weights come from the checkpoint...
+    hparams["flow_init"] = None  # ...the temporal stream's starting point's too
     if hparams.get("finetune_flow"):
         hparams["flow_weights"] = None  # ...the fine-tuned flow network's too
     try:  # shapes first, on the meta device (nothing allocated): a crafted hyper-parameter (a million classes)

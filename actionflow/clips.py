@@ -15,7 +15,8 @@ Training picks a random multi-scale box (TSN's scale jitter: each side a fractio
 the largest box with the crop's aspect ratio, at a random place), validation and test the centre
 box at the middle training scale (:data:`EVAL_SCALE`); the box is resized to ``crop_size`` and
 (training) flipped, identically for every frame and flow of the item (:func:`crop_box`: a flip
-negates the x flow channels, a resize scales flow by its factor). A video that fails while
+negates the x flow channels, a resize scales flow by its factor). With ``reverse``, training plays
+half the items backwards (:func:`reverse_time`; online: the frames in reverse order). A video that fails while
 decoding is dropped from its batch by :func:`collate` and counted (``strict``: an error).
 The settings come from :class:`actionflow.data.ActionDataModule` (or a checkpoint, for ``classify``).
 """
@@ -97,6 +98,7 @@ class VideoClips(Dataset):
         flip: bool = True,
         cache=None,
         strict: bool = False,
+        reverse: bool = False,
     ):
         self.clips = clips
         self.phase = phase
@@ -110,6 +112,7 @@ class VideoClips(Dataset):
         self.flip = flip
         self.cache = cache
         self.strict = strict
+        self.reverse = reverse and phase == "train"
         self._entries: OrderedDict[str, object] = OrderedDict()  # path -> open CachedFlow
         self.needs_rgb = mode in ("rgb", "two_stream")
         self.needs_flow = mode in ("flow", "two_stream")
@@ -142,8 +145,11 @@ class VideoClips(Dataset):
             n = min(n, cached.num_flows + 1)
         starts = snippet_starts(n, self.num_segments, self.span, self.phase, self.test_clips, rng).reshape(-1)
         box, flip = self._box(size, rng)
+        backwards = self.reverse and bool(rng.integers(2))
         if self.needs_flow and self.flow_source == "online":
             idx = snippet_frames(starts, self.span, n)  # [S, L+1]
+            if backwards:
+                idx = idx[:, ::-1]
             frames = read_frames(video, idx.reshape(-1), size)
             frames = torch.from_numpy(frames).view(*idx.shape, *frames.shape[1:]).permute(0, 1, 4, 2, 3)
             return {"frames": frames, "box": torch.tensor(box), "flip": torch.tensor(flip)}
@@ -153,7 +159,8 @@ class VideoClips(Dataset):
             item["rgb"] = crop_box(rgb, box, flip, self.crop_size)
         if cached is not None:
             flow_idx = snippet_frames(starts, self.flow_length, max(cached.num_flows, 1)) % cached.num_flows
-            item["flow"] = crop_box(_read_cached_flows(cached, flow_idx, path, size), box, flip, self.crop_size, flow=True)
+            flow = _read_cached_flows(cached, flow_idx, path, size)
+            item["flow"] = crop_box(reverse_time(flow) if backwards else flow, box, flip, self.crop_size, flow=True)
         return item
 
     def _cached(self, path: str):
@@ -191,6 +198,14 @@ class VideoClips(Dataset):
             bw = max(1, min(W, round(base_h * w / h * EVAL_SCALE)))
             top, left, flip = (H - bh) // 2, (W - bw) // 2, False
         return (top, left, bh, bw), flip
+
+
+def reverse_time(flow: torch.Tensor) -> torch.Tensor:
+    """Snippets' flows ``[S, 2L, H, W]`` (x1, y1, ..., xL, yL) played backwards: the flows in reverse order,
+    negated (each flow's backward flow, to first order; online flow computes it exactly, from the frames
+    in reverse order)."""
+    S, C, H, W = flow.shape
+    return -flow.view(S, C // 2, 2, H, W).flip(1).reshape(S, C, H, W)
 
 
 def _crop_resize(x: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

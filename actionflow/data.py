@@ -130,6 +130,9 @@ class ActionDataModule(pl.LightningDataModule):
             is clipped the same way).
         scales: multi-scale crop side fractions (training).
         flip: random horizontal flips (training; the x flow is negated).
+        reverse: play half the training videos backwards (motion that is as fast either way: for labels that
+            speed, not direction, decides): the flows in reverse order and negated
+            (:func:`actionflow.clips.reverse_time`; online flow: the frames in reverse order).
         batch_size: videos per batch.
         num_workers: DataLoader worker processes.
         strict: bad videos, videos listed twice or in two splits, and frame folders holding fewer frames than
@@ -176,6 +179,7 @@ class ActionDataModule(pl.LightningDataModule):
         flow_bound: float = DEFAULT_BOUND,
         scales: tuple[float, ...] = DEFAULT_SCALES,
         flip: bool = True,
+        reverse: bool = False,
         batch_size: int = 8,
         num_workers: int = 2,
         strict: bool = False,
@@ -400,7 +404,7 @@ class ActionDataModule(pl.LightningDataModule):
         return VideoClips(
             self.clips[phase], phase, mode=h.mode, flow_source=h.flow_source, num_segments=h.num_segments,
             flow_length=h.flow_length, test_clips=h.test_clips, crop_size=self.crop_size, scales=h.scales, flip=h.flip,
-            cache=self.cache, strict=h.strict,
+            cache=self.cache, strict=h.strict, reverse=h.reverse,
         )
 
     def _loader(self, phase: str) -> DataLoader:

@@ -17,13 +17,19 @@
 
 Inputs are normalised tensors: RGB by ImageNet mean/std (:func:`normalize_rgb`), flow in pixels
 less the camera's motion (each field's median) and divided by ``flow_scale`` (20 px, the flow
-cache's bound) (:func:`normalize_flow`).
+cache's bound), or each snippet brought to unit size with its size as one more channel
+(``flow_norm: snippet``) (:func:`normalize_flow`).
+
+The temporal stream may start from weights of its own (``flow_init``, :func:`flow_init_state`):
+the project's motion-pretrained stream (``motion``, in ``actionflow/weights/``) or a file written by
+``python -m actionflow flow-init`` (:mod:`actionflow.flow_init`): the stream less its classifier head.
 """
 from __future__ import annotations
 
 import logging
 import math
 import os
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -35,7 +41,11 @@ logger = logging.getLogger(__name__)
 
 MODES = ("rgb", "flow", "two_stream")
 FUSIONS = ("weighted", "learned", "validation")
+FLOW_NORMS = ("fixed", "snippet")
+SNIPPET_FLOOR_PX = 0.05  # flow_norm snippet: a still snippet's noise is not blown up to unit size
 FUSION_GRID = 21  # RGB weights 0, 0.05, ..., 1 tried by validation_weights
+FLOW_INITS = {"motion": Path(__file__).resolve().parent / "weights" / "flow_motion_small_cnn.pt"}  # model.flow_init names
+FLOW_INIT_FORMAT = "actionflow-flow-init-1"
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 
@@ -51,17 +61,32 @@ def normalize_rgb(frames: torch.Tensor) -> torch.Tensor:
     return (frames.float() / 255.0 - mean) / std
 
 
-def normalize_flow(flow_px: torch.Tensor, scale: float = 20.0, subtract_camera: bool = False) -> torch.Tensor:
+def normalize_flow(flow_px: torch.Tensor, scale: float = 20.0, subtract_camera: bool = False,
+                   per_snippet: bool = False) -> torch.Tensor:
     """Flow in pixels ``[..., 2L, H, W]`` -> network input: divided by ``scale`` (the cache bound, 20 px) so |x| <~ 1.
 
     ``subtract_camera``: first subtract from every flow field its median x and y displacement, the
     camera's motion wherever the moving subject covers less than half the frame (the two-stream
     paper's mean flow subtraction; the median is not pulled by the dancer's own motion).
+
+    ``per_snippet``: divide each snippet's flow by its root-mean-square displacement instead (the
+    pattern of the motion at unit size: where and how it changes from flow to flow, whatever the
+    person's size in the frame), and append one channel holding ``log(rms / scale)``, the size as a
+    number: ``[..., 2L + 1, H, W]`` (:func:`flow_channels`).
     """
     x = flow_px.float()
     if subtract_camera:
         x = x - x.flatten(-2).median(dim=-1).values[..., None, None]
-    return x / scale
+    if not per_snippet:
+        return x / scale
+    rms = x.pow(2).mean(dim=(-3, -2, -1), keepdim=True).sqrt()
+    size = (rms / scale + 1e-3).log().expand(*x.shape[:-3], 1, *x.shape[-2:])
+    return torch.cat([x / (rms + SNIPPET_FLOOR_PX), size], dim=-3)
+
+
+def flow_channels(flow_length: int, flow_norm: str = "fixed") -> int:
+    """The temporal stream's input channels: 2L flow planes, and the size channel of ``flow_norm: snippet``."""
+    return 2 * flow_length + (flow_norm == "snippet")
 
 
 def _first_conv(net: nn.Module) -> tuple[str, nn.Conv2d]:
@@ -117,11 +142,12 @@ class SmallCNN(nn.Module):
 
     WIDTHS = (32, 64, 128, 256)
 
-    def __init__(self, in_channels: int = 3, num_classes: int = 1000):
+    def __init__(self, in_channels: int = 3, num_classes: int = 1000, widths: tuple[int, ...] | None = None):
+        """``widths``: channels of each conv layer (default :data:`WIDTHS`; fewer layers, a smaller receptive field)."""
         super().__init__()
         layers: list[nn.Module] = []
         c = in_channels
-        for i, width in enumerate(self.WIDTHS):
+        for i, width in enumerate(widths or self.WIDTHS):
             if i > 0:
                 layers.append(nn.MaxPool2d(2, ceil_mode=True))
             layers += [nn.Conv2d(c, width, 3, stride=2 if i == 0 else 1, padding=1, bias=False),
@@ -148,13 +174,15 @@ class Stream(nn.Module):
         num_classes: int,
         dropout: float = 0.5,
         state: dict[str, torch.Tensor] | None = None,
+        widths: tuple[int, ...] | None = None,
     ):
-        """``state``: ImageNet weights of ``backbone`` to start from (None: random initialisation)."""
+        """``state``: ImageNet weights of ``backbone`` to start from (None: random initialisation);
+        ``widths``: ``small_cnn``'s layer widths (None: its default)."""
         super().__init__()
         import torchvision  # torchvision only for its backbones: small_cnn needs none
 
         try:
-            net = SmallCNN(in_channels) if backbone == "small_cnn" else torchvision.models.get_model(backbone, weights=None)
+            net = SmallCNN(in_channels, widths=widths) if backbone == "small_cnn" else torchvision.models.get_model(backbone, weights=None)
         except ValueError:
             names = ", ".join(n for n in torchvision.models.list_models(torchvision.models) if n.startswith("resnet"))
             raise ModelConfigError(f"unknown backbone {backbone!r}: small_cnn or a torchvision model (e.g. {names})") from None
@@ -185,6 +213,38 @@ class Stream(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """``[N, C_in, H, W]`` -> logits ``[N, num_classes]``."""
         return self.net(x)
+
+
+def head_keys(state: dict[str, torch.Tensor]) -> set[str]:
+    """Keys of the last linear layer (the classifier head) in a stream network's state dict."""
+    weights = [k for k, v in state.items() if k.endswith(".weight") and v.dim() == 2]
+    if not weights:
+        raise ModelConfigError("the flow stream has no linear classifier head")
+    last = weights[-1].rsplit(".", 1)[0]
+    return {k for k in state if k.rsplit(".", 1)[0] == last}
+
+
+def flow_init_state(spec: str, backbone: str, in_channels: int) -> dict[str, torch.Tensor]:
+    """The temporal stream's weights, its head excepted, that ``model.flow_init`` names: a name of
+    :data:`FLOW_INITS` or a file of ``python -m actionflow flow-init`` (read with ``weights_only=True``),
+    checked to be one of ours for a ``backbone`` stream on ``in_channels`` input channels."""
+    path = FLOW_INITS.get(spec, Path(spec))
+    if not path.is_file():
+        raise ModelConfigError(f"model.flow_init {spec!r}: no such file (a path, or one of: {', '.join(FLOW_INITS)})")
+    try:
+        blob = load_weights_only(path, what="flow-init weights")
+    except WeightsError as exc:
+        raise ModelConfigError(f"model.flow_init: {exc}") from None
+    if not isinstance(blob, dict) or blob.get("format") != FLOW_INIT_FORMAT:
+        raise ModelConfigError(f"model.flow_init {path}: not a flow-init file (python -m actionflow flow-init writes them)")
+    state = blob.get("state_dict")
+    if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
+        raise ModelConfigError(f"model.flow_init {path}: its state_dict is not a dict of tensors")
+    if blob.get("backbone") != backbone or blob.get("in_channels") != in_channels:
+        raise ModelConfigError(f"model.flow_init {path}: weights of a {blob.get('backbone')} stream on {blob.get('in_channels')} "
+                               f"input channels; this model's is {backbone} on {in_channels} (model.backbone; "
+                               "2 x data.flow_length, + 1 with model.flow_norm snippet)")
+    return state
 
 
 def cross_modality_weight(rgb_weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -243,7 +303,13 @@ class TwoStreamNet(nn.Module):
         fusion: str = "weighted",
         fusion_weights: tuple[float, float] = (1.0, 1.5),
         dropout: float = 0.5,
+        flow_init: str | None = None,
+        flow_channels: int | None = None,
+        cnn_widths: tuple[int, ...] | None = None,
     ):
+        """``flow_init``: weights the temporal stream starts from (:func:`flow_init_state`; None: none);
+        ``flow_channels``: the temporal stream's input channels (None: 2 x flow_length); ``cnn_widths``:
+        ``small_cnn``'s layer widths (None: :data:`SmallCNN.WIDTHS`)."""
         super().__init__()
         if mode not in MODES:
             raise ModelConfigError(f"model.mode must be one of {MODES}, got {mode!r}")
@@ -255,15 +321,33 @@ class TwoStreamNet(nn.Module):
             raise ModelConfigError(f"model.fusion_weights must be two positive numbers, got {fusion_weights}")
         self.mode = mode
         self.flow_length = flow_length
+        if cnn_widths is not None and (backbone != "small_cnn" or not cnn_widths or min(cnn_widths) < 1):
+            raise ModelConfigError(f"model.cnn_widths (positive layer widths) is for small_cnn only, got {cnn_widths} for {backbone}")
         state = pretrained_state(backbone, pretrained_path) if pretrained else None
-        kwargs = dict(num_classes=num_classes, dropout=dropout, state=state)
+        kwargs = dict(num_classes=num_classes, dropout=dropout, state=state, widths=tuple(cnn_widths) if cnn_widths else None)
         self.rgb = Stream(backbone, 3, **kwargs) if mode in ("rgb", "two_stream") else None
-        self.flow = Stream(backbone, 2 * flow_length, **kwargs) if mode in ("flow", "two_stream") else None
+        flow_channels = flow_channels or 2 * flow_length
+        self.flow = Stream(backbone, flow_channels, **kwargs) if mode in ("flow", "two_stream") else None
+        if flow_init is not None and self.flow is not None:
+            self._init_flow(flow_init, backbone, flow_channels)
         init = torch.tensor([math.log(w) for w in fusion_weights])
         if fusion == "learned":
             self.fusion_logits = nn.Parameter(init)
         else:
             self.register_buffer("fusion_logits", init)
+
+    def _init_flow(self, spec: str, backbone: str, in_channels: int) -> None:
+        """Load the temporal stream's pre-trained network, all but its classifier head (this task's, fresh)."""
+        state = flow_init_state(spec, backbone, in_channels)
+        try:
+            missing, unexpected = self.flow.net.load_state_dict(state, strict=False)
+        except RuntimeError as exc:  # a tensor of another shape (other cnn_widths)
+            raise ModelConfigError(f"model.flow_init {spec!r} does not fit the {backbone} stream: "
+                                   f"{str(exc).splitlines()[-1].strip()[:200]}") from None
+        if unexpected or set(missing) != head_keys(self.flow.net.state_dict()):
+            raise ModelConfigError(f"model.flow_init {spec!r} does not fit the {backbone} stream "
+                                   f"(missing {sorted(missing)[:3]}, unexpected {sorted(unexpected)[:3]})")
+        logger.info("temporal stream initialised from %s", spec)
 
     @property
     def streams(self) -> list[str]:

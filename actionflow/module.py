@@ -32,7 +32,9 @@ from pytorch_lightning.loggers import WandbLogger
 
 from actionflow import metrics
 from actionflow.clips import crop_box
-from actionflow.model import ModelConfigError, TwoStreamNet, fuse, normalize_flow, normalize_rgb, validation_weights
+from actionflow.model import (
+    FLOW_NORMS, ModelConfigError, TwoStreamNet, flow_channels, fuse, normalize_flow, normalize_rgb, validation_weights,
+)
 from flow_engine.engine import FlowEngine, engine_identity
 from flow_engine.io.viz import flow_to_color_torch
 
@@ -63,6 +65,10 @@ class ActionRecognizer(pl.LightningModule):
             score the validation videos best; fusion_weights until the first one).
         fusion_weights: late-fusion weights of the softmax scores, [RGB, flow].
         dropout: dropout before each stream's classifier (from scratch on 360 training clips 0.5 slows learning).
+        flow_init: weights the temporal stream starts from, its classifier head excepted: ``motion`` (the
+            project's motion-pretrained stream, ``actionflow/weights/``) or a file written by ``python -m
+            actionflow flow-init``; None: from scratch (or ImageNet's cross-modality initialisation with pretrained).
+        label_smoothing: label smoothing of each stream's cross-entropy (0: none).
         optimizer: sgd | adamw.
         lr: learning rate.
         momentum: SGD momentum.
@@ -79,6 +85,9 @@ class ActionRecognizer(pl.LightningModule):
         flow_bound: online flow is clipped at ±this many px, as the cache clips it (linked from data.flow_bound).
         crop_size: the network input [h, w] that online flow is cropped to (linked from data.crop_size).
         subtract_camera: subtract each flow field's median displacement (camera motion) from the flow input.
+        flow_norm: fixed (flow / flow_scale) | snippet (each snippet at unit size, its size one more input
+            channel: :func:`actionflow.model.normalize_flow`).
+        cnn_widths: ``small_cnn``'s conv layer widths, e.g. [32, 64] for two layers (None: 32, 64, 128, 256).
         log_clips: validation clips (frame + colour-coded flow) logged to W&B per epoch.
     """
 
@@ -94,6 +103,8 @@ class ActionRecognizer(pl.LightningModule):
         fusion: Literal["weighted", "learned", "validation"] = "weighted",
         fusion_weights: tuple[float, float] = (1.0, 1.5),
         dropout: float = 0.1,
+        flow_init: str | None = None,
+        label_smoothing: float = 0.0,
         optimizer: Literal["sgd", "adamw"] = "adamw",
         lr: float = 0.002,
         momentum: float = 0.9,
@@ -110,6 +121,8 @@ class ActionRecognizer(pl.LightningModule):
         flow_bound: float = 20.0,
         crop_size: tuple[int, int] | None = (112, 112),
         subtract_camera: bool = True,
+        flow_norm: Literal["fixed", "snippet"] = "fixed",
+        cnn_widths: list[int] | None = None,
         log_clips: int = 4,
     ):
         super().__init__()
@@ -117,11 +130,14 @@ class ActionRecognizer(pl.LightningModule):
             raise ModelConfigError(f"model.optimizer must be one of {OPTIMIZERS}, got {optimizer!r}")
         if scheduler not in SCHEDULERS:
             raise ModelConfigError(f"model.scheduler must be one of {SCHEDULERS}, got {scheduler!r}")
+        if flow_norm not in FLOW_NORMS:
+            raise ModelConfigError(f"model.flow_norm must be one of {FLOW_NORMS}, got {flow_norm!r}")
         for name, value, ok, want in (
             ("lr", lr, lambda v: v > 0, "a positive number"),
             ("weight_decay", weight_decay, lambda v: v >= 0, "zero or more"),
             ("momentum", momentum, lambda v: 0 <= v < 1, "in [0, 1)"),
             ("dropout", dropout, lambda v: 0 <= v < 1, "in [0, 1)"),
+            ("label_smoothing", label_smoothing, lambda v: 0 <= v < 1, "in [0, 1)"),
             ("gamma", gamma, lambda v: v > 0, "a positive number"),
             ("step_size", step_size, lambda v: v >= 1, "at least 1"),
             ("flow_lr_scale", flow_lr_scale, lambda v: v >= 0, "zero or more"),
@@ -142,7 +158,8 @@ class ActionRecognizer(pl.LightningModule):
             crop = (crop_size, crop_size) if isinstance(crop_size, int) else crop_size
             self.hparams["crop_size"] = [int(crop[0]), int(crop[1])]
         self.net = TwoStreamNet(num_classes, mode, backbone, flow_length, pretrained, pretrained_path,
-                                fusion, tuple(fusion_weights), dropout)
+                                fusion, tuple(fusion_weights), dropout, flow_init, flow_channels(flow_length, flow_norm),
+                                cnn_widths)
         self._engine = None
         if finetune_flow and mode != "rgb":
             self._engine = self._make_engine("cpu")
@@ -214,7 +231,8 @@ class ActionRecognizer(pl.LightningModule):
         """uint8 RGB and flow in px -> ``{stream: [B, C]}`` logits (``two_stream``: fused log-probabilities)."""
         return self.net(
             normalize_rgb(rgb) if rgb is not None else None,
-            normalize_flow(flow, self.hparams.flow_scale, self.hparams.subtract_camera) if flow is not None else None,
+            normalize_flow(flow, self.hparams.flow_scale, self.hparams.subtract_camera, self.hparams.flow_norm == "snippet")
+            if flow is not None else None,
         )
 
     @torch.no_grad()
@@ -230,7 +248,8 @@ class ActionRecognizer(pl.LightningModule):
             return None  # every video of the batch failed to decode
         out = self(*self.inputs(batch))
         y = batch["label"]
-        losses = {k: F.cross_entropy(out[k].float(), y) for k in ("rgb", "flow") if k in out}
+        smooth = self.hparams.label_smoothing
+        losses = {k: F.cross_entropy(out[k].float(), y, label_smoothing=smooth) for k in ("rgb", "flow") if k in out}
         loss = sum(losses.values())
         if "two_stream" in out:
             losses["two_stream"] = F.cross_entropy(out["two_stream"].float(), y).detach()

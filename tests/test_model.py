@@ -8,7 +8,7 @@ import pytest
 import torch
 import torchvision
 
-from actionflow.model import ModelConfigError, TwoStreamNet, consensus, fuse, normalize_flow, normalize_rgb
+from actionflow.model import ModelConfigError, TwoStreamNet, consensus, flow_channels, fuse, normalize_flow, normalize_rgb
 
 
 @pytest.fixture(scope="module")
@@ -179,6 +179,37 @@ def test_camera_motion_is_subtracted_per_flow_field():
     torch.testing.assert_close(normalize_flow(flow, 20.0), flow / 20)  # off: only scaled
 
 
+def test_per_snippet_normalisation_keeps_the_pattern_at_unit_size_and_the_size_as_a_channel():
+    torch.manual_seed(0)
+    flow = torch.randn(2, 3, 4, 8, 8) * 3.0  # [B, S, 2L, H, W] px, L = 2
+    flow[0, 1] = 4 * flow[0, 0]  # a snippet four times faster than another
+    out = normalize_flow(flow, 20.0, per_snippet=True)
+    assert out.shape == (2, 3, 5, 8, 8) and flow_channels(2, "snippet") == 5 and flow_channels(2) == 4
+    rms = flow.pow(2).mean(dim=(-3, -2, -1), keepdim=True).sqrt()
+    torch.testing.assert_close(out[..., :4, :, :], flow / (rms + 0.05))
+    assert out[..., :4, :, :].pow(2).mean(dim=(-3, -2, -1)).sqrt().sub(1).abs().max() < 0.03  # unit size
+    size = out[..., 4, :, :]
+    assert size.flatten(-2).std(dim=-1).max() == 0  # one number per snippet
+    torch.testing.assert_close(size[..., 0, 0], torch.log(rms.view(2, 3) / 20 + 1e-3))
+    torch.testing.assert_close(out[0, 1, :4], out[0, 0, :4], atol=0.01, rtol=0.02)  # the same pattern...
+    assert abs(float(size[0, 1, 0, 0] - size[0, 0, 0, 0]) - math.log(4)) < 0.01  # ...four times the size: log 4 more
+    still = normalize_flow(torch.zeros(1, 1, 2, 4, 4), per_snippet=True)
+    assert still[:, :, :2].abs().max() == 0 and torch.isfinite(still).all()  # no motion: no division by zero
+    net = TwoStreamNet(num_classes=3, mode="flow", backbone="small_cnn", flow_length=2, flow_channels=5)
+    assert net(flow=out)["flow"].shape == (2, 3)
+
+
+def test_small_cnn_widths():
+    net = TwoStreamNet(num_classes=3, mode="flow", backbone="small_cnn", flow_length=2, cnn_widths=(8, 16))
+    convs = [m for m in net.flow.net.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [(c.in_channels, c.out_channels) for c in convs] == [(4, 8), (8, 16)]
+    assert net(flow=torch.zeros(1, 2, 4, 32, 32))["flow"].shape == (1, 3)
+    with pytest.raises(ModelConfigError, match="cnn_widths .* small_cnn only"):
+        TwoStreamNet(num_classes=3, backbone="resnet18", cnn_widths=(8, 16))
+    with pytest.raises(ModelConfigError, match="cnn_widths"):
+        TwoStreamNet(num_classes=3, backbone="small_cnn", cnn_widths=(8, 0))
+
+
 def test_input_normalisation():
     x = torch.full((1, 3, 2, 2), 255, dtype=torch.uint8)
     torch.testing.assert_close(normalize_rgb(x)[0, :, 0, 0], torch.tensor([(1 - 0.485) / 0.229, (1 - 0.456) / 0.224, (1 - 0.406) / 0.225]))
@@ -197,7 +228,8 @@ def test_validation_fusion_weights_ignore_a_stream_that_does_not_generalise():
     w_rgb, w_flow = validation_weights(torch.where(half, good, wrong), torch.where(half, wrong, good), labels)
     assert abs(w_rgb - 0.5) <= 0.05 + 1e-6 and w_rgb + w_flow == pytest.approx(1.0)  # equally useful: a balanced mix
     # a stream at chance with near-uniform scores smooths the other's mistakes; it must not win weight for that
-    uniform = torch.full((6, 3), 1 / 3) + torch.randn(6, 3) * 1e-3
+    uniform = torch.full((6, 3), 1 / 3) + torch.randn(6, 3, generator=torch.Generator().manual_seed(0)) * 1e-3
+    assert (uniform.argmax(dim=1) == labels).sum() <= 2  # at chance (its own noise, not the tests run before it)
     overconfident = torch.where(torch.arange(6)[:, None] < 4, good, wrong)  # right on 4 of 6, confidently wrong on 2
     assert validation_weights(uniform, overconfident, labels)[0] <= 0.1
 
@@ -224,6 +256,28 @@ def test_each_stream_learns_from_its_own_loss_alone():
     with torch.no_grad():  # an RGB stream that now predicts the labels confidently (memorised)
         module.net.rgb.net.fc[1].weight.mul_(50)
     torch.testing.assert_close(flow_grad(), before)
+
+
+def test_label_smoothing_and_snippet_norm_in_the_training_loss():
+    """model.label_smoothing: each stream's loss is the cross-entropy against (1 - e) one-hot + e / C, by hand;
+    model.flow_norm snippet: the stream takes 2L + 1 channels and sees the flow at unit size."""
+    from actionflow.module import ActionRecognizer
+
+    torch.manual_seed(0)
+    module = ActionRecognizer(num_classes=3, mode="flow", backbone="small_cnn", flow_length=2, crop_size=[32, 32],
+                              label_smoothing=0.2, flow_norm="snippet").eval()
+    assert module.net.flow.net.features[0].in_channels == 5
+    flow = torch.randn(4, 2, 4, 32, 32) * 3
+    labels = torch.tensor([0, 1, 2, 0])
+    module.log = lambda *a, **k: None  # no trainer here
+    loss = module.training_step({"flow": flow, "label": labels, "num_dropped": torch.tensor(0)}, 0)
+    logp = module(None, flow)["flow"].log_softmax(dim=-1)
+    target = torch.full((4, 3), 0.2 / 3) + 0.8 * torch.nn.functional.one_hot(labels, 3)
+    torch.testing.assert_close(loss, -(target * logp).sum(dim=-1).mean())
+    torch.testing.assert_close(module(None, 5 * flow)["flow"], module(None, flow)["flow"], atol=0.05, rtol=0.05)  # but for the size channel
+    for bad in ({"label_smoothing": 1.0}, {"label_smoothing": -0.1}, {"flow_norm": "video"}):
+        with pytest.raises(ModelConfigError, match=next(iter(bad))):
+            ActionRecognizer(num_classes=3, **bad)
 
 
 def test_weight_decay_only_on_weights():

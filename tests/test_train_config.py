@@ -58,3 +58,10 @@ def test_the_old_flow_model_key_sets_the_data_and_the_model_engine(tiny, tmp_pat
     assert old.datamodule.hparams.flow_engine == old.model.hparams.flow_engine == "tvl1"
     new = train.build_cli(argv + ["--data.flow_engine", "tvl1"])
     assert new.datamodule.hparams.flow_engine == new.model.hparams.flow_engine == "tvl1"
+
+
+@pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))
+def test_every_shipped_config_parses(config):
+    """A key a config sets that the code no longer has (a renamed setting) is an error at once, not on a user's run."""
+    shown = print_config("--config", f"configs/{config}")
+    assert "seed_everything: 0" in shown
