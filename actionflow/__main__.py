@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "app": ("actionflow.app", "A local web page: classify a clip, see its flow (Gradio: pip install -e \".[app]\")."),
     "demo-data": ("actionflow.benchmarks.demo_data", "Generate the bundled demo dance dataset (MP4 clips + annotation lists)."),
     "real-motion": ("actionflow.benchmarks.real_motion", "Build the real-footage benchmark (real clips labelled by playback speed: normal / fast / faster)."),
+    "cv": ("actionflow.crossval", "K-fold cross-validation by video of a train.py recipe: each video tested once, mean ± std."),
     "motion-data": ("actionflow.benchmarks.motion_data", "Generate dancers labelled by tempo, for pre-training the temporal stream."),
     "flow-init": ("actionflow.flow_init", "Export a checkpoint's temporal stream as weights to start from (model.flow_init)."),
 }
