@@ -81,9 +81,12 @@ def video_folds(samples: list[Sample], folds: int, seed: int = 0,
     out = []
     for i in range(folds):
         val = (i + 1) % folds
-        out.append(([s for s, f in zip(samples, fold_of) if f not in (i, val)],
-                    [s for s, f in zip(samples, fold_of) if f == val],
-                    [s for s, f in zip(samples, fold_of) if f == i]))
+        train, test = [s for s, f in zip(samples, fold_of) if f not in (i, val)], [s for s, f in zip(samples, fold_of) if f == i]
+        if unseen := sorted({s.label for s in test} - {s.label for s in train}):
+            # e.g. the demo's clips (<class>_<i>.mp4): grouped by the default pattern, each "video" is a class
+            raise CrossValError(f"fold {i} tests class(es) {unseen} that none of its training videos has: are the clips "
+                                f"grouped into videos right? (--group {pattern!r}; '^(.+)$' makes every file its own video)")
+        out.append((train, [s for s, f in zip(samples, fold_of) if f == val], test))
     return out
 
 

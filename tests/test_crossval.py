@@ -65,6 +65,10 @@ def test_bad_fold_settings_are_named():
         video_folds(samples, 2)
     with pytest.raises(CrossValError, match="--group"):
         video_folds(samples, 3, pattern="(unclosed")
+    demo = [Sample(f"/d/videos/{c}/{c}_{i}.mp4", label) for label, c in enumerate("abcdef") for i in range(4)]
+    with pytest.raises(CrossValError, match=r"fold 0 tests class\(es\) \[[\d, ]+\] that none of its training videos has"):
+        video_folds(demo, 3)  # each class is one "video" by the default pattern: no fold could learn what it tests
+    assert len(video_folds(demo, 3, pattern=r"^(.+)$")) == 3  # every file its own video
 
 
 def test_summary_arithmetic():
