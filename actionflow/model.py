@@ -240,6 +240,8 @@ def flow_init_state(spec: str, backbone: str, in_channels: int) -> dict[str, tor
     state = blob.get("state_dict")
     if not isinstance(state, dict) or not all(isinstance(k, str) and torch.is_tensor(v) for k, v in state.items()):
         raise ModelConfigError(f"model.flow_init {path}: its state_dict is not a dict of tensors")
+    if not all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point()):
+        raise ModelConfigError(f"model.flow_init {path}: holds NaN or infinite weights (its training diverged)")
     if blob.get("backbone") != backbone or blob.get("in_channels") != in_channels:
         raise ModelConfigError(f"model.flow_init {path}: weights of a {blob.get('backbone')} stream on {blob.get('in_channels')} "
                                f"input channels; this model's is {backbone} on {in_channels} (model.backbone; "

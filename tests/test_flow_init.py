@@ -70,6 +70,11 @@ def test_what_does_not_fit_is_a_one_line_error(tmp_path):
                tmp_path / "bad_state.pt")
     with pytest.raises(ModelConfigError, match="not a dict of tensors"):
         flow_init_state(str(tmp_path / "bad_state.pt"), "small_cnn", 6)
+    blob = torch.load(out, weights_only=True)
+    blob["state_dict"]["features.0.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(blob, tmp_path / "nan.pt")
+    with pytest.raises(ModelConfigError, match="NaN or infinite"):
+        flow_init_state(str(tmp_path / "nan.pt"), "small_cnn", 6)
     (tmp_path / "text.pt").write_text("hello")
     with pytest.raises(ModelConfigError, match="cannot be read as a PyTorch flow-init weights"):
         flow_init_state(str(tmp_path / "text.pt"), "small_cnn", 6)
