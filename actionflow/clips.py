@@ -80,8 +80,8 @@ def crop_box(x: torch.Tensor, box: Sequence[int], flip: bool, size: tuple[int, i
 
 
 class VideoClips(Dataset):
-    """TSN snippets of ``clips`` for one ``phase`` (train/val/test); see the module docstring. The
-    settings are the run's (:class:`ActionDataModule`, or a checkpoint's for ``classify``): no defaults here."""
+    """TSN snippets of ``clips`` for one ``phase`` (train/val/test); see the module docstring. The settings
+    are the run's (:class:`actionflow.data.ActionDataModule`, or a checkpoint's for ``classify``): no defaults here."""
 
     def __init__(
         self,
