@@ -6,7 +6,8 @@
   command takes it, one number: the short side (:func:`parse_size`, :func:`parse_size_or_side`).
   Configs and Python calls hold them as [H, W].
 - What a command writes is checked when parsed, before any work: a file (:func:`output_file`: ``--json``,
-  ``--mp4``...) or a folder (:func:`output_folder`); frame rates and similar are :func:`positive_number`.
+  ``--mp4``...) or a folder (:func:`output_folder`); frame rates and similar are :func:`positive_number`,
+  counts :func:`positive_int`.
 """
 from __future__ import annotations
 
@@ -90,6 +91,17 @@ def output_folder(text: str) -> Path:
                 raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a folder")
             break
     return path
+
+
+def positive_int(text: str) -> int:
+    """``"32"`` -> 32; zero, a negative number or not an integer is an argument error (exit 2, before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def positive_number(text: str) -> float:
