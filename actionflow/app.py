@@ -100,7 +100,8 @@ def available_engines(flow_weights: dict[str, Path]) -> list[str]:
 
 def extract_frames(archive: Path, dest: Path, max_bytes: int) -> Path:
     """The frame folder inside a zip, extracted under ``dest``: image files only, all in one folder, no
-    absolute or ``..`` names, no links, at most ``max_bytes`` unpacked. UploadError otherwise."""
+    absolute or ``..`` names, no links, no passwords, at most ``max_bytes`` unpacked. UploadError otherwise.
+    What macOS adds to a zip (``__MACOSX/``, hidden files such as ``._img.png`` or ``.DS_Store``) is left out."""
     name = archive.name
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -114,6 +115,10 @@ def extract_frames(archive: Path, dest: Path, max_bytes: int) -> Path:
                 path = PurePosixPath(m.filename.replace("\\", "/"))
                 if path.is_absolute() or ".." in path.parts or (m.external_attr >> 16) & 0o170000 == 0o120000:
                     raise UploadError(f"{name}: unsafe entry {m.filename!r} (absolute, '..' or a link)")
+                if path.parts[0] == "__MACOSX" or path.name.startswith("."):
+                    continue
+                if m.flag_bits & 0x1:
+                    raise UploadError(f"{name}: {m.filename!r} is encrypted; zip the frames without a password")
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     frames.append((m, path))
             if not frames:
@@ -266,8 +271,15 @@ class ActionflowApp:
         except Exception as exc:  # logged in full here, one line in the page
             log.exception("%s failed", what)
             message = f"{what} failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-        # uploads are named by their file names: the server's folders are no business of the client's
-        raise gr.Error(re.sub(re.escape(str(self.root)) + r"[^\s'\"]*/", "", message), print_exception=False) from None
+        raise gr.Error(self._file_names_only(message), print_exception=False) from None
+
+    def _file_names_only(self, message: str) -> str:
+        """``message`` with the folders of the files the page reads cut out (its own, Gradio's uploads, the
+        examples'): uploads are named by their file names, the server's folders are no business of the client's."""
+        folders = {str(self.root), os.environ.get("GRADIO_TEMP_DIR", ""), *(str(p.parent) for p in self.examples)}
+        for folder in sorted(filter(None, folders), key=len, reverse=True):
+            message = re.sub(re.escape(folder) + r"[^\s'\"]*/", "", message)
+        return message
 
     # ------------------------------------------------------------------ classify
     def classify(self, upload: str | None, snippets: bool = False) -> tuple[Prediction, dict]:
@@ -337,9 +349,12 @@ class ActionflowApp:
             self._engines[name] = FlowEngine(name, weights=self.flow_weights.get(name), device=str(self.device))
         return self._engines[name]
 
-    def flow_page(self, frame1: str | None, frame2: str | None, video: str | None, engine: str, truth: str | None):
-        """The Flow tab: (flow image, flow video, time markdown, .flo or zip of .flo, error map, EPE markdown)."""
-        return self._handle("flow", self._flow_page, frame1, frame2, video, engine, truth)
+    def flow_page(self, frame1, frame2, video, engine: str, truth):
+        """The Flow tab: (flow image, flow video, time markdown, .flo or zip of .flo, error map, EPE markdown). Each
+        file is a path or, as the page sends them (unprocessed, so that our readers say what is wrong with a
+        file Gradio's image component cannot open), Gradio's file data."""
+        files = [f.get("path") if isinstance(f, dict) else f for f in (frame1, frame2, video, truth)]
+        return self._handle("flow", self._flow_page, *files[:3], engine, files[3])
 
     def _flow_page(self, frame1, frame2, video, engine_name, truth):
         engine = self.engine(engine_name)
@@ -376,6 +391,8 @@ class ActionflowApp:
         error_map, scores = None, ""
         if truth:
             gt, valid = read_flow(self._upload(truth, (".flo",), "a ground-truth .flo"))
+            if not valid.any():
+                raise UploadError(f"{Path(truth).name}: no known flow vector (every one NaN or unknown): nothing to score")
             if gt.shape[:2] != (H, W):
                 raise UploadError(f"{Path(truth).name} is {gt.shape[1]}×{gt.shape[0]} but the frames are {W}×{H}")
             m = flow_metrics(fields[0], gt, valid)
@@ -475,7 +492,7 @@ class ActionflowApp:
                     error_map = gr.Image(label="end-point error", interactive=False, elem_id="af-error-map")
                     go.click(self.flow_page, [frame1, frame2, clip, engine, truth],
                              [flow_image, flow_video, timing, download, error_map, epe], api_name="flow",
-                             concurrency_id="work")
+                             concurrency_id="work", preprocess=False)
         page.queue(default_concurrency_limit=self.concurrency)
         self.page = page
         return page

@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from test_train_e2e import train, train_argv  # noqa: E402
 
 from actionflow.__main__ import main  # noqa: E402
-from actionflow.app import ActionflowApp, bench, bind_note, find_checkpoint  # noqa: E402
+from actionflow.app import ActionflowApp, UploadError, bench, bind_note, extract_frames, find_checkpoint  # noqa: E402
 from actionflow.classify import load_checkpoint, predict  # noqa: E402
 from flow_engine import FlowEngine, read_flow, write_flow  # noqa: E402
 from flow_engine.io.flow_files import read_image, write_image  # noqa: E402
@@ -152,7 +152,21 @@ def _bad_uploads(tmp: Path, good: Path) -> dict[str, tuple[Path, str]]:
     with zipfile.ZipFile(empty_zip, "w") as zf:
         zf.writestr("readme.txt", b"no frames here")
     out["nothing.zip"] = (empty_zip, "no image files")
+    locked = tmp / "locked.zip"
+    with zipfile.ZipFile(locked, "w") as zf:
+        zf.writestr("img_00001.png", b"x")
+    data = bytearray(locked.read_bytes())
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the local and central headers' "encrypted" bit
+        data[data.find(signature) + flags] |= 1
+    locked.write_bytes(bytes(data))
+    out["locked.zip"] = (locked, "locked.zip: 'img_00001.png' is encrypted")
     return out
+
+
+def _one_clear_line(message: str) -> None:
+    """A message for the page: one line, no traceback, no folder of the server's (the app's, Gradio's uploads)."""
+    assert "\n" not in message.strip() and "Traceback" not in message, message
+    assert "actionflow-app-" not in message and os.environ["GRADIO_TEMP_DIR"] not in message, message
 
 
 def test_bad_uploads_are_one_clear_line_and_the_page_keeps_serving(client, demo, tests, tmp_path, capsys):
@@ -161,7 +175,8 @@ def test_bad_uploads_are_one_clear_line_and_the_page_keeps_serving(client, demo,
             client.predict(handle_file(str(path)), api_name="/classify")
         message = str(err.value)
         assert words in message, (name, message)
-        assert "Traceback" not in message and "actionflow-app-" not in message, message  # no server paths
+        if name != "notes.txt":  # Gradio's own refusal of a file type, before the page
+            _one_clear_line(message)
     assert not (tmp_path.parent / "escaped.png").exists()
     import httpx  # a client that does not check the limit itself is refused by the server
 
@@ -256,6 +271,19 @@ def test_flow_tab_on_a_video_and_bad_flow_inputs(client, tests, tmp_path):
                         ((a, None, None, "dis", None), "Upload two frames")):
         with pytest.raises(AppError, match=words):
             client.predict(*(handle_file(str(x)) if isinstance(x, Path) else x for x in args), api_name="/flow")
+    # files our readers refuse, each named by its file name in one line (Gradio's image component opened the frames
+    # itself, and said so in a paragraph naming its folders)
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    (tmp_path / "text.mp4").write_bytes(b"not a video")
+    (tmp_path / "junk.flo").write_bytes(b"not a flow file")
+    write_flow(tmp_path / "unknown.flo", np.full((96, 128, 2), np.nan, np.float32))  # every vector unknown
+    for args, words in (((a, tmp_path / "notes.png", None, "dis", None), "notes.png: unreadable image"),
+                        ((None, None, tmp_path / "text.mp4", "dis", None), "text.mp4: cannot open as a video"),
+                        ((a, b, None, "dis", tmp_path / "junk.flo"), "junk.flo: wrong tag"),
+                        ((a, b, None, "dis", tmp_path / "unknown.flo"), "unknown.flo: no known flow vector")):
+        with pytest.raises(AppError, match=words) as err:
+            client.predict(*(handle_file(str(x)) if isinstance(x, Path) else x for x in args), api_name="/flow")
+        _one_clear_line(str(err.value))
 
 
 def test_without_a_checkpoint_the_page_says_how_to_make_one(tmp_path):
@@ -275,6 +303,27 @@ def test_without_a_checkpoint_the_page_says_how_to_make_one(tmp_path):
     finally:
         app.close()
     assert not app.root.exists()
+
+
+def test_a_zip_made_on_a_mac_gives_its_frames(tmp_path):
+    """Finder's zips hold __MACOSX/ (resource forks named ._*.png) and .DS_Store: the frames alone are extracted."""
+    frames = {}
+    for i in range(1, 4):
+        write_image(tmp_path / "f.png", np.full((8, 8, 3), i, np.uint8))
+        frames[f"img_{i:05d}.png"] = (tmp_path / "f.png").read_bytes()
+    archive = tmp_path / "clip.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in frames.items():
+            zf.writestr(f"clip/{name}", data)
+            zf.writestr(f"__MACOSX/clip/._{name}", b"\x00\x05\x16\x07 resource fork")
+        zf.writestr("clip/.DS_Store", b"Bud1")
+    folder = extract_frames(archive, tmp_path / "out", 10**6)
+    assert folder == tmp_path / "out" / "clip"
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == frames
+    with zipfile.ZipFile(tmp_path / "hidden.zip", "w") as zf:
+        zf.writestr(".img_00001.png", frames["img_00001.png"])
+    with pytest.raises(UploadError, match="no image files"):
+        extract_frames(tmp_path / "hidden.zip", tmp_path / "out2", 10**6)
 
 
 def test_newest_best_checkpoint_and_where_it_listens(tmp_path):
