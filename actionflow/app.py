@@ -34,6 +34,7 @@ import torch
 from actionflow.classify import CheckpointError, Prediction, load_checkpoint, predict
 from actionflow.errors import ActionflowError
 from flow_engine.checkpoints import WeightsError
+from flow_engine.commands.args import positive_int, positive_number
 from flow_engine.engine import ENGINES, FlowEngine, FlowEngineError, resolve_device
 from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, write_flow
 from flow_engine.io.video import (
@@ -69,7 +70,8 @@ class UploadError(ActionflowError, ValueError):
 
 def find_checkpoint(runs: Path = Path("runs")) -> Path | None:
     """The newest best checkpoint (``best*.ckpt``) under ``runs/``, or None."""
-    found = sorted(runs.glob("**/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+    found = [p for p in runs.glob("**/checkpoints/best*.ckpt") if p.is_file()] if runs.is_dir() else []  # no dead links
+    found.sort(key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -219,7 +221,7 @@ class ActionflowApp:
     def __init__(self, ckpt: Path | None = None, device: str = "auto", examples_dir: Path | None = None,
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, concurrency: int = 1,
                  flow_weights: dict[str, Path] | None = None):
-        if max_upload_mb <= 0 or concurrency < 1:
+        if not (0 < max_upload_mb < float("inf")) or concurrency < 1:
             raise ValueError("--max-upload-mb must be positive and --concurrency at least 1")
         self.device = resolve_device(device)
         self.ckpt, self.model, self.data_hparams = ckpt, None, {}
@@ -232,6 +234,8 @@ class ActionflowApp:
         self.flow_weights = dict(flow_weights or {})
         self.engine_names = available_engines(self.flow_weights)
         self._engines: dict[str, FlowEngine] = {}
+        for name in self.flow_weights:  # weights given that do not load are the command's error, not a page's
+            self.engine(name)
         self.root = Path(tempfile.mkdtemp(prefix="actionflow-app-"))
         self.page = None
         self.last_seconds: dict[str, float] = {}
@@ -569,19 +573,32 @@ def _engine_weights(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _port(text: str) -> int:
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {port}")
+    return port
+
+
+def _folder(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return Path(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", type=Path, help="checkpoint written by train.py (default: the newest best*.ckpt under runs/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--examples", type=Path, metavar="DIR", help="offer the videos in DIR as examples too")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload in MB (default 200)")
-    parser.add_argument("--concurrency", type=int, default=1, help="requests worked on at once; the rest queue (default 1)")
+    parser.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
+    parser.add_argument("--examples", type=_folder, metavar="DIR", help="offer the videos in DIR as examples too")
+    parser.add_argument("--max-upload-mb", type=positive_number, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload in MB (default 200)")
+    parser.add_argument("--concurrency", type=positive_int, default=1, help="requests worked on at once; the rest queue (default 1)")
     parser.add_argument("--flow-weights", type=_engine_weights, action="append", default=[], metavar="ENGINE=FILE",
                         help="weights of a Flow-tab engine, e.g. raft_small=raft-small.pth (RAFT is offered only with weights)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--bench", nargs="?", const="", metavar="VIDEO", help="time upload to result for VIDEO "
                         "(default: a generated 10 s 720p clip) against classify alone, print JSON, and exit")
-    parser.add_argument("--bench-runs", type=int, default=5, help="runs the benchmark takes the median of (default 5)")
+    parser.add_argument("--bench-runs", type=positive_int, default=5, help="runs the benchmark takes the median of (default 5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -602,7 +619,11 @@ def run(args: argparse.Namespace) -> int:
             if app.model is None:
                 print("app: error: --bench needs a checkpoint (--ckpt, or train one with python train.py)", file=sys.stderr)
                 return 2
-            print(json.dumps(bench(app, Path(args.bench) if args.bench else None, args.bench_runs)))
+            try:
+                print(json.dumps(bench(app, Path(args.bench) if args.bench else None, args.bench_runs)))
+            except (ActionflowError, FlowEngineError) as exc:
+                print(f"app: error: {exc}", file=sys.stderr)
+                return 2
             return 0
         print(f"checkpoint: {ckpt}" if ckpt else "no checkpoint: the Classify tab says how to make one")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that the temporary folder is removed

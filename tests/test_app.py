@@ -326,6 +326,34 @@ def test_a_zip_made_on_a_mac_gives_its_frames(tmp_path):
         extract_frames(tmp_path / "hidden.zip", tmp_path / "out2", 10**6)
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--max-upload-mb", "inf"], "--max-upload-mb: must be a positive, finite number"),
+    (["--max-upload-mb", "nan"], "--max-upload-mb: must be a positive, finite number"),
+    (["--port", "99999"], "--port: a port is 1..65535"),
+    (["--port", "-5"], "--port: must be at least 1"),
+    (["--concurrency", "0"], "--concurrency: must be at least 1"),
+    (["--bench-runs", "0"], "--bench-runs: must be at least 1"),
+    (["--examples", "no/such/folder"], "--examples: no/such/folder is not a folder"),
+])
+def test_bad_command_lines_are_argument_errors(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["app", *argv])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_what_fails_at_start_is_one_line(demo, tmp_path, monkeypatch, capsys):
+    """Weights that do not load, and a video that cannot be benchmarked: the command's error, exit 2."""
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    (tmp_path / "raft.pth").write_bytes(b"not weights")
+    assert main(["app", "--flow-weights", "raft_small=raft.pth", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("app: error: raft.pth: cannot be read") and err.count("\n") == 1, err
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    assert main(["app", "--ckpt", str(demo[0]), "--bench", "bad.mp4", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("app: error: bad.mp4: cannot open as a video") and "Traceback" not in err, err
+
+
 def test_newest_best_checkpoint_and_where_it_listens(tmp_path):
     assert find_checkpoint(tmp_path / "runs") is None
     for i, name in enumerate(("a/checkpoints/best-epoch3.ckpt", "b/checkpoints/best-epoch1.ckpt", "b/checkpoints/last.ckpt")):
@@ -333,6 +361,8 @@ def test_newest_best_checkpoint_and_where_it_listens(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
         os.utime(path, (1000 + i, 1000 + i))
+    assert find_checkpoint(tmp_path / "runs") == tmp_path / "runs/b/checkpoints/best-epoch1.ckpt"
+    (tmp_path / "runs/b/checkpoints/best-epoch9.ckpt").symlink_to(tmp_path / "gone.ckpt")  # a dead link is no checkpoint
     assert find_checkpoint(tmp_path / "runs") == tmp_path / "runs/b/checkpoints/best-epoch1.ckpt"
     assert "this machine only" in bind_note("127.0.0.1", 7860)
     assert bind_note("0.0.0.0", 7860).startswith("WARNING") and "other machines" in bind_note("0.0.0.0", 7860)
