@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -40,7 +41,8 @@ Replacement = str | Callable[[str], list[str]]
 
 def rename_flags(args: Sequence[str], renamed: dict[str, Replacement], prog: str) -> list[str]:
     """``args`` with every old flag of ``renamed`` replaced (``--old V`` or ``--old=V``): by the new
-    flag with the same value, or by what the function makes of the value; each said once on stderr."""
+    flag with the same value, or by what the function makes of the value (a ValueError or
+    ArgumentTypeError of it is an argument error); each said once on stderr."""
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -50,14 +52,18 @@ def rename_flags(args: Sequence[str], renamed: dict[str, Replacement], prog: str
             i += 1
             continue
         if not eq:
-            if i + 1 == len(args):
+            if i + 1 == len(args) or args[i + 1].startswith("--"):  # not the next flag taken for a value
                 print(f"{prog}: error: {flag} needs a value", file=sys.stderr)
                 raise SystemExit(2)
             i += 1
             value = args[i]
         i += 1
         new = renamed[flag]
-        replacement = [new, value] if isinstance(new, str) else new(value)
+        try:
+            replacement = [new, value] if isinstance(new, str) else new(value)
+        except (ValueError, ArgumentTypeError) as exc:
+            print(f"{prog}: error: {flag} {value}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"{prog}: warning: {flag} is deprecated; use {' '.join(replacement)}", file=sys.stderr)
         out += replacement
     return out

@@ -45,6 +45,7 @@ import torch
 import yaml
 
 from flow_engine.checkpoints import WeightsError, check_resume_fits, load_weights_only
+from flow_engine.commands.args import positive_number
 from flow_engine.errors import FlowEngineError
 from flow_engine.lightning_cli import TrainingCLI, rename_flags, start_loggers
 from flow_engine.models.pwcnet import PWCNet
@@ -85,7 +86,7 @@ RENAMED = {
     "--wandb.mode": "--wandb", "--wandb.project": "--trainer.logger.init_args.project",
     "--wandb.name": "--trainer.logger.init_args.name",
     "--checkpoint.every_steps": "--checkpoint.every_n_train_steps",
-    "--checkpoint.every_minutes": lambda v: ["--checkpoint.train_time_interval", str(timedelta(minutes=float(v)))],
+    "--checkpoint.every_minutes": lambda v: ["--checkpoint.train_time_interval", str(timedelta(minutes=positive_number(v)))],
     "--max-steps": "--trainer.max_steps", "--devices": "--trainer.devices", "--num-nodes": "--trainer.num_nodes",
     "--strategy": "--trainer.strategy", "--precision": "--trainer.precision", "--batch-size": "--data.batch_size",
     "--lr": "--model.lr", "--crop": "--data.crop", "--init": "--model.init",
