@@ -65,6 +65,7 @@ CONFIG_ERRORS = (ActionflowError, FlowEngineError)
 
 
 class TrainCLI(TrainingCLI):
+    SIZE_KEYS = {"data.size": "[H, W] or a short side", "data.crop_size": "[H, W]"}
     CHECKPOINT_DEFAULTS = {"monitor": "val/top1", "mode": "max", "save_last": True, "filename": "best-epoch{epoch}",
                            "auto_insert_metric_name": False}
 

@@ -56,6 +56,7 @@ from actionflow.model import MODES
 from actionflow.precompute import available_cores, precompute
 from actionflow.sampling import snippet_frames, snippet_starts
 from flow_engine.checkpoints import WeightsError
+from flow_engine.commands.args import config_size_error
 from flow_engine.engine import LEARNED_ENGINES, FlowEngine, available_memory, engine_identity, min_side
 from flow_engine.errors import FlowEngineError
 from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe, read_frames
@@ -450,9 +451,9 @@ class ActionDataModule(pl.LightningDataModule):
         if imported_flow is not None and imported_flow != flow_engine:
             raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_engine is {flow_engine!r}: "
                                   "imported flow stands in only for the engine that fills the rest of the cache")
-        if isinstance(size, str):  # command-line sizes are WIDTHxHEIGHT; configs hold [H, W]
-            raise DataConfigError(f"data.size is [H, W] or a short side, not text: for {size} write --data.size "
-                                  f"'[{size.lower().partition('x')[2] or 'H'}, {size.lower().partition('x')[0] or 'W'}]'")
+        for key, value, form in (("size", size, "[H, W] or a short side"), ("crop_size", crop_size, "[H, W]")):
+            if isinstance(value, str):  # command-line sizes are WIDTHxHEIGHT; configs hold [H, W]
+                raise DataConfigError(config_size_error(f"data.{key}", value, form))
         self.size = _pair(size, "size", short_side=True)
         if crop_size is None and isinstance(self.size, int):
             raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")
