@@ -261,3 +261,7 @@ def test_the_old_flow_model_key_still_names_the_flow_engine_with_a_warning(tiny)
         old = ActionDataModule(**kw, flow_model="tvl1")
     assert old.hparams.flow_engine == "tvl1" and "flow_model" not in old.hparams
     assert old.flow_cache().engine_config == ActionDataModule(**kw, flow_engine="tvl1").flow_cache().engine_config
+    with pytest.warns(FutureWarning):  # the same engine under both names, or the new one left at its default: fine
+        assert ActionDataModule(**kw, flow_engine="tvl1", flow_model="tvl1").hparams.flow_engine == "tvl1"
+    with pytest.raises(DataConfigError, match="data.flow_model .* is 'tvl1' but data.flow_engine is 'dis': keep data.flow_engine alone"):
+        ActionDataModule(**kw, flow_engine="dis", flow_model="tvl1")  # it silently took tvl1
