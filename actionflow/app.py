@@ -242,9 +242,13 @@ class ActionflowApp:
 
     # ------------------------------------------------------------------ inputs and outputs
     def _upload(self, upload: str | None, kinds: tuple[str, ...], what: str) -> Path:
+        """The file of an upload (or an example), checked; never a path of the client's choosing: Gradio lets a
+        client name one (an image's data without its 'meta' field passes its checks), so the page checks too."""
         if not upload:
             raise UploadError(f"Upload {what} first.")
-        path = Path(upload)
+        path, uploads = Path(upload).resolve(), os.environ.get("GRADIO_TEMP_DIR")
+        if not ((uploads and path.is_relative_to(Path(uploads).resolve())) or path in {p.resolve() for p in self.examples}):
+            raise UploadError(f"{path.name}: not a file uploaded to this page; upload it")
         size = path.stat().st_size
         if size > self.max_bytes:
             raise UploadError(f"{path.name}: {size / 1e6:.0f} MB, over this page's upload limit of "

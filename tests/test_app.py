@@ -203,7 +203,7 @@ def test_an_hour_long_video_is_sampled_not_decoded(client, demo, tmp_path, capsy
     assert result == cli_json(demo[0], hour, capsys)
 
 
-def test_no_path_named_by_a_client_is_opened(served, tests):
+def test_no_path_named_by_a_client_is_opened(served, tests, tmp_path):
     import httpx
 
     url = served[1].rstrip("/")
@@ -213,6 +213,13 @@ def test_no_path_named_by_a_client_is_opened(served, tests):
     stream = httpx.get(f"{url}/gradio_api/call/classify/{event}", timeout=60).text
     assert "event: error" in stream and "topk" not in stream, stream
     assert httpx.get(f"{url}/gradio_api/file={tests[0]}", timeout=30).status_code in (403, 404)
+    # frames outside the upload folder, sent as an image's data without its 'meta' field: Gradio lets them through
+    frames = [{"path": str(tmp_path / name)} for name in ("a.png", "b.png")]
+    for frame in frames:
+        write_image(Path(frame["path"]), np.zeros((64, 64, 3), np.uint8))
+    event = httpx.post(f"{url}/gradio_api/call/flow", json={"data": [*frames, None, "dis", None]}, timeout=30).json()["event_id"]
+    stream = httpx.get(f"{url}/gradio_api/call/flow/{event}", timeout=60).text
+    assert "event: error" in stream and "a.png: not a file uploaded to this page" in stream, stream
 
 
 def test_two_users_at_once_get_two_right_answers(served, demo, tests, capsys):
