@@ -36,7 +36,7 @@ from actionflow.errors import ActionflowError
 from flow_engine.checkpoints import WeightsError
 from flow_engine.commands.args import positive_int, positive_number
 from flow_engine.engine import ENGINES, FlowEngine, FlowEngineError, resolve_device
-from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, write_flow
+from flow_engine.io.flow_files import FlowFileError, image_size, read_flow, read_image, write_flow
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, VideoError, is_frame_name, iter_frames,
     list_videos, probe, scaled_size,
@@ -54,6 +54,7 @@ DEMO_EXAMPLES = 6  # demo test videos offered as examples (one per class first)
 DIR_EXAMPLES = 12  # clips offered from --examples DIR
 FLOW_MAX_FRAMES = 32  # a video on the Flow tab: its first frames ...
 FLOW_MAX_SIDE = 1024  # ... scaled down when a side is longer (CPU time grows with the pixels)
+PAIR_MAX_SIDE = 2048  # two frames larger than this are refused (a ground truth forbids scaling them; TV-L1 takes minutes)
 DISPLAY_SIDE = 224  # network-input crops are enlarged (nearest) to at least this many px for display
 DISPLAY_FPS = 6  # the snippets play slowly: each is only L+1 frames
 SWEEP_AGE_S = 600  # outputs older than this are deleted (Gradio copied them long before)
@@ -374,6 +375,11 @@ class ActionflowApp:
             flows, note = self._video_flow(engine, self._upload(video, VIDEO_EXTENSIONS, "a video"))
         else:
             images = [self._upload(f, IMAGE_EXTENSIONS, "two frames (or a video)") for f in (frame1, frame2)]
+            for p in images:
+                w, h = image_size(p)
+                if max(w, h) > PAIR_MAX_SIDE:
+                    raise UploadError(f"{p.name} is {w}×{h}: the page takes frames up to {PAIR_MAX_SIDE} px a side "
+                                      "(scale them down, or run python -m flow_engine estimate)")
             a, b = (read_image(p) for p in images)
             if a.shape != b.shape:
                 raise UploadError(f"{images[0].name} is {a.shape[1]}×{a.shape[0]} but {images[1].name} is "

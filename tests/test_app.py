@@ -273,7 +273,10 @@ def test_flow_tab_on_a_video_and_bad_flow_inputs(client, tests, tmp_path):
     a, b, truth, _ = _shifted_pair(tmp_path)
     small = tmp_path / "small.png"
     write_image(small, np.zeros((10, 12, 3), np.uint8))
+    huge = tmp_path / "huge.png"
+    write_image(huge, np.zeros((8, 2049, 3), np.uint8))  # a side over the page's cap: refused from its header
     for args, words in (((a, small, None, "dis", None), "must share one size"),
+                        ((huge, huge, None, "tvl1", None), "huge.png is 2049×8: the page takes frames up to 2048"),
                         ((None, None, tests[0], "dis", truth), "goes with two frames"),
                         ((a, None, None, "dis", None), "Upload two frames")):
         with pytest.raises(AppError, match=words):
