@@ -24,7 +24,6 @@ import json
 import logging
 import os
 import sys
-import warnings
 from pathlib import Path
 
 # Idle OpenMP threads sleep instead of spinning: with DataLoader workers (or other programs) on the
@@ -33,7 +32,7 @@ from pathlib import Path
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from actionflow.classify import read_checkpoint
-from actionflow.data import ActionDataModule
+from actionflow.data import ActionDataModule, resolve_flow_engine
 from actionflow.errors import ActionflowError
 from actionflow.module import ActionRecognizer
 from flow_engine.checkpoints import check_resume_fits
@@ -65,6 +64,7 @@ CONFIG_ERRORS = (ActionflowError, FlowEngineError)
 
 
 class TrainCLI(TrainingCLI):
+    SIZE_KEYS = {"data.size": "[H, W] or a short side", "data.crop_size": "[H, W]"}
     CHECKPOINT_DEFAULTS = {"monitor": "val/top1", "mode": "max", "save_last": True, "filename": "best-epoch{epoch}",
                            "auto_insert_metric_name": False}
 
@@ -83,8 +83,7 @@ class TrainCLI(TrainingCLI):
     def before_instantiate_classes(self) -> None:
         data = self.config.data
         if data.flow_model is not None:  # its old name: the setting moves to data.flow_engine, and the model follows
-            warnings.warn("data.flow_model is deprecated: use data.flow_engine (the same setting)", FutureWarning)
-            data.flow_engine = self.config.model.flow_engine = data.flow_model
+            data.flow_engine = self.config.model.flow_engine = resolve_flow_engine(data.flow_engine, data.flow_model)
             data.flow_model = None
         super().before_instantiate_classes()
 

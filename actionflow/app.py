@@ -34,8 +34,9 @@ import torch
 from actionflow.classify import CheckpointError, Prediction, load_checkpoint, predict
 from actionflow.errors import ActionflowError
 from flow_engine.checkpoints import WeightsError
+from flow_engine.commands.args import positive_int, positive_number
 from flow_engine.engine import ENGINES, FlowEngine, FlowEngineError, resolve_device
-from flow_engine.io.flow_files import FlowFileError, read_flow, read_image, write_flow
+from flow_engine.io.flow_files import FlowFileError, image_size, read_flow, read_image, write_flow
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, Video, VideoError, is_frame_name, iter_frames,
     list_videos, probe, scaled_size,
@@ -53,6 +54,7 @@ DEMO_EXAMPLES = 6  # demo test videos offered as examples (one per class first)
 DIR_EXAMPLES = 12  # clips offered from --examples DIR
 FLOW_MAX_FRAMES = 32  # a video on the Flow tab: its first frames ...
 FLOW_MAX_SIDE = 1024  # ... scaled down when a side is longer (CPU time grows with the pixels)
+PAIR_MAX_SIDE = 2048  # two frames larger than this are refused (a ground truth forbids scaling them; TV-L1 takes minutes)
 DISPLAY_SIDE = 224  # network-input crops are enlarged (nearest) to at least this many px for display
 DISPLAY_FPS = 6  # the snippets play slowly: each is only L+1 frames
 SWEEP_AGE_S = 600  # outputs older than this are deleted (Gradio copied them long before)
@@ -69,7 +71,8 @@ class UploadError(ActionflowError, ValueError):
 
 def find_checkpoint(runs: Path = Path("runs")) -> Path | None:
     """The newest best checkpoint (``best*.ckpt``) under ``runs/``, or None."""
-    found = sorted(runs.glob("**/checkpoints/best*.ckpt"), key=lambda p: p.stat().st_mtime) if runs.is_dir() else []
+    found = [p for p in runs.glob("**/checkpoints/best*.ckpt") if p.is_file()] if runs.is_dir() else []  # no dead links
+    found.sort(key=lambda p: p.stat().st_mtime)
     return found[-1] if found else None
 
 
@@ -100,7 +103,8 @@ def available_engines(flow_weights: dict[str, Path]) -> list[str]:
 
 def extract_frames(archive: Path, dest: Path, max_bytes: int) -> Path:
     """The frame folder inside a zip, extracted under ``dest``: image files only, all in one folder, no
-    absolute or ``..`` names, no links, at most ``max_bytes`` unpacked. UploadError otherwise."""
+    absolute or ``..`` names, no links, no passwords, at most ``max_bytes`` unpacked. UploadError otherwise.
+    What macOS adds to a zip (``__MACOSX/``, hidden files such as ``._img.png`` or ``.DS_Store``) is left out."""
     name = archive.name
     try:
         with zipfile.ZipFile(archive) as zf:
@@ -114,6 +118,10 @@ def extract_frames(archive: Path, dest: Path, max_bytes: int) -> Path:
                 path = PurePosixPath(m.filename.replace("\\", "/"))
                 if path.is_absolute() or ".." in path.parts or (m.external_attr >> 16) & 0o170000 == 0o120000:
                     raise UploadError(f"{name}: unsafe entry {m.filename!r} (absolute, '..' or a link)")
+                if path.parts[0] == "__MACOSX" or path.name.startswith("."):
+                    continue
+                if m.flag_bits & 0x1:
+                    raise UploadError(f"{name}: {m.filename!r} is encrypted; zip the frames without a password")
                 if path.suffix.lower() in IMAGE_EXTENSIONS:
                     frames.append((m, path))
             if not frames:
@@ -214,7 +222,7 @@ class ActionflowApp:
     def __init__(self, ckpt: Path | None = None, device: str = "auto", examples_dir: Path | None = None,
                  max_upload_mb: float = DEFAULT_MAX_UPLOAD_MB, concurrency: int = 1,
                  flow_weights: dict[str, Path] | None = None):
-        if max_upload_mb <= 0 or concurrency < 1:
+        if not (0 < max_upload_mb < float("inf")) or concurrency < 1:
             raise ValueError("--max-upload-mb must be positive and --concurrency at least 1")
         self.device = resolve_device(device)
         self.ckpt, self.model, self.data_hparams = ckpt, None, {}
@@ -227,15 +235,21 @@ class ActionflowApp:
         self.flow_weights = dict(flow_weights or {})
         self.engine_names = available_engines(self.flow_weights)
         self._engines: dict[str, FlowEngine] = {}
+        for name in self.flow_weights:  # weights given that do not load are the command's error, not a page's
+            self.engine(name)
         self.root = Path(tempfile.mkdtemp(prefix="actionflow-app-"))
         self.page = None
         self.last_seconds: dict[str, float] = {}
 
     # ------------------------------------------------------------------ inputs and outputs
     def _upload(self, upload: str | None, kinds: tuple[str, ...], what: str) -> Path:
+        """The file of an upload (or an example), checked; never a path of the client's choosing: Gradio lets a
+        client name one (an image's data without its 'meta' field passes its checks), so the page checks too."""
         if not upload:
             raise UploadError(f"Upload {what} first.")
-        path = Path(upload)
+        path, uploads = Path(upload).resolve(), os.environ.get("GRADIO_TEMP_DIR")
+        if not ((uploads and path.is_relative_to(Path(uploads).resolve())) or path in {p.resolve() for p in self.examples}):
+            raise UploadError(f"{path.name}: not a file uploaded to this page; upload it")
         size = path.stat().st_size
         if size > self.max_bytes:
             raise UploadError(f"{path.name}: {size / 1e6:.0f} MB, over this page's upload limit of "
@@ -266,8 +280,15 @@ class ActionflowApp:
         except Exception as exc:  # logged in full here, one line in the page
             log.exception("%s failed", what)
             message = f"{what} failed: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0][:300]}"
-        # uploads are named by their file names: the server's folders are no business of the client's
-        raise gr.Error(re.sub(re.escape(str(self.root)) + r"[^\s'\"]*/", "", message), print_exception=False) from None
+        raise gr.Error(self._file_names_only(message), print_exception=False) from None
+
+    def _file_names_only(self, message: str) -> str:
+        """``message`` with the folders of the files the page reads cut out (its own, Gradio's uploads, the
+        examples'): uploads are named by their file names, the server's folders are no business of the client's."""
+        folders = {str(self.root), os.environ.get("GRADIO_TEMP_DIR", ""), *(str(p.parent) for p in self.examples)}
+        for folder in sorted(filter(None, folders), key=len, reverse=True):
+            message = re.sub(re.escape(folder) + r"[^\s'\"]*/", "", message)
+        return message
 
     # ------------------------------------------------------------------ classify
     def classify(self, upload: str | None, snippets: bool = False) -> tuple[Prediction, dict]:
@@ -337,9 +358,12 @@ class ActionflowApp:
             self._engines[name] = FlowEngine(name, weights=self.flow_weights.get(name), device=str(self.device))
         return self._engines[name]
 
-    def flow_page(self, frame1: str | None, frame2: str | None, video: str | None, engine: str, truth: str | None):
-        """The Flow tab: (flow image, flow video, time markdown, .flo or zip of .flo, error map, EPE markdown)."""
-        return self._handle("flow", self._flow_page, frame1, frame2, video, engine, truth)
+    def flow_page(self, frame1, frame2, video, engine: str, truth):
+        """The Flow tab: (flow image, flow video, time markdown, .flo or zip of .flo, error map, EPE markdown). Each
+        file is a path or, as the page sends them (unprocessed, so that our readers say what is wrong with a
+        file Gradio's image component cannot open), Gradio's file data."""
+        files = [f.get("path") if isinstance(f, dict) else f for f in (frame1, frame2, video, truth)]
+        return self._handle("flow", self._flow_page, *files[:3], engine, files[3])
 
     def _flow_page(self, frame1, frame2, video, engine_name, truth):
         engine = self.engine(engine_name)
@@ -351,6 +375,11 @@ class ActionflowApp:
             flows, note = self._video_flow(engine, self._upload(video, VIDEO_EXTENSIONS, "a video"))
         else:
             images = [self._upload(f, IMAGE_EXTENSIONS, "two frames (or a video)") for f in (frame1, frame2)]
+            for p in images:
+                w, h = image_size(p)
+                if max(w, h) > PAIR_MAX_SIDE:
+                    raise UploadError(f"{p.name} is {w}×{h}: the page takes frames up to {PAIR_MAX_SIDE} px a side "
+                                      "(scale them down, or run python -m flow_engine estimate)")
             a, b = (read_image(p) for p in images)
             if a.shape != b.shape:
                 raise UploadError(f"{images[0].name} is {a.shape[1]}×{a.shape[0]} but {images[1].name} is "
@@ -376,6 +405,8 @@ class ActionflowApp:
         error_map, scores = None, ""
         if truth:
             gt, valid = read_flow(self._upload(truth, (".flo",), "a ground-truth .flo"))
+            if not valid.any():
+                raise UploadError(f"{Path(truth).name}: no known flow vector (every one NaN or unknown): nothing to score")
             if gt.shape[:2] != (H, W):
                 raise UploadError(f"{Path(truth).name} is {gt.shape[1]}×{gt.shape[0]} but the frames are {W}×{H}")
             m = flow_metrics(fields[0], gt, valid)
@@ -475,7 +506,7 @@ class ActionflowApp:
                     error_map = gr.Image(label="end-point error", interactive=False, elem_id="af-error-map")
                     go.click(self.flow_page, [frame1, frame2, clip, engine, truth],
                              [flow_image, flow_video, timing, download, error_map, epe], api_name="flow",
-                             concurrency_id="work")
+                             concurrency_id="work", preprocess=False)
         page.queue(default_concurrency_limit=self.concurrency)
         self.page = page
         return page
@@ -552,19 +583,32 @@ def _engine_weights(text: str) -> tuple[str, Path]:
     return name, Path(path)
 
 
+def _port(text: str) -> int:
+    port = positive_int(text)
+    if port > 65535:
+        raise argparse.ArgumentTypeError(f"a port is 1..65535, got {port}")
+    return port
+
+
+def _folder(text: str) -> Path:
+    if not Path(text).is_dir():
+        raise argparse.ArgumentTypeError(f"{text} is not a folder")
+    return Path(text)
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ckpt", type=Path, help="checkpoint written by train.py (default: the newest best*.ckpt under runs/)")
     parser.add_argument("--host", default="127.0.0.1", help="address to listen on (default 127.0.0.1: this machine only)")
-    parser.add_argument("--port", type=int, default=7860, help="port (default 7860)")
-    parser.add_argument("--examples", type=Path, metavar="DIR", help="offer the videos in DIR as examples too")
-    parser.add_argument("--max-upload-mb", type=float, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload in MB (default 200)")
-    parser.add_argument("--concurrency", type=int, default=1, help="requests worked on at once; the rest queue (default 1)")
+    parser.add_argument("--port", type=_port, default=7860, help="port (default 7860)")
+    parser.add_argument("--examples", type=_folder, metavar="DIR", help="offer the videos in DIR as examples too")
+    parser.add_argument("--max-upload-mb", type=positive_number, default=DEFAULT_MAX_UPLOAD_MB, help="largest upload in MB (default 200)")
+    parser.add_argument("--concurrency", type=positive_int, default=1, help="requests worked on at once; the rest queue (default 1)")
     parser.add_argument("--flow-weights", type=_engine_weights, action="append", default=[], metavar="ENGINE=FILE",
                         help="weights of a Flow-tab engine, e.g. raft_small=raft-small.pth (RAFT is offered only with weights)")
     parser.add_argument("--device", default="auto", help="auto (cuda if available), cpu, cuda, cuda:1 ...")
     parser.add_argument("--bench", nargs="?", const="", metavar="VIDEO", help="time upload to result for VIDEO "
                         "(default: a generated 10 s 720p clip) against classify alone, print JSON, and exit")
-    parser.add_argument("--bench-runs", type=int, default=5, help="runs the benchmark takes the median of (default 5)")
+    parser.add_argument("--bench-runs", type=positive_int, default=5, help="runs the benchmark takes the median of (default 5)")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -585,7 +629,11 @@ def run(args: argparse.Namespace) -> int:
             if app.model is None:
                 print("app: error: --bench needs a checkpoint (--ckpt, or train one with python train.py)", file=sys.stderr)
                 return 2
-            print(json.dumps(bench(app, Path(args.bench) if args.bench else None, args.bench_runs)))
+            try:
+                print(json.dumps(bench(app, Path(args.bench) if args.bench else None, args.bench_runs)))
+            except (ActionflowError, FlowEngineError) as exc:
+                print(f"app: error: {exc}", file=sys.stderr)
+                return 2
             return 0
         print(f"checkpoint: {ckpt}" if ckpt else "no checkpoint: the Classify tab says how to make one")
         signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # so that the temporary folder is removed

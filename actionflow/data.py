@@ -38,6 +38,7 @@ from actionflow.flow_cache import DEFAULT_BOUND, MAX_SIDE, FlowCache
 from actionflow.model import MODES
 from actionflow.precompute import available_cores, precompute
 from flow_engine.checkpoints import WeightsError
+from flow_engine.commands.args import config_size_error
 from flow_engine.engine import LEARNED_ENGINES, FlowEngine, available_memory, engine_identity, min_side
 from flow_engine.errors import FlowEngineError
 from flow_engine.io.video import DEFAULT_FRAME_PATTERN, VideoError, check_frame_pattern, decode_size, probe
@@ -46,11 +47,23 @@ logger = logging.getLogger(__name__)
 
 FLOW_SOURCES = ("cache", "online")
 CACHE_MISSING = ("compute", "error")
+DEFAULT_FLOW_ENGINE = "dis_fine"  # the demo's; configs/real.yaml's too
 
 
 class DataConfigError(ActionflowError, ValueError):
     """A bad data setting or path, raised before any video is decoded."""
 
+
+def resolve_flow_engine(flow_engine: str, flow_model: str | None) -> str:
+    """``data.flow_engine``, or its old name ``data.flow_model`` where that is set (a FutureWarning). Both set to two
+    engines (``flow_engine`` not left at its default) is a DataConfigError: which one was meant cannot be known."""
+    if flow_model is None:
+        return flow_engine
+    if flow_engine not in (flow_model, DEFAULT_FLOW_ENGINE):
+        raise DataConfigError(f"data.flow_model (the old name of data.flow_engine) is {flow_model!r} but data.flow_engine "
+                              f"is {flow_engine!r}: keep data.flow_engine alone")
+    warnings.warn("data.flow_model is deprecated: use data.flow_engine (the same setting)", FutureWarning, stacklevel=3)
+    return flow_model
 
 
 def _holds_other_data(root: Path) -> bool:
@@ -58,11 +71,13 @@ def _holds_other_data(root: Path) -> bool:
     return root.is_dir() and any(root.iterdir()) and not (root / "meta.json").is_file()
 
 
-def _pair(value: Sequence[int] | int | None, name: str, short_side: bool = False) -> tuple[int, int] | int | None:
+def _pair(value: Sequence[int] | int | str | None, name: str, short_side: bool = False) -> tuple[int, int] | int | None:
     """[H, W] (or one int: a square for crops, the short side for ``short_side`` sizes) checked to lie in
     8..8192 px (the flow cache's largest side: frames decoded larger would be crafted, not asked for)."""
     if value is None:
         return None
+    if isinstance(value, str):  # command-line sizes are WIDTHxHEIGHT; configs hold [H, W]
+        raise DataConfigError(config_size_error(f"data.{name}", value, "[H, W] or a short side" if short_side else "[H, W]"))
     if isinstance(value, int) and short_side:
         if not 8 <= value <= MAX_SIDE:
             raise DataConfigError(f"data.{name} as a short side must be 8..{MAX_SIDE} px, got {value}")
@@ -167,7 +182,7 @@ class ActionDataModule(pl.LightningDataModule):
         flow_source: Literal["cache", "online"] = "cache",
         cache_dir: str = "cache",
         cache_missing: Literal["compute", "error"] = "compute",
-        flow_engine: str = "dis_fine",
+        flow_engine: str = DEFAULT_FLOW_ENGINE,
         flow_weights: str | None = None,
         flow_updates: int | None = None,
         flow_device: str = "auto",
@@ -188,9 +203,7 @@ class ActionDataModule(pl.LightningDataModule):
         imported_flow: str | None = None,
         flow_model: str | None = None,
     ):
-        if flow_model is not None:  # before save_hyperparameters, which records the arguments' values
-            warnings.warn("data.flow_model is deprecated: use data.flow_engine (the same setting)", FutureWarning, stacklevel=2)
-            flow_engine, flow_model = flow_model, None
+        flow_engine, flow_model = resolve_flow_engine(flow_engine, flow_model), None  # before save_hyperparameters
         super().__init__()
         self.save_hyperparameters(ignore=["flow_model"])
         # The demo set is generated in prepare_data (once per node, not by every process of a
@@ -214,9 +227,8 @@ class ActionDataModule(pl.LightningDataModule):
                 except (DemoDataError, TypeError) as exc:
                     raise DataConfigError(f"data.demo: {exc}") from None
                 self._demo_classes = list(settings.get("classes", MOVES))
-        for name, value, allowed in (
-            ("mode", mode, MODES), ("flow_source", flow_source, FLOW_SOURCES), ("cache_missing", cache_missing, CACHE_MISSING)
-        ):
+        for name, value, allowed in (("mode", mode, MODES), ("flow_source", flow_source, FLOW_SOURCES),
+                                     ("cache_missing", cache_missing, CACHE_MISSING)):
             if value not in allowed:
                 raise DataConfigError(f"data.{name} must be one of {allowed}, got {value!r}")
         if not 1 <= flow_length <= 10:
@@ -227,9 +239,7 @@ class ActionDataModule(pl.LightningDataModule):
             raise DataConfigError(f"data.scales must be fractions in [0.1, 1], got {scales}")
         for key, path in (("root", root), ("train_list", train_list), ("val_list", val_list),
                           ("test_list", test_list), ("class_index", class_index)):
-            if self._demo_classes is not None:
-                continue  # the demo's root and lists are written by prepare_data
-            if path is not None and not os.path.exists(path):
+            if self._demo_classes is None and path is not None and not os.path.exists(path):  # the demo's: prepare_data
                 raise DataConfigError(f"data.{key}: {path} does not exist")
         try:
             check_frame_pattern(frame_pattern)
@@ -238,9 +248,6 @@ class ActionDataModule(pl.LightningDataModule):
         if imported_flow is not None and imported_flow != flow_engine:
             raise DataConfigError(f"data.imported_flow is {imported_flow!r} but data.flow_engine is {flow_engine!r}: "
                                   "imported flow stands in only for the engine that fills the rest of the cache")
-        if isinstance(size, str):  # command-line sizes are WIDTHxHEIGHT; configs hold [H, W]
-            raise DataConfigError(f"data.size is [H, W] or a short side, not text: for {size} write --data.size "
-                                  f"'[{size.lower().partition('x')[2] or 'H'}, {size.lower().partition('x')[0] or 'W'}]'")
         self.size = _pair(size, "size", short_side=True)
         if crop_size is None and isinstance(self.size, int):
             raise DataConfigError("data.crop_size must be given when data.size is a short side (each video has its own size)")

@@ -60,7 +60,7 @@ from actionflow.flow_cache import (
     quantize,
 )
 from flow_engine.engine import ENGINES, LEARNED_ENGINES, FlowEngine
-from flow_engine.commands.args import add_engine_argument, parse_size_or_side
+from flow_engine.commands.args import add_engine_argument, parse_size_or_side, positive_int
 from flow_engine.models.pwcnet import FlowInputError
 from flow_engine.io.video import (
     DEFAULT_FRAME_PATTERN, ListFileError, Video, VideoError, as_video, frame_pattern_arg, iter_frames, list_videos,
@@ -85,17 +85,6 @@ def shard(videos: list[Path], index: int, count: int) -> list[Path]:
     if not 0 <= index < count:
         raise ValueError(f"shard {index}/{count}: index must be in 0..{count - 1}")
     return [v for i, v in enumerate(sorted(videos, key=str)) if i % count == index]
-
-
-def positive_int(text: str) -> int:
-    """``"32"`` -> 32; zero, a negative number or not an integer is an argument error (exit 2, before any work)."""
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
-    return value
 
 
 def parse_shard(text: str) -> tuple[int, int]:

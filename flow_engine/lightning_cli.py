@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+from argparse import ArgumentTypeError
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -29,6 +30,7 @@ from pytorch_lightning.cli import LightningCLI
 from pytorch_lightning.loggers import CSVLogger, WandbLogger
 
 from flow_engine.checkpoints import load_weights_only
+from flow_engine.commands.args import WIDTH_X_HEIGHT, config_size_error
 
 log = logging.getLogger(__name__)
 
@@ -40,7 +42,8 @@ Replacement = str | Callable[[str], list[str]]
 
 def rename_flags(args: Sequence[str], renamed: dict[str, Replacement], prog: str) -> list[str]:
     """``args`` with every old flag of ``renamed`` replaced (``--old V`` or ``--old=V``): by the new
-    flag with the same value, or by what the function makes of the value; each said once on stderr."""
+    flag with the same value, or by what the function makes of the value (a ValueError or
+    ArgumentTypeError of it is an argument error); each said once on stderr."""
     out: list[str] = []
     i = 0
     while i < len(args):
@@ -50,14 +53,18 @@ def rename_flags(args: Sequence[str], renamed: dict[str, Replacement], prog: str
             i += 1
             continue
         if not eq:
-            if i + 1 == len(args):
+            if i + 1 == len(args) or args[i + 1].startswith("--"):  # not the next flag taken for a value
                 print(f"{prog}: error: {flag} needs a value", file=sys.stderr)
                 raise SystemExit(2)
             i += 1
             value = args[i]
         i += 1
         new = renamed[flag]
-        replacement = [new, value] if isinstance(new, str) else new(value)
+        try:
+            replacement = [new, value] if isinstance(new, str) else new(value)
+        except (ValueError, ArgumentTypeError) as exc:
+            print(f"{prog}: error: {flag} {value}: {exc}", file=sys.stderr)
+            raise SystemExit(2) from None
         print(f"{prog}: warning: {flag} is deprecated; use {' '.join(replacement)}", file=sys.stderr)
         out += replacement
     return out
@@ -84,11 +91,13 @@ def resolve_ckpt_path(ckpt_path: str | None, run_dir: str | os.PathLike, read=No
 
 class TrainingCLI(LightningCLI):
     """LightningCLI with this project's convention (see the module docstring). Subclasses set
-    :attr:`RENAMED` (old flag -> new one) and :attr:`CHECKPOINT_DEFAULTS` (their ModelCheckpoint's
-    ``--checkpoint.*`` defaults); :meth:`read_checkpoint` is how a checkpoint to resume from is read."""
+    :attr:`RENAMED` (old flag -> new one), :attr:`CHECKPOINT_DEFAULTS` (their ModelCheckpoint's
+    ``--checkpoint.*`` defaults) and :attr:`SIZE_KEYS`; :meth:`read_checkpoint` is how a checkpoint to
+    resume from is read, :meth:`expand` rewrites their shortcuts."""
 
     RENAMED: dict[str, Replacement] = {}
     CHECKPOINT_DEFAULTS: dict = {}
+    SIZE_KEYS: dict[str, str] = {}  # config key -> the form it takes ("[H, W]"): WIDTHxHEIGHT is refused with that form
 
     def add_arguments_to_parser(self, parser) -> None:
         parser.add_argument("--ckpt_path", type=str | None, default=None,
@@ -103,7 +112,17 @@ class TrainingCLI(LightningCLI):
 
     def parse_arguments(self, parser, args: list[str]) -> None:
         # LightningCLI's own version warns whenever sys.argv is also set (always, under python -m).
-        self.config = parser.parse_args(rename_flags(args, self.RENAMED, parser.prog))
+        args = rename_flags(self.expand(parser, list(args)), self.RENAMED, parser.prog)
+        for i, arg in enumerate(args):  # a size key given WIDTHxHEIGHT: the [H, W] to write
+            flag, eq, value = arg.partition("=")
+            value = value if eq else (args[i + 1] if i + 1 < len(args) else "")
+            if flag[2:] in self.SIZE_KEYS and WIDTH_X_HEIGHT.fullmatch(value):
+                parser.error(config_size_error(flag[2:], value, self.SIZE_KEYS[flag[2:]]))
+        self.config = parser.parse_args(args)
+
+    def expand(self, parser, args: list[str]) -> list[str]:
+        """The command line with a subclass's own shortcuts rewritten (before the old flags are)."""
+        return args
 
     def read_checkpoint(self, path: str) -> dict:
         return load_weights_only(path, what="checkpoint to resume from")

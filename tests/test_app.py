@@ -23,7 +23,7 @@ from gradio_client.exceptions import AppError  # noqa: E402
 from test_train_e2e import train, train_argv  # noqa: E402
 
 from actionflow.__main__ import main  # noqa: E402
-from actionflow.app import ActionflowApp, bench, bind_note, find_checkpoint  # noqa: E402
+from actionflow.app import ActionflowApp, UploadError, bench, bind_note, extract_frames, find_checkpoint  # noqa: E402
 from actionflow.classify import load_checkpoint, predict  # noqa: E402
 from flow_engine import FlowEngine, read_flow, write_flow  # noqa: E402
 from flow_engine.io.flow_files import read_image, write_image  # noqa: E402
@@ -152,7 +152,21 @@ def _bad_uploads(tmp: Path, good: Path) -> dict[str, tuple[Path, str]]:
     with zipfile.ZipFile(empty_zip, "w") as zf:
         zf.writestr("readme.txt", b"no frames here")
     out["nothing.zip"] = (empty_zip, "no image files")
+    locked = tmp / "locked.zip"
+    with zipfile.ZipFile(locked, "w") as zf:
+        zf.writestr("img_00001.png", b"x")
+    data = bytearray(locked.read_bytes())
+    for signature, flags in ((b"PK\x03\x04", 6), (b"PK\x01\x02", 8)):  # the local and central headers' "encrypted" bit
+        data[data.find(signature) + flags] |= 1
+    locked.write_bytes(bytes(data))
+    out["locked.zip"] = (locked, "locked.zip: 'img_00001.png' is encrypted")
     return out
+
+
+def _one_clear_line(message: str) -> None:
+    """A message for the page: one line, no traceback, no folder of the server's (the app's, Gradio's uploads)."""
+    assert "\n" not in message.strip() and "Traceback" not in message, message
+    assert "actionflow-app-" not in message and os.environ["GRADIO_TEMP_DIR"] not in message, message
 
 
 def test_bad_uploads_are_one_clear_line_and_the_page_keeps_serving(client, demo, tests, tmp_path, capsys):
@@ -161,7 +175,8 @@ def test_bad_uploads_are_one_clear_line_and_the_page_keeps_serving(client, demo,
             client.predict(handle_file(str(path)), api_name="/classify")
         message = str(err.value)
         assert words in message, (name, message)
-        assert "Traceback" not in message and "actionflow-app-" not in message, message  # no server paths
+        if name != "notes.txt":  # Gradio's own refusal of a file type, before the page
+            _one_clear_line(message)
     assert not (tmp_path.parent / "escaped.png").exists()
     import httpx  # a client that does not check the limit itself is refused by the server
 
@@ -188,7 +203,7 @@ def test_an_hour_long_video_is_sampled_not_decoded(client, demo, tmp_path, capsy
     assert result == cli_json(demo[0], hour, capsys)
 
 
-def test_no_path_named_by_a_client_is_opened(served, tests):
+def test_no_path_named_by_a_client_is_opened(served, tests, tmp_path):
     import httpx
 
     url = served[1].rstrip("/")
@@ -198,6 +213,13 @@ def test_no_path_named_by_a_client_is_opened(served, tests):
     stream = httpx.get(f"{url}/gradio_api/call/classify/{event}", timeout=60).text
     assert "event: error" in stream and "topk" not in stream, stream
     assert httpx.get(f"{url}/gradio_api/file={tests[0]}", timeout=30).status_code in (403, 404)
+    # frames outside the upload folder, sent as an image's data without its 'meta' field: Gradio lets them through
+    frames = [{"path": str(tmp_path / name)} for name in ("a.png", "b.png")]
+    for frame in frames:
+        write_image(Path(frame["path"]), np.zeros((64, 64, 3), np.uint8))
+    event = httpx.post(f"{url}/gradio_api/call/flow", json={"data": [*frames, None, "dis", None]}, timeout=30).json()["event_id"]
+    stream = httpx.get(f"{url}/gradio_api/call/flow/{event}", timeout=60).text
+    assert "event: error" in stream and "a.png: not a file uploaded to this page" in stream, stream
 
 
 def test_two_users_at_once_get_two_right_answers(served, demo, tests, capsys):
@@ -251,11 +273,27 @@ def test_flow_tab_on_a_video_and_bad_flow_inputs(client, tests, tmp_path):
     a, b, truth, _ = _shifted_pair(tmp_path)
     small = tmp_path / "small.png"
     write_image(small, np.zeros((10, 12, 3), np.uint8))
+    huge = tmp_path / "huge.png"
+    write_image(huge, np.zeros((8, 2049, 3), np.uint8))  # a side over the page's cap: refused from its header
     for args, words in (((a, small, None, "dis", None), "must share one size"),
+                        ((huge, huge, None, "tvl1", None), "huge.png is 2049×8: the page takes frames up to 2048"),
                         ((None, None, tests[0], "dis", truth), "goes with two frames"),
                         ((a, None, None, "dis", None), "Upload two frames")):
         with pytest.raises(AppError, match=words):
             client.predict(*(handle_file(str(x)) if isinstance(x, Path) else x for x in args), api_name="/flow")
+    # files our readers refuse, each named by its file name in one line (Gradio's image component opened the frames
+    # itself, and said so in a paragraph naming its folders)
+    (tmp_path / "notes.png").write_bytes(b"not an image")
+    (tmp_path / "text.mp4").write_bytes(b"not a video")
+    (tmp_path / "junk.flo").write_bytes(b"not a flow file")
+    write_flow(tmp_path / "unknown.flo", np.full((96, 128, 2), np.nan, np.float32))  # every vector unknown
+    for args, words in (((a, tmp_path / "notes.png", None, "dis", None), "notes.png: unreadable image"),
+                        ((None, None, tmp_path / "text.mp4", "dis", None), "text.mp4: cannot open as a video"),
+                        ((a, b, None, "dis", tmp_path / "junk.flo"), "junk.flo: wrong tag"),
+                        ((a, b, None, "dis", tmp_path / "unknown.flo"), "unknown.flo: no known flow vector")):
+        with pytest.raises(AppError, match=words) as err:
+            client.predict(*(handle_file(str(x)) if isinstance(x, Path) else x for x in args), api_name="/flow")
+        _one_clear_line(str(err.value))
 
 
 def test_without_a_checkpoint_the_page_says_how_to_make_one(tmp_path):
@@ -277,6 +315,55 @@ def test_without_a_checkpoint_the_page_says_how_to_make_one(tmp_path):
     assert not app.root.exists()
 
 
+def test_a_zip_made_on_a_mac_gives_its_frames(tmp_path):
+    """Finder's zips hold __MACOSX/ (resource forks named ._*.png) and .DS_Store: the frames alone are extracted."""
+    frames = {}
+    for i in range(1, 4):
+        write_image(tmp_path / "f.png", np.full((8, 8, 3), i, np.uint8))
+        frames[f"img_{i:05d}.png"] = (tmp_path / "f.png").read_bytes()
+    archive = tmp_path / "clip.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        for name, data in frames.items():
+            zf.writestr(f"clip/{name}", data)
+            zf.writestr(f"__MACOSX/clip/._{name}", b"\x00\x05\x16\x07 resource fork")
+        zf.writestr("clip/.DS_Store", b"Bud1")
+    folder = extract_frames(archive, tmp_path / "out", 10**6)
+    assert folder == tmp_path / "out" / "clip"
+    assert {f.name: f.read_bytes() for f in folder.iterdir()} == frames
+    with zipfile.ZipFile(tmp_path / "hidden.zip", "w") as zf:
+        zf.writestr(".img_00001.png", frames["img_00001.png"])
+    with pytest.raises(UploadError, match="no image files"):
+        extract_frames(tmp_path / "hidden.zip", tmp_path / "out2", 10**6)
+
+
+@pytest.mark.parametrize("argv, words", [
+    (["--max-upload-mb", "inf"], "--max-upload-mb: must be a positive, finite number"),
+    (["--max-upload-mb", "nan"], "--max-upload-mb: must be a positive, finite number"),
+    (["--port", "99999"], "--port: a port is 1..65535"),
+    (["--port", "-5"], "--port: must be at least 1"),
+    (["--concurrency", "0"], "--concurrency: must be at least 1"),
+    (["--bench-runs", "0"], "--bench-runs: must be at least 1"),
+    (["--examples", "no/such/folder"], "--examples: no/such/folder is not a folder"),
+])
+def test_bad_command_lines_are_argument_errors(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["app", *argv])
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
+def test_what_fails_at_start_is_one_line(demo, tmp_path, monkeypatch, capsys):
+    """Weights that do not load, and a video that cannot be benchmarked: the command's error, exit 2."""
+    monkeypatch.chdir(tmp_path)  # no runs/ here
+    (tmp_path / "raft.pth").write_bytes(b"not weights")
+    assert main(["app", "--flow-weights", "raft_small=raft.pth", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("app: error: raft.pth: cannot be read") and err.count("\n") == 1, err
+    (tmp_path / "bad.mp4").write_bytes(b"not a video")
+    assert main(["app", "--ckpt", str(demo[0]), "--bench", "bad.mp4", "--device", "cpu"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("app: error: bad.mp4: cannot open as a video") and "Traceback" not in err, err
+
+
 def test_newest_best_checkpoint_and_where_it_listens(tmp_path):
     assert find_checkpoint(tmp_path / "runs") is None
     for i, name in enumerate(("a/checkpoints/best-epoch3.ckpt", "b/checkpoints/best-epoch1.ckpt", "b/checkpoints/last.ckpt")):
@@ -284,6 +371,8 @@ def test_newest_best_checkpoint_and_where_it_listens(tmp_path):
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(b"")
         os.utime(path, (1000 + i, 1000 + i))
+    assert find_checkpoint(tmp_path / "runs") == tmp_path / "runs/b/checkpoints/best-epoch1.ckpt"
+    (tmp_path / "runs/b/checkpoints/best-epoch9.ckpt").symlink_to(tmp_path / "gone.ckpt")  # a dead link is no checkpoint
     assert find_checkpoint(tmp_path / "runs") == tmp_path / "runs/b/checkpoints/best-epoch1.ckpt"
     assert "this machine only" in bind_note("127.0.0.1", 7860)
     assert bind_note("0.0.0.0", 7860).startswith("WARNING") and "other machines" in bind_note("0.0.0.0", 7860)

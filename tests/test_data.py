@@ -245,9 +245,15 @@ def test_demo_option_leaves_a_folder_of_other_data_alone(tiny):
     assert sorted(p.name for p in tiny.rglob("*")) == before and "arm_wave" not in dm.class_names
 
 
-def test_a_width_x_height_size_is_refused_with_the_form_to_write(tiny):
-    with pytest.raises(DataConfigError, match=r"for 340x256 write --data.size '\[256, 340\]'"):
-        ActionDataModule(root=str(tiny), train_list=str(tiny / "train.txt"), size="340x256")
+@pytest.mark.parametrize("key, text, words", [
+    ("size", "340x256", "for 340x256 write --data.size '[256, 340]'"),
+    ("crop_size", "112x96", "for 112x96 write --data.crop_size '[96, 112]'"),
+    ("size", "[340, 256, 3]", "data.size is [H, W] or a short side; got '[340, 256, 3]'"),  # text, but not WxH
+])
+def test_a_width_x_height_size_is_refused_with_the_form_to_write(tiny, key, text, words):
+    with pytest.raises(DataConfigError, match=re.escape(words)):
+        ActionDataModule(root=str(tiny), train_list=str(tiny / "train.txt"), **{key: text})
+
 
 
 def test_the_old_flow_model_key_still_names_the_flow_engine_with_a_warning(tiny):
@@ -256,3 +262,7 @@ def test_the_old_flow_model_key_still_names_the_flow_engine_with_a_warning(tiny)
         old = ActionDataModule(**kw, flow_model="tvl1")
     assert old.hparams.flow_engine == "tvl1" and "flow_model" not in old.hparams
     assert old.flow_cache().engine_config == ActionDataModule(**kw, flow_engine="tvl1").flow_cache().engine_config
+    with pytest.warns(FutureWarning):  # the same engine under both names, or the new one left at its default: fine
+        assert ActionDataModule(**kw, flow_engine="tvl1", flow_model="tvl1").hparams.flow_engine == "tvl1"
+    with pytest.raises(DataConfigError, match="data.flow_model .* is 'tvl1' but data.flow_engine is 'dis': keep data.flow_engine alone"):
+        ActionDataModule(**kw, flow_engine="dis", flow_model="tvl1")  # it silently took tvl1

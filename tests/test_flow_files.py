@@ -79,7 +79,7 @@ def test_flo_layout_is_the_middlebury_one(tmp_path):
 @pytest.mark.parametrize(
     "name, content, problem",
     [
-        ("wrongtag.flo", flo_bytes(123.0, 4, 3), "wrong tag"),
+        ("wrongtag.flo", flo_bytes(123.0, 4, 3), r"wrong tag 123 \(a \.flo file starts with 202021\.25\)"),
         ("negative.flo", flo_bytes(202021.25, -4, 3, n_floats=24), "non-positive"),
         ("zero.flo", flo_bytes(202021.25, 0, 3, n_floats=24), "non-positive"),
         ("absurd.flo", flo_bytes(202021.25, 100000, 100000, n_floats=8), "absurd"),

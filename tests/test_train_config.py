@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 import importlib.util
+import re
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 from tiny_videos import make_dataset
+
+from actionflow.data import DataConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,6 +61,19 @@ def test_the_old_flow_model_key_sets_the_data_and_the_model_engine(tiny, tmp_pat
     assert old.datamodule.hparams.flow_engine == old.model.hparams.flow_engine == "tvl1"
     new = train.build_cli(argv + ["--data.flow_engine", "tvl1"])
     assert new.datamodule.hparams.flow_engine == new.model.hparams.flow_engine == "tvl1"
+    # an old config's flow_model under a command line's flow_engine: which one was meant cannot be known
+    with pytest.raises(DataConfigError, match="keep data.flow_engine alone"):
+        train.build_cli(argv + ["--data.flow_model", "tvl1", "--data.flow_engine", "dis"])
+
+
+def test_a_width_x_height_size_on_the_command_line_is_refused_with_the_form_to_write(capsys):
+    train = _load_train()
+    for key, text, words in (("size", "340x256", "write --data.size '[256, 340]'"),
+                             ("crop_size", "112x96", "write --data.crop_size '[96, 112]'")):  # was jsonargparse's union error
+        for argv in ([f"--data.{key}", text], [f"--data.{key}={text}"]):
+            with pytest.raises(SystemExit) as exit_:
+                train.build_cli(argv)
+            assert exit_.value.code == 2 and words in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("config", sorted(p.name for p in (ROOT / "configs").glob("*.yaml")))

@@ -446,6 +446,18 @@ def test_the_flags_of_earlier_versions_still_work_and_say_what_replaces_them(tmp
     assert "--labels is deprecated" not in err and "--threads is deprecated" not in err  # shortcuts and keys of its own stay
 
 
+@pytest.mark.parametrize("argv, words", [
+    (["--checkpoint.every_minutes", "abc"], "--checkpoint.every_minutes abc: 'abc' is not a number"),
+    (["--checkpoint.every_minutes", "nan"], "--checkpoint.every_minutes nan: must be a positive, finite number"),
+    (["--checkpoint.every_minutes", "-5"], "--checkpoint.every_minutes -5: must be a positive, finite number"),
+    (["--resume", "--print_config"], "--resume needs a value"),  # the next flag is not its value
+])
+def test_old_flags_with_bad_values_are_argument_errors(argv, words, capsys):
+    with pytest.raises(SystemExit) as exit_:
+        FlowCLI(argv, build=False)
+    assert exit_.value.code == 2 and words in capsys.readouterr().err
+
+
 def test_a_config_that_sets_nothing_is_the_default_and_short_and_long_config_flags_agree(tmp_path):
     empty, mine = tmp_path / "empty.yaml", tmp_path / "mine.yaml"
     empty.write_text("{}\n")

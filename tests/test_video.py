@@ -42,6 +42,10 @@ def test_unreadable_files_raise_video_error_naming_the_file(tmp_path, content):
         read_frames(bad)
     with pytest.raises(VideoError, match="no such file"):
         probe(tmp_path / "missing.mp4")
+    with pytest.raises(VideoError) as err:
+        probe(bad)
+    # the path once, and the decoder's words without decord's "[12:00:00] /src/video/video_reader.cc:83:" prefix
+    assert str(err.value).count(str(tmp_path)) == 1 and ".cc:" not in str(err.value), str(err.value)
 
 
 @pytest.mark.parametrize("width", [48, 64])

@@ -47,8 +47,10 @@ from actionflow.flow_cache import (
     quantize,
     split_jpeg,
 )
-from actionflow.precompute import positive_int, precompute
-from flow_engine.commands.args import add_engine_argument, output_file, parse_size_or_side, positive_number, write_output
+from actionflow.precompute import precompute
+from flow_engine.commands.args import (
+    add_engine_argument, output_file, parse_size_or_side, positive_int, positive_number, write_output,
+)
 from flow_engine.engine import ENGINES, FlowEngine
 from flow_engine.io.video import iter_frames, list_videos
 

@@ -4,14 +4,16 @@
   the flag (``--model``, ``--method``) still works and says on stderr that it is deprecated.
 - Frame sizes on command lines are WIDTHxHEIGHT (``340x256``, as video tools write them) or, where a
   command takes it, one number: the short side (:func:`parse_size`, :func:`parse_size_or_side`).
-  Configs and Python calls hold them as [H, W].
+  Configs and Python calls hold them as [H, W] (:func:`config_size_error` says what to write instead of text).
 - What a command writes is checked when parsed, before any work: a file (:func:`output_file`: ``--json``,
-  ``--mp4``...) or a folder (:func:`output_folder`); frame rates and similar are :func:`positive_number`.
+  ``--mp4``...) or a folder (:func:`output_folder`); frame rates and similar are :func:`positive_number`,
+  counts :func:`positive_int`.
 """
 from __future__ import annotations
 
 import argparse
 import math
+import re
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -66,6 +68,19 @@ def parse_size_or_side(text: str) -> tuple[int, int] | int:
     return h, w
 
 
+WIDTH_X_HEIGHT = re.compile(r"\s*(\d+)\s*[xX]\s*(\d+)\s*")
+
+
+def config_size_error(key: str, text: str, form: str = "[H, W]") -> str:
+    """What to say of a size given as text where a config holds ``form`` (``data.size``, ``data.crop_size``,
+    the flow training's ``data.crop``): for WIDTHxHEIGHT, the [H, W] to write instead."""
+    wxh = WIDTH_X_HEIGHT.fullmatch(text)
+    if wxh is None:
+        return f"{key} is {form}; got {text!r}"
+    w, h = wxh.groups()
+    return f"{key} is {form} (height first), not WIDTHxHEIGHT: for {w}x{h} write --{key} '[{h}, {w}]'"
+
+
 def output_file(text: str) -> Path:
     """An argparse ``type`` for a file a command writes (``--json OUT``, ``--mp4 OUT``...): refused at once,
     before any work, when it names an existing folder or lies under an existing file."""
@@ -90,6 +105,17 @@ def output_folder(text: str) -> Path:
                 raise argparse.ArgumentTypeError(f"{text}: {folder} is a file, not a folder")
             break
     return path
+
+
+def positive_int(text: str) -> int:
+    """``"32"`` -> 32; zero, a negative number or not an integer is an argument error (exit 2, before any work)."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
 
 
 def positive_number(text: str) -> float:

@@ -128,7 +128,7 @@ def read_flo(path: PathLike) -> tuple[np.ndarray, np.ndarray]:
         header = f.read(12)
         tag = np.frombuffer(header, dtype="<f4", count=1)[0]
         if tag != np.float32(FLO_TAG):
-            raise FlowFileError(path, f"wrong tag {tag!r} (a .flo file starts with {FLO_TAG}); not a .flo file")
+            raise FlowFileError(path, f"wrong tag {float(tag):g} (a .flo file starts with {FLO_TAG}); not a .flo file")
         width, height = (int(x) for x in np.frombuffer(header, dtype="<i4", count=2, offset=4))
         _check_dims(path, width, height)
         # Compare with the real size before reading so a corrupt header never allocates.

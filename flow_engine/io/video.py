@@ -201,15 +201,20 @@ def _open(path: str | os.PathLike, size: tuple[int, int] | None = None, num_thre
     try:
         reader = decord.VideoReader(path, ctx=decord.cpu(0), **kwargs)
     except Exception as exc:  # decord raises its own DECORDError and plain RuntimeErrors
-        raise VideoError(path, f"cannot open as a video ({_short(exc)})") from None
+        raise VideoError(path, f"cannot open as a video ({_short(exc, path)})") from None
     if len(reader) == 0:
         raise VideoError(path, "no video frames")
     return reader
 
 
-def _short(exc: BaseException) -> str:
+def _short(exc: BaseException, path: str | os.PathLike | None = None) -> str:
+    """The first line of a decoder's message, without decord's "[time] source.cc:line:" prefix, and with the
+    video named by its file name (the error names its path already)."""
     text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
+    if not text:
+        return type(exc).__name__
+    line = re.sub(r"^\[[\d:]+\] \S+:\d+: ", "", text[0])
+    return (line.replace(os.fspath(path), os.path.basename(path)) if path else line)[:200]
 
 
 def probe(video: str | os.PathLike | Video, frame_pattern: str | None = None) -> VideoInfo:
@@ -230,7 +235,7 @@ def _frame_shape(reader, path) -> tuple[int, int]:
         h, w = reader.next().shape[:2]
         reader.seek(0)
     except Exception as exc:
-        raise VideoError(path, f"first frame does not decode ({_short(exc)})") from None
+        raise VideoError(path, f"first frame does not decode ({_short(exc, path)})") from None
     return int(h), int(w)
 
 
@@ -301,7 +306,7 @@ def _pyav_chunks(path: str | os.PathLike, chunk: int, size: tuple[int, int] | No
                     yield resize_frames(np.stack(buf), size) if size else np.stack(buf)
                     buf = []
     except av.FFmpegError as exc:
-        raise VideoError(path, f"decoding failed ({_short(exc)})") from None
+        raise VideoError(path, f"decoding failed ({_short(exc, path)})") from None
     if buf:
         yield resize_frames(np.stack(buf), size) if size else np.stack(buf)
 
@@ -322,7 +327,7 @@ def _read_frames(path, indices, size) -> np.ndarray:
     try:
         frames = reader.get_batch(unique.tolist()).asnumpy()
     except Exception as exc:
-        raise VideoError(path, f"decoding failed ({_short(exc)})") from None
+        raise VideoError(path, f"decoding failed ({_short(exc, path)})") from None
     finally:
         del reader
     return frames[inverse]
@@ -361,7 +366,7 @@ def _iter_frames(path, chunk, size) -> Iterator[np.ndarray]:
             try:
                 yield reader.get_batch(list(range(start, stop))).asnumpy()
             except Exception as exc:
-                raise VideoError(path, f"decoding failed at frames {start}..{stop - 1} ({_short(exc)})") from None
+                raise VideoError(path, f"decoding failed at frames {start}..{stop - 1} ({_short(exc, path)})") from None
     finally:
         del reader
 

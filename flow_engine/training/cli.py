@@ -33,7 +33,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import re
 import sys
 import time
 from datetime import timedelta
@@ -45,8 +44,9 @@ import torch
 import yaml
 
 from flow_engine.checkpoints import WeightsError, check_resume_fits, load_weights_only
+from flow_engine.commands.args import positive_number
 from flow_engine.errors import FlowEngineError
-from flow_engine.lightning_cli import TrainingCLI, rename_flags, start_loggers
+from flow_engine.lightning_cli import TrainingCLI, start_loggers
 from flow_engine.models.pwcnet import PWCNet
 from flow_engine.training.datamodule import FlowDataModule
 from flow_engine.training.module import FlowModule
@@ -85,7 +85,7 @@ RENAMED = {
     "--wandb.mode": "--wandb", "--wandb.project": "--trainer.logger.init_args.project",
     "--wandb.name": "--trainer.logger.init_args.name",
     "--checkpoint.every_steps": "--checkpoint.every_n_train_steps",
-    "--checkpoint.every_minutes": lambda v: ["--checkpoint.train_time_interval", str(timedelta(minutes=float(v)))],
+    "--checkpoint.every_minutes": lambda v: ["--checkpoint.train_time_interval", str(timedelta(minutes=positive_number(v)))],
     "--max-steps": "--trainer.max_steps", "--devices": "--trainer.devices", "--num-nodes": "--trainer.num_nodes",
     "--strategy": "--trainer.strategy", "--precision": "--trainer.precision", "--batch-size": "--data.batch_size",
     "--lr": "--model.lr", "--crop": "--data.crop", "--init": "--model.init",
@@ -177,6 +177,7 @@ class FlowCLI(TrainingCLI):
     """The flow-training command line; ``build=False`` parses and checks the configuration only."""
 
     RENAMED = RENAMED
+    SIZE_KEYS = {"data.crop": "[H, W]"}
     CHECKPOINT_DEFAULTS = {"filename": "step{step:07d}", "auto_insert_metric_name": False, "save_last": True,
                            "save_top_k": 1, "every_n_train_steps": 2000}
 
@@ -202,12 +203,8 @@ class FlowCLI(TrainingCLI):
         # A seed of true (random) leaves the data seed at 0: a random run is not resumable anyway.
         parser.link_arguments("seed_everything", "data.seed", compute_fn=lambda s: 0 if isinstance(s, bool) else int(s))
 
-    def parse_arguments(self, parser, args: list[str]) -> None:
-        self.config = parser.parse_args(rename_flags(self._expand(parser, args), self.RENAMED, parser.prog))
-
-    @staticmethod
-    def _expand(parser, args: list[str]) -> list[str]:
-        """Rewrites the --data.distill.* shortcuts, names the replacement of an old flag, refuses a WxH crop."""
+    def expand(self, parser, args: list[str]) -> list[str]:
+        """Rewrites the --data.distill.* shortcuts; refuses --set, naming what replaced it."""
         out: list[str] = []
         videos: list[str] = []
         videos_at = None
@@ -216,7 +213,7 @@ class FlowCLI(TrainingCLI):
             flag, eq, value = args[i].partition("=")
             if flag == "--set":
                 parser.error("--set is now --SECTION.KEY VALUE (e.g. --model.schedule onecycle; see --help)")
-            if flag not in SHORTCUTS and flag not in ("--data.crop", "--crop"):
+            if flag not in SHORTCUTS:
                 out.append(args[i])
                 i += 1
                 continue
@@ -226,10 +223,6 @@ class FlowCLI(TrainingCLI):
                 i += 1
                 value = args[i]
             i += 1
-            wxh = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", value)
-            if flag in ("--data.crop", "--crop") and wxh:
-                w, h = wxh.groups()
-                parser.error(f"data.crop is [h, w] (height first), not WxH: for {w}x{h} write --data.crop '[{h}, {w}]'")
             if flag == "--videos":
                 videos_at = len(out) if videos_at is None else videos_at
                 videos.append(value)
