@@ -11,7 +11,9 @@ videos allow), and fold ``i`` is trained on every fold but ``i`` and ``i + 1``, 
 choice, ``fusion: validation`` weights) on fold ``i + 1`` and tested on fold ``i``. Each fold is one
 ``train.py`` run (``train.main``: the same LightningCLI, no second training loop) in ``OUT/fold<i>/``,
 logging to CSV; the flow cache is filled once, before the first fold. A fold whose result is already in
-``OUT`` with the same arguments and videos is reused, so an interrupted run resumes.
+``OUT`` with the same resolved config (what ``--print_config`` shows: an edited config file counts) and
+videos is reused, and a fold that was stopped half way resumes from its last checkpoint, so an interrupted
+run resumes; a fold folder of other settings is an error (a new ``--out``, or remove it), never overwritten.
 
 Printed and written to ``OUT/cv.md`` and ``OUT/cv.json``: each fold's test top-1 per stream (and the last
 epoch's training top-1: the gap between them is what the recipe learned about the videos rather than
@@ -35,6 +37,7 @@ from sklearn.model_selection import StratifiedGroupKFold
 
 from actionflow.annotations import Sample
 from actionflow.errors import ActionflowError
+from flow_engine.commands.args import output_folder
 from flow_engine.errors import FlowEngineError
 
 log = logging.getLogger(__name__)
@@ -55,6 +58,20 @@ def video_of(path: str, pattern: str = DEFAULT_GROUP) -> str:
     return match.group(1) if match and match.groups() and match.group(1) else stem
 
 
+def check_plan(folds: int, pattern: str = DEFAULT_GROUP, only: list[int] | None = None) -> None:
+    """CrossValError for fold settings that cannot work, checked before any work (the flow cache is filled after)."""
+    try:
+        groups = re.compile(pattern).groups
+    except re.error as exc:
+        raise CrossValError(f"--group {pattern!r}: {exc}") from None
+    if groups < 1:
+        raise CrossValError(f"--group {pattern!r} has no (group): its first group names the video, e.g. '^(.+?)_\\d+$'")
+    if folds < 3:
+        raise CrossValError(f"--folds must be at least 3 (a test, a validation and a training fold), got {folds}")
+    if only is not None and (bad := sorted(set(only) - set(range(folds)))):
+        raise CrossValError(f"--only {bad}: there are folds 0..{folds - 1}")
+
+
 def video_folds(samples: list[Sample], folds: int, seed: int = 0,
                 pattern: str = DEFAULT_GROUP) -> list[tuple[list[Sample], list[Sample], list[Sample]]]:
     """(train, val, test) samples of each fold: test fold ``i``, validation fold ``i + 1`` (mod ``folds``), train the rest.
@@ -62,12 +79,7 @@ def video_folds(samples: list[Sample], folds: int, seed: int = 0,
     Whole videos go to one fold (``StratifiedGroupKFold``, shuffled with ``seed``), so no fold tests a
     video that its training saw; the folds depend on the samples and the seed, not on their order.
     """
-    try:
-        re.compile(pattern)
-    except re.error as exc:
-        raise CrossValError(f"--group {pattern!r}: {exc}") from None
-    if folds < 3:
-        raise CrossValError(f"--folds must be at least 3 (a test, a validation and a training fold), got {folds}")
+    check_plan(folds, pattern)
     samples = sorted(samples, key=lambda s: s.path)
     groups = [video_of(s.path, pattern) for s in samples]
     videos = len(set(groups))
@@ -101,7 +113,9 @@ def write_lists(folder: Path, train: list[Sample], val: list[Sample], test: list
 def last_train_top1(run_dir: Path) -> dict[str, float]:
     """The last epoch's training top-1 per stream from the run's CSV log (empty when there is none)."""
     found: dict[str, float] = {}
-    for path in sorted(run_dir.glob("csv/version_*/metrics.csv")):
+    logs = {int(m.group(1)): p for p in run_dir.glob("csv/version_*/metrics.csv")
+            if (m := re.fullmatch(r"version_(\d+)", p.parent.name))}
+    for _, path in sorted(logs.items()):  # a resumed fold logs on in the next version (10 after 9): the last counts
         with path.open(newline="") as f:
             for row in csv.DictReader(f):
                 for stream in STREAMS:
@@ -166,43 +180,67 @@ def fold_args(folder: Path) -> list[str]:
 def cross_validate(train_args: list[str], folds: int = 5, seed: int = 0, out: str | Path = "runs/cv",
                    pattern: str = DEFAULT_GROUP, only: list[int] | None = None) -> tuple[list[dict], dict]:
     """Run the folds (see the module docstring); returns (a result per fold, the summary)."""
+    check_plan(folds, pattern, only)
     train = load_train_entry()
     out = Path(out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise CrossValError(f"--out {out}: cannot create it ({exc.strerror or exc})") from None
     started = time.monotonic()
     cli = train.build_cli([*train_args, "--trainer.logger", "false", "--trainer.default_root_dir", str(out / "setup")])
+    if cli.ckpt_path:  # every fold would start from a model that may have trained on its test videos
+        raise CrossValError(f"--ckpt_path {cli.ckpt_path}: cv trains every fold afresh (to start the temporal stream "
+                            "from weights of your own, use --model.flow_init)")
+    config = cli.parser.dump(cli.config, skip_none=False)  # what the folds run, config files' contents included
     data = cli.datamodule
     data.prepare_data()  # the demo set when asked, and the flow of every video: once, before the folds
     splits = data.splits
     samples = sorted({s for split in (splits.train, splits.val, splits.test) for s in split}, key=lambda s: s.path)
     plan = video_folds(samples, folds, seed, pattern)
-    if only is not None and (bad := sorted(set(only) - set(range(folds)))):
-        raise CrossValError(f"--only {bad}: there are folds 0..{folds - 1}")
+    keys = [{"config": config, "videos": [[s.path for s in split] for split in fold], "seed": seed} for fold in plan]
+    for i, key in enumerate(keys):  # before any fold trains: a fold folder of other settings is not overwritten
+        folder, found = out / f"fold{i}", read_json(out / f"fold{i}" / "key.json")
+        if (only is None or i in only) and (found != key if found is not None else (folder / "run").exists()):
+            raise CrossValError(f"{out / f'fold{i}'} holds a fold of other settings or videos: use another --out, "
+                                "or remove that folder")
     log.info("cross-validation: %d clips of %d videos in %d folds (setup %.0f s)", len(samples),
              len({video_of(s.path, pattern) for s in samples}), folds, time.monotonic() - started)
     results = []
     for i, (tr, va, te) in enumerate(plan):
         if only is not None and i not in only:
             continue
-        folder = out / f"fold{i}"
-        key = {"train_args": train_args, "videos": [[s.path for s in split] for split in (tr, va, te)], "seed": seed}
+        folder, key = out / f"fold{i}", keys[i]
         done = folder / "result.json"
-        if done.is_file():
-            previous = json.loads(done.read_text())
-            if previous.get("key") == key:
-                log.info("fold %d: reusing %s", i, done)
-                results.append(previous)
-                continue
+        if (previous := read_json(done)) is not None and previous.get("key") == key:
+            log.info("fold %d: reusing %s", i, done)
+            results.append(previous)
+            continue
+        resume = []
+        if (last := folder / "run" / "checkpoints" / "last.ckpt").is_file():  # stopped half way: go on from there
+            log.info("fold %d: resuming from %s", i, last)
+            resume = ["--ckpt_path", str(last)]
+        folder.mkdir(parents=True, exist_ok=True)
+        (folder / "key.json").write_text(json.dumps(key, indent=1) + "\n")  # first: the folder is this fold's from now on
         write_lists(folder, tr, va, te, splits.classes)
         t0 = time.monotonic()
-        if (code := train.main([*train_args, *fold_args(folder)])) != 0:
+        if (code := train.main([*train_args, *fold_args(folder), *resume])) != 0:
             raise CrossValError(f"fold {i}: train.py exited with {code}")
         metrics = json.loads((folder / "run" / "test" / "metrics.json").read_text())
-        result = {"fold": i, "key": key, "seconds": time.monotonic() - t0, "clips": len(te),
+        result = {"fold": i, "key": key, "train_args": train_args, "seconds": time.monotonic() - t0, "clips": len(te),
                   "test_videos": sorted({video_of(s.path, pattern) for s in te}),
                   "test": {k: v["top1"] for k, v in metrics.items()}, "train": last_train_top1(folder / "run")}
         done.write_text(json.dumps(result, indent=2) + "\n")
         results.append(result)
     return results, summarise(results)
+
+
+def read_json(path: Path) -> dict | None:
+    """The JSON object in ``path``, or None when it is missing or unreadable (a fold stopped while writing it)."""
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def fold_list(text: str) -> list[int]:
@@ -218,7 +256,7 @@ def main(argv: list[str] | None = None, prog: str = "python -m actionflow cv") -
                                      epilog="Other arguments go to train.py (e.g. --config configs/real.yaml --data.root DIR).")
     parser.add_argument("--folds", type=int, default=5, help="folds K (default 5): each fold's videos are tested once")
     parser.add_argument("--seed", type=int, default=0, help="seed of the split of videos into folds (default 0)")
-    parser.add_argument("--out", type=Path, default=Path("runs/cv"), help="output folder (default runs/cv)")
+    parser.add_argument("--out", type=output_folder, default=Path("runs/cv"), help="output folder (default runs/cv)")
     parser.add_argument("--group", default=DEFAULT_GROUP, help="regex on a clip's file stem whose first group names its "
                         "video (default: the stem less a trailing _<number>)")
     parser.add_argument("--only", type=fold_list, default=None,
@@ -227,8 +265,6 @@ def main(argv: list[str] | None = None, prog: str = "python -m actionflow cv") -
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     started = time.monotonic()
     try:
-        if args.out.exists() and not args.out.is_dir():
-            raise CrossValError(f"--out {args.out} is a file, not a folder")
         results, summary = cross_validate(train_args, args.folds, args.seed, args.out, args.group, args.only)
     except (ActionflowError, FlowEngineError) as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)

@@ -3,6 +3,7 @@ in its own fold, class proportions kept, the summary's arithmetic, and a whole r
 from __future__ import annotations
 
 import json
+import logging
 import statistics
 from collections import Counter
 from pathlib import Path
@@ -12,7 +13,7 @@ from tiny_videos import render, write_mp4
 
 from actionflow.__main__ import main as actionflow_main
 from actionflow.annotations import Sample
-from actionflow.crossval import CrossValError, summarise, table, video_folds, video_of
+from actionflow.crossval import CrossValError, cross_validate, last_train_top1, summarise, table, video_folds, video_of
 
 
 def test_video_of_strips_the_clip_index():
@@ -71,6 +72,36 @@ def test_bad_fold_settings_are_named():
     assert len(video_folds(demo, 3, pattern=r"^(.+)$")) == 3  # every file its own video
 
 
+def test_fold_settings_are_refused_before_any_work(tmp_path, capsys):
+    """--folds, --only and --group are checked before train.py's setup, which fills the flow cache (minutes)."""
+    missing = ["--data.root", str(tmp_path / "no_such_data")]  # setup would fail on this, so it must not run
+    for args, message in ((["--folds", "1"], "--folds must be at least 3"), (["--only", "7"], "--only [7]"),
+                          (["--group", "x"], "has no (group)")):
+        assert actionflow_main(["cv", "--out", str(tmp_path / "cv"), *args, *missing]) == 2
+        assert message in capsys.readouterr().err
+    with pytest.raises(CrossValError, match="has no \\(group\\)"):
+        video_folds(_samples(videos=6, with_third=0), 3, pattern=r"\w+")
+
+
+def test_an_out_folder_that_cannot_be_made_is_one_line(tmp_path, capsys):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SystemExit) as exit_:  # the parser's own error, before anything runs
+        actionflow_main(["cv", "--out", str(tmp_path / "file" / "cv")])
+    assert exit_.value.code == 2
+    assert "is a file, not a folder" in capsys.readouterr().err
+    with pytest.raises(CrossValError, match="--out /proc/no_such/cv: cannot create it"):
+        cross_validate([], out="/proc/no_such/cv")
+
+
+def test_the_last_training_log_counts(tmp_path):
+    """A resumed fold logs on in a new CSV version; version_10 comes after version_9, not after version_1."""
+    for version, top1 in ((1, 0.1), (9, 0.9), (10, 0.5)):
+        log = tmp_path / "csv" / f"version_{version}" / "metrics.csv"
+        log.parent.mkdir(parents=True)
+        log.write_text(f"epoch,train/flow/top1\n0,{top1}\n")
+    assert last_train_top1(tmp_path) == {"flow": 0.5}
+
+
 def test_summary_arithmetic():
     results = [{"fold": 0, "clips": 10, "seconds": 60, "test_videos": ["a"], "test": {"flow": 0.5, "rgb": 0.3}, "train": {"flow": 0.9}},
                {"fold": 1, "clips": 30, "seconds": 120, "test_videos": ["b"], "test": {"flow": 0.7, "rgb": 0.4}, "train": {}}]
@@ -84,7 +115,7 @@ def test_summary_arithmetic():
 
 
 @pytest.mark.slow
-def test_a_cross_validation_run(tmp_path, capsys):
+def test_a_cross_validation_run(tmp_path, capsys, caplog):
     """Six videos of two clips (a right and a left motion) in 3 folds of train.py runs; a second call reuses them."""
     root = tmp_path / "data"
     lines = []
@@ -117,6 +148,18 @@ def test_a_cross_validation_run(tmp_path, capsys):
     assert actionflow_main(argv + ["--only", "0"]) == 0  # the same arguments and videos: fold 0 reused, not retrained
     assert (out / "fold0" / "result.json").stat().st_mtime_ns == before
     assert json.loads((out / "cv.json").read_text())["results"][0] == report["results"][0]
+    assert actionflow_main([*argv, "--ckpt_path", str(out / "fold0" / "run" / "checkpoints" / "last.ckpt")]) == 2
+    assert "--ckpt_path" in capsys.readouterr().err  # a model trained on other folds' test videos: refused
+    config = tmp_path / "recipe.yaml"  # the same arguments, an edited config file: not the folds run before
+    config.write_text("model:\n  dropout: 0.5\n")
+    assert actionflow_main([*argv, "--config", str(config), "--only", "0"]) == 2
+    assert "holds a fold of other settings" in capsys.readouterr().err
+    assert json.loads((out / "fold0" / "result.json").read_text()) == report["results"][0]  # nothing overwritten
+    (out / "fold1" / "result.json").unlink()  # fold 1 stopped after training: it resumes from its last checkpoint
+    with caplog.at_level(logging.INFO, logger="actionflow.crossval"):
+        assert actionflow_main([*argv, "--only", "1"]) == 0
+    assert "fold 1: resuming from" in caplog.text
+    assert json.loads((out / "fold1" / "result.json").read_text())["test"] == report["results"][1]["test"]
     assert actionflow_main(["cv", "--folds", "7", "--out", str(tmp_path / "cv2"), *argv[5:]]) == 2
     assert "6 videos cannot fill 7 folds" in capsys.readouterr().err
     assert actionflow_main([*argv, "--only", "3"]) == 2
