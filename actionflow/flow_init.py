@@ -44,8 +44,11 @@ def export(ckpt: str | Path, out: str | Path, note: str) -> Path:
     blob = {"format": FLOW_INIT_FORMAT, "backbone": str(hp.get("backbone")), "in_channels": int(first.shape[1]),
             "note": str(note), "state_dict": {k: v.detach().clone().contiguous() for k, v in state.items()}}
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(blob, out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        torch.save(blob, out)
+    except OSError as exc:  # a read-only or missing place, a full disk
+        raise FlowInitError(f"{out}: cannot write it ({exc.strerror or exc})") from None
     return out
 
 

@@ -51,6 +51,12 @@ def test_an_rgb_model_ignores_flow_init(tmp_path):
     assert ActionRecognizer(num_classes=2, mode="rgb", backbone="small_cnn", flow_init=str(out)).net.flow is None
 
 
+def test_an_out_that_cannot_be_written_is_one_line(tmp_path, capsys):
+    _, ckpt = _checkpoint(tmp_path)
+    assert main(["flow-init", str(ckpt), "/proc/no_such/init.pt", "--note", "x"]) == 2
+    assert "flow-init: error: /proc/no_such/init.pt: cannot write it" in capsys.readouterr().err
+
+
 def test_what_does_not_fit_is_a_one_line_error(tmp_path):
     _, ckpt = _checkpoint(tmp_path)
     out = export(ckpt, tmp_path / "init.pt", note="L=3")
