@@ -70,6 +70,13 @@ def test_a_generated_set(tmp_path):
     meta = (out / "meta.json").stat().st_mtime_ns
     generate(out, "speed", clips_per_class=10, frames=6, size=48, workers=1)  # complete: kept
     assert (out / "meta.json").stat().st_mtime_ns == meta and json.loads((out / "meta.json").read_text())["size"] == 48
+    generate(out, "speed", clips_per_class=10, frames=6, size=48, seed=1, workers=1)  # its own set, other settings: rebuilt
+    assert json.loads((out / "meta.json").read_text())["seed"] == 1
+    mine = tmp_path / "my_dataset"  # someone's dataset (or another benchmark): its lists must survive
+    mine.mkdir()
+    (mine / "train.txt").write_text("videos/a.mp4 0\n")
+    assert main(["motion-data", str(mine), "--task", "speed", "--clips-per-class", "10", "--frames", "6", "--size", "48"]) == 2
+    assert (mine / "train.txt").read_text() == "videos/a.mp4 0\n" and not (mine / "videos").exists()
     with pytest.raises(MotionDataError, match="even size"):
         generate(tmp_path / "bad", size=33)
     assert main(["motion-data", str(tmp_path / "bad"), "--clips-per-class", "2"]) == 2

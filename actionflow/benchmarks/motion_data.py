@@ -18,7 +18,7 @@ the real-footage benchmark's videos, so a stream pre-trained on it may be cross-
 Layout as the demo's (``train.py --data.root OUT`` reads it): ``OUT/videos/<class>/<class>_<i>.mp4``,
 ``classes.txt``, ``train.txt``/``val.txt``/``test.txt`` (80/10/10 % of each class's clips, by index: in
 the speed task a clip and its faster versions share a split), ``meta.json`` (written last: a complete
-set with the same settings is not rebuilt).
+set with the same settings is not rebuilt; a folder holding anything else is refused, not overwritten).
 """
 from __future__ import annotations
 
@@ -112,17 +112,22 @@ def generate(out: str | Path, task: str = "tempo", clips_per_class: int = 40, fr
     meta = {"version": VERSION, "task": task, "classes": classes, "clips_per_class": clips_per_class, "frames": frames,
             "size": size, "seed": seed, "tempo": list(TEMPO), "octaves": OCTAVES, "height": list(HEIGHT)}
     try:
-        if json.loads((out / "meta.json").read_text()) == meta:
-            log.info("%s already holds the motion set with these settings", out)
-            return out
+        found = json.loads((out / "meta.json").read_text())
     except (OSError, ValueError):
-        pass
+        found = None
+    if found == meta:
+        log.info("%s already holds the motion set with these settings", out)
+        return out
+    if not (isinstance(found, dict) and {"task", "octaves"} <= found.keys()) and out.is_dir() and any(out.iterdir()):
+        # its lists (train.txt...) would be overwritten: someone's dataset, another benchmark
+        raise MotionDataError(f"{out}: holds files that are not a motion set; name an empty or new folder")
     started = time.perf_counter()
     params = RenderParams(frames=frames, size=size, distractors=2, height=HEIGHT)
     jobs, lines = [], {"train": [], "val": [], "test": []}
     n_val, n_test = round(clips_per_class * VAL_FRACTION), round(clips_per_class * TEST_FRACTION)
     try:
-        (out / "meta.json").unlink(missing_ok=True)  # until the end, the folder does not claim to be complete
+        out.mkdir(parents=True, exist_ok=True)  # until the end, the folder is a motion set that is not complete
+        (out / "meta.json").write_text(json.dumps({**meta, "complete": False}, indent=1) + "\n")
         for label, name in enumerate(classes):
             folder = out / "videos" / name
             folder.mkdir(parents=True, exist_ok=True)
