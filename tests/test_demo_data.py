@@ -184,7 +184,27 @@ def test_cli_reports_bad_arguments(tmp_path, capsys):
 def test_unwritable_output_is_a_clear_error(tmp_path):
     blocker = tmp_path / "file.txt"
     blocker.write_text("not a folder")
-    with pytest.raises(DemoDataError, match="not a directory"):
+    with pytest.raises(DemoDataError, match="exists and is not a folder"):
         generate_demo_dataset(blocker, clips_per_class=3, frames=2, size=32, workers=1)
     with pytest.raises(DemoDataError, match="cannot write"):
         generate_demo_dataset(blocker / "demo", clips_per_class=3, frames=2, size=32, workers=1)
+
+
+def test_someone_s_dataset_is_refused_and_an_interrupted_demo_is_rebuilt(tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.txt").write_text("videos/salsa_1.mp4 0\n")
+    with pytest.raises(DemoDataError, match="not a demo dataset"):
+        generate_demo_dataset(mine, classes=["kick", "jump"], clips_per_class=4, frames=4, size=32, workers=1)
+    assert (mine / "train.txt").read_text() == "videos/salsa_1.mp4 0\n" and sorted(p.name for p in mine.iterdir()) == ["train.txt"]
+    assert main(["demo-data", str(mine), "--clips-per-class", "4", "--frames", "4", "--size", "32"]) == 2
+    assert "not a demo dataset" in capsys.readouterr().err
+    # a build killed half way leaves its meta.json marked incomplete: the next run rebuilds it, not refuses it
+    out = tmp_path / "demo"
+    kwargs = dict(classes=["kick", "jump"], clips_per_class=4, frames=4, size=32, workers=1)
+    generate_demo_dataset(out, **kwargs)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+    (out / "train.txt").unlink()
+    generate_demo_dataset(out, **kwargs)
+    assert json.loads((out / "meta.json").read_text()) == meta and (out / "train.txt").is_file()

@@ -9,7 +9,9 @@ from tiny_videos import render, write_mp4
 
 from actionflow.__main__ import main as cli
 from actionflow.annotations import load_splits
-from actionflow.benchmarks.real_motion import BASE_FPS, CLASSES, SPEEDS, TEST_VIDEOS, VAL_VIDEOS, base_rate_frames, build, cut_clips, split_of
+from actionflow.benchmarks.real_motion import (
+    BASE_FPS, CLASSES, SPEEDS, TEST_VIDEOS, VAL_VIDEOS, RealMotionError, base_rate_frames, build, cut_clips, split_of,
+)
 from flow_engine.io.video import probe, read_frames
 
 
@@ -82,3 +84,23 @@ def test_sizes_no_clip_is_cut_at_are_errors(tmp_path, capsys):
         assert cli(["real-motion", str(tmp_path / "out"), "--source", str(tmp_path), flag, value]) == 2
         assert "a short_side of 32..4096 px are needed" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_someone_s_dataset_is_refused_and_an_incomplete_build_is_not_kept(tmp_path):
+    source = tmp_path / "source"
+    write_mp4(source / f"{TEST_VIDEOS[0]}.mp4", render("right", frames=70, size=64), fps=15)
+    write_mp4(source / f"{VAL_VIDEOS[0]}.mp4", render("down", frames=70, size=64), fps=15)
+    write_mp4(source / "train_clip.mp4", render("left", frames=70, size=64), fps=15)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "train.txt").write_text("videos/salsa_1.mp4 0\n")
+    with pytest.raises(RealMotionError, match="not the real-motion benchmark"):
+        build(mine, source, clips_per_class=2, short_side=48)
+    assert (mine / "train.txt").read_text() == "videos/salsa_1.mp4 0\n"
+    out = tmp_path / "bench"
+    build(out, source, clips_per_class=2, short_side=48)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, "complete": False}))  # killed half way
+    (out / "test.txt").unlink()
+    assert build(out, source, clips_per_class=2, short_side=48) == out
+    assert (out / "test.txt").is_file() and "complete" not in json.loads((out / "meta.json").read_text())

@@ -340,6 +340,21 @@ def split_sizes(clips_per_class: int, val_frac: float, test_frac: float) -> tupl
     return int(round(clips_per_class * val_frac)), int(round(clips_per_class * test_frac))
 
 
+def claim_folder(out: Path, marker: str, what: str, error: type[Exception]) -> None:
+    """Refuse to generate ``what`` into ``out`` when it holds files but no ``meta.json`` with the key ``marker`` (the
+    generator's own, complete or not): it is someone's dataset or another benchmark, whose lists would be overwritten."""
+    if out.exists() and not out.is_dir():
+        raise error(f"{out}: exists and is not a folder")
+    if not out.is_dir() or not any(out.iterdir()):
+        return
+    try:
+        found = json.loads((out / "meta.json").read_text())
+    except (OSError, ValueError):
+        found = None
+    if not (isinstance(found, dict) and marker in found):
+        raise error(f"{out}: holds files that are not {what} (no meta.json of its generator); name an empty or new folder")
+
+
 def _is_complete(out: Path, meta: dict) -> bool:
     try:
         if json.loads((out / "meta.json").read_text()) != meta:
@@ -357,7 +372,8 @@ def _write_dataset(out: Path, meta: dict, workers: int | None) -> int:
     """Render and write every clip, then the lists, then meta.json; returns the number of clips."""
     classes, clips_per_class, seed = meta["classes"], meta["clips_per_class"], meta["seed"]
 
-    (out / "meta.json").unlink(missing_ok=True)  # until the end, the folder does not claim to be complete
+    out.mkdir(parents=True, exist_ok=True)  # until the end, the folder is a demo set that is not complete
+    (out / "meta.json").write_text(json.dumps({**meta, "complete": False}, indent=1) + "\n")
     params = RenderParams(frames=meta["frames"], size=meta["size"], distractors=meta["distractors"])
     jobs = []
     for name in classes:
@@ -416,8 +432,7 @@ def generate_demo_dataset(
     if _is_complete(out, meta):
         log.info("%s already holds the demo dataset with these parameters", out)
         return out
-    if out.exists() and not out.is_dir():
-        raise DemoDataError(f"{out}: exists and is not a directory")
+    claim_folder(out, "generator_version", "a demo dataset", DemoDataError)
 
     started = time.perf_counter()
     try:

@@ -32,7 +32,9 @@ from pathlib import Path
 
 import numpy as np
 
-from actionflow.benchmarks.demo_data import MAX_SIZE, MIN_SIZE, MOVES, RenderParams, render_clip, run_jobs, write_clip
+from actionflow.benchmarks.demo_data import (
+    MAX_SIZE, MIN_SIZE, MOVES, RenderParams, claim_folder, render_clip, run_jobs, write_clip,
+)
 from actionflow.benchmarks.real_motion import BASE_FPS, CLASSES, SPEEDS
 from actionflow.errors import ActionflowError
 
@@ -107,8 +109,6 @@ def generate(out: str | Path, task: str = "tempo", clips_per_class: int = 40, fr
     if clips_per_class < 10 or frames < 4 or not MIN_SIZE <= size <= MAX_SIZE or size % 2:
         raise MotionDataError(f"need clips_per_class >= 10, frames >= 4 and an even size in {MIN_SIZE}..{MAX_SIZE} px; "
                               f"got {clips_per_class}, {frames}, {size}")
-    if out.exists() and not out.is_dir():
-        raise MotionDataError(f"{out}: exists and is not a folder")
     meta = {"version": VERSION, "task": task, "classes": classes, "clips_per_class": clips_per_class, "frames": frames,
             "size": size, "seed": seed, "tempo": list(TEMPO), "octaves": OCTAVES, "height": list(HEIGHT)}
     try:
@@ -118,9 +118,7 @@ def generate(out: str | Path, task: str = "tempo", clips_per_class: int = 40, fr
     if found == meta:
         log.info("%s already holds the motion set with these settings", out)
         return out
-    if not (isinstance(found, dict) and {"task", "octaves"} <= found.keys()) and out.is_dir() and any(out.iterdir()):
-        # its lists (train.txt...) would be overwritten: someone's dataset, another benchmark
-        raise MotionDataError(f"{out}: holds files that are not a motion set; name an empty or new folder")
+    claim_folder(out, "octaves", "a motion set", MotionDataError)
     started = time.perf_counter()
     params = RenderParams(frames=frames, size=size, distractors=2, height=HEIGHT)
     jobs, lines = [], {"train": [], "val": [], "test": []}

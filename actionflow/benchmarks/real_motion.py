@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from actionflow.benchmarks.demo_data import claim_folder
 from actionflow.errors import ActionflowError
 from flow_engine.io.video import VideoError, decode_size, iter_frames, list_videos, probe
 from flow_engine.io.viz import write_video
@@ -96,14 +97,18 @@ def build(out: str | Path, source: str | Path, clips_per_class: int = 5, frames:
     meta_path = out / "meta.json"
     if meta_path.is_file():
         try:
-            if {k: v for k, v in json.loads(meta_path.read_text()).items() if k in meta} == meta:
+            found = json.loads(meta_path.read_text())
+            if {k: v for k, v in found.items() if k in meta} == meta and found.get("complete", True):
                 log.info("%s already holds the real-motion benchmark with these settings", out)
                 return out
-        except ValueError:
+        except (ValueError, AttributeError):
             pass
+    claim_folder(out, "speeds", "the real-motion benchmark", RealMotionError)
     videos = list_videos(source)
     if not videos:
         raise RealMotionError(f"{source}: no videos")
+    out.mkdir(parents=True, exist_ok=True)  # until the end, the folder is a benchmark that is not complete
+    meta_path.write_text(json.dumps({**meta, "complete": False}, indent=2) + "\n")
     lines: dict[str, list[str]] = {"train": [], "val": [], "test": []}
     skipped, sources = [], {}
     for video in videos:
