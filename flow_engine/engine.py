@@ -39,9 +39,10 @@ DEFAULT_WEIGHTS = Path(__file__).resolve().parent / "weights" / "pwcnet_actionfl
 LEARNED_ENGINES = ("pwcnet",) + RAFT_VARIANTS
 ENGINES = LEARNED_ENGINES + CLASSICAL_METHODS
 # PWC-Net runs coarse to fine at these factors of the frame size (PWCNet.predict): a pass at
-# 3/8 size finds long displacements, the full-size pass refines them. Measured on both shared
-# sets (README, "Flow engine"): better than one full-size pass on small motion too.
-PWCNET_SCALES = (0.375, 1.0)
+# 7/16 size finds long displacements, the full-size pass refines them. Measured on both shared
+# sets (README, "Flow engine"): better than one full-size pass on small motion too; a coarser
+# first pass helps large motion and costs small motion.
+PWCNET_SCALES = (0.4375, 1.0)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 # Rough peak activation memory of PWC-Net inference is ~1-2 KB per (padded) input pixel in
 # fp32; the defaults keep a sub-batch well inside a GPU's memory and a few GB on CPU.

@@ -44,7 +44,7 @@ def test_defaults_and_config(engine):
     assert isinstance(engine.model, PWCNet) and not engine.model.training
     if not DEFAULT_WEIGHTS.is_file():
         assert engine.weights_hash == "random"
-    assert engine.config() == {"name": "pwcnet", "weights_hash": engine.weights_hash, "dtype": "fp32", "scales": [0.375, 1.0]}
+    assert engine.config() == {"name": "pwcnet", "weights_hash": engine.weights_hash, "dtype": "fp32", "scales": [0.4375, 1.0]}
 
 
 @pytest.mark.skipif(not DEFAULT_WEIGHTS.is_file(), reason="needs the shipped PWC-Net weights")

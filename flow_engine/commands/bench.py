@@ -45,7 +45,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_argument(parser, "pwcnet", ENGINES)
     parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.4375 1; 1: one full-size pass)")
     parser.add_argument("--clip", type=int, metavar="T", help="also time T-frame clips: pair path vs clip path (features once)")
     parser.add_argument("--skip-engine", action="store_true", help="benchmark the cost volume only")
     parser.add_argument("--skip-cost-volume", action="store_true", help="benchmark the engine only")

@@ -62,7 +62,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_engine_argument(parser, "pwcnet", ENGINES, old=("--model",))
     parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.4375 1; 1: one full-size pass)")
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="inference precision")
 

@@ -123,7 +123,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help=f"flow engine, or zero flow: {', '.join(METHODS)} (default dis)", check=False)
     method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: PWC-Net's shipped ones, torchvision's for RAFT)")
     method.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    method.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.375 1; 1: one full-size pass)")
+    method.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.4375 1; 1: one full-size pass)")
     method.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for a learned method")
     parser.add_argument("--json", type=output_file, metavar="OUT.json", help="also write the scores as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
