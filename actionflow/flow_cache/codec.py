@@ -22,10 +22,11 @@ file stores it once (format version 2); :func:`decode_frame` puts it back.
 from __future__ import annotations
 
 import argparse
-import math
 
 import cv2
 import numpy as np
+
+from flow_engine.commands.args import positive_number
 
 DEFAULT_BOUND = 20.0
 LEVELS = 127  # quantisation steps on each side of zero: q in [0, 254], zero exact
@@ -46,13 +47,7 @@ DEFAULT_CODEC = {"name": "jpeg", "quality": 90}
 
 def positive_pixels(text: str) -> float:
     """``"20"`` -> 20.0 px; NaN, infinity, zero or a negative number is an argument error (they would quantise to garbage)."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
-    if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number of pixels, got {text!r}")
-    return value
+    return positive_number(text, "pixels")
 
 
 def codec_arg(text: str) -> str:

@@ -43,6 +43,19 @@ def add_engine_argument(parser, default: str, names: Sequence[str], old: Sequenc
                             help=argparse.SUPPRESS)
 
 
+def add_engine_options(parser) -> None:
+    """The learned engines' settings, as every flow command names them: ``--weights``, ``--flow-updates`` (RAFT)
+    and ``--scales`` (PWC-Net; its default from :data:`flow_engine.engine.PWCNET_SCALES`)."""
+    from flow_engine.engine import PWCNET_SCALES  # here, not at the top: this module stays free of torch for the storage code
+
+    default = " ".join(f"{s:g}" for s in PWCNET_SCALES)
+    parser.add_argument("--weights", type=Path, metavar="PATH",
+                        help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
+    parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
+    parser.add_argument("--scales", type=float, nargs="+", metavar="S",
+                        help=f"PWC-Net's coarse-to-fine frame sizes, factors of H, W (default {default}; 1: one full-size pass)")
+
+
 def parse_size(text: str) -> tuple[int, int]:
     """'WIDTHxHEIGHT' (e.g. '340x256') -> (height, width)."""
     try:
@@ -118,15 +131,15 @@ def positive_int(text: str) -> int:
     return value
 
 
-def positive_number(text: str) -> float:
+def positive_number(text: str, unit: str = "") -> float:
     """An argparse ``type`` for a positive, finite number (a frame rate, a flow magnitude): NaN, infinity,
-    zero and negatives are argument errors."""
+    zero and negatives are argument errors (``unit``, e.g. "pixels", is named in the message)."""
     try:
         value = float(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
     if not (math.isfinite(value) and value > 0):
-        raise argparse.ArgumentTypeError(f"must be a positive, finite number, got {text!r}")
+        raise argparse.ArgumentTypeError(f"must be a positive, finite number{' of ' + unit if unit else ''}, got {text!r}")
     return value
 
 

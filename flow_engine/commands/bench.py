@@ -28,7 +28,7 @@ from typing import Callable
 
 import torch
 
-from flow_engine.commands.args import add_engine_argument, output_file, parse_size, write_output
+from flow_engine.commands.args import add_engine_argument, add_engine_options, output_file, parse_size, write_output
 from flow_engine.engine import DTYPES, ENGINES, FlowEngine
 from flow_engine.errors import FlowEngineError
 from flow_engine.models.correlation import correlation, cupy_usable
@@ -43,9 +43,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--iters", type=int, default=10, help="timed iterations (default 10)")
     parser.add_argument("--warmup", type=int, default=2, help="untimed iterations first (default 2)")
     add_engine_argument(parser, "pwcnet", ENGINES)
-    parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
-    parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.4375 1; 1: one full-size pass)")
+    add_engine_options(parser)
     parser.add_argument("--clip", type=int, metavar="T", help="also time T-frame clips: pair path vs clip path (features once)")
     parser.add_argument("--skip-engine", action="store_true", help="benchmark the cost volume only")
     parser.add_argument("--skip-cost-volume", action="store_true", help="benchmark the engine only")

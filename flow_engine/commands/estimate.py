@@ -22,7 +22,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow_engine.commands.args import add_engine_argument, output_file, output_folder, parse_size, positive_number
+from flow_engine.commands.args import add_engine_argument, add_engine_options, output_file, output_folder, parse_size, positive_number
 from flow_engine.engine import ENGINES, FlowEngine
 from flow_engine.errors import FlowEngineError
 from flow_engine.io.flow_files import read_image, write_flow, write_image
@@ -60,9 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--size", type=parse_size, metavar="WxH", help="resize frames to WIDTHxHEIGHT before the flow")
     parser.add_argument("--max-frames", type=int, metavar="N", help="use only the first N frames of a sequence")
     add_engine_argument(parser, "pwcnet", ENGINES, old=("--model",))
-    parser.add_argument("--weights", type=Path, help="weights file (default: PWC-Net's shipped ones, torchvision's for RAFT)")
-    parser.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    parser.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.4375 1; 1: one full-size pass)")
+    add_engine_options(parser)
     parser.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:1 ... (default auto)")
     parser.add_argument("--dtype", default="auto", choices=("auto", "fp32", "bf16", "fp16"), help="inference precision")
 

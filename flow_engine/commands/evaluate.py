@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from flow_engine.commands.args import add_engine_argument, output_file, write_output
+from flow_engine.commands.args import add_engine_argument, add_engine_options, output_file, write_output
 from flow_engine.data.datasets import FlowCases, make_dataset
 from flow_engine.engine import LEARNED_ENGINES, FlowEngine
 from flow_engine.errors import DatasetError, FlowEngineError
@@ -121,9 +121,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     method = parser.add_argument_group("engine")
     add_engine_argument(method, "dis", METHODS, old=("--method",),
                         help=f"flow engine, or zero flow: {', '.join(METHODS)} (default dis)", check=False)
-    method.add_argument("--weights", metavar="PATH", help="weights for a learned method (default: PWC-Net's shipped ones, torchvision's for RAFT)")
-    method.add_argument("--flow-updates", type=int, metavar="N", help="RAFT's refinements per pair (default 12)")
-    method.add_argument("--scales", type=float, nargs="+", metavar="S", help="PWC-Net's coarse-to-fine frame sizes, factors of H, W (default 0.4375 1; 1: one full-size pass)")
+    add_engine_options(method)
     method.add_argument("--device", default="auto", choices=("auto", "cpu", "cuda"), help="device for a learned method")
     parser.add_argument("--json", type=output_file, metavar="OUT.json", help="also write the scores as JSON")
     parser.add_argument("--no-progress", action="store_true", help="no progress bar")
